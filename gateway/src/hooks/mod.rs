@@ -1,0 +1,532 @@
+//! Metadata and feedback hooks as sandboxed, hot-swappable WebAssembly components.
+//!
+//! - [`runtime`]: engine, linker, limits, instance pools, artifact cache.
+//! - [`v0_1_0`]: bindings of the frozen `gateway:hooks@0.1.0` WIT.
+//! - this module: [`HookHost`], which loads the `[[hooks]]` of `gateway.toml`,
+//!   swaps them atomically on reload, and runs chains for the HTTP layer
+//!   (before/get phases) and for the change-event processor (after phase).
+//!
+//! A request takes a snapshot ([`Loaded`]) of the plugin set when it starts, so
+//! a reload never changes the plugins under an in-flight request.
+
+pub mod runtime;
+pub mod v0_1_0;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use self::runtime::{CallError, Plugin, Runtime};
+use self::v0_1_0 as v1;
+use crate::config::{Config, HookConfig, HookPhase};
+use crate::error::AppError;
+use crate::metadata::MetadataChange;
+use crate::model::{Event, EventType, JsonObject, Session, Tenant, format_ms, now_ms};
+use crate::store::{OutboxItem, OutboxState, SessionStore};
+
+/// The plugins in force, in config order. Immutable: a reload builds a new one.
+#[derive(Default)]
+pub struct Loaded {
+    /// Loaded plugins.
+    pub plugins: Vec<Arc<Plugin>>,
+}
+
+impl Loaded {
+    fn chain(&self, phase: HookPhase, event: &str) -> Vec<Arc<Plugin>> {
+        self.plugins
+            .iter()
+            .filter(|p| p.config.phase == phase && p.config.events.iter().any(|e| e == event))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Outcome of a (re)load, per plugin.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// Plugins (re)compiled and now live.
+    pub loaded: Vec<String>,
+    /// Plugins whose file and config did not change.
+    pub unchanged: Vec<String>,
+    /// Plugins that failed, with the reason; the previous version (if any) keeps serving.
+    pub failed: Vec<(String, String)>,
+    /// Plugins removed from the config.
+    pub removed: Vec<String>,
+    /// The config file itself failed to load; nothing changed.
+    pub config_error: Option<String>,
+}
+
+/// Loads, swaps and runs hooks.
+pub struct HookHost {
+    runtime: Arc<Runtime>,
+    current: RwLock<Arc<Loaded>>,
+    config_path: Option<PathBuf>,
+    reload_lock: tokio::sync::Mutex<()>,
+    last_report: Mutex<ReloadReport>,
+}
+
+fn hook_failed(p: &Plugin, e: &CallError) -> AppError {
+    AppError::Unavailable {
+        code: "hook_failed",
+        message: format!("{}: {e}", p.meta.name),
+        retry_after: None,
+    }
+}
+
+fn denied(p: &Plugin, reason: &str) -> AppError {
+    AppError::unprocessable("denied_by_hook", format!("{}: {reason}", p.meta.name))
+}
+
+/// Applies a plugin's failure policy: fail closed answers 503, fail open logs and goes on.
+fn on_failure(p: &Plugin, e: &CallError) -> Result<(), AppError> {
+    if p.fails_closed() {
+        tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing closed");
+        Err(hook_failed(p, e))
+    } else {
+        tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing open");
+        Ok(())
+    }
+}
+
+fn session_ref(t: &Tenant, sid: &str, session_type: &str) -> v1::SessionRef {
+    v1::SessionRef {
+        tenant: t.as_str().to_owned(),
+        session_id: sid.to_owned(),
+        session_type: session_type.to_owned(),
+    }
+}
+
+impl HookHost {
+    /// Builds the runtime and loads every configured hook. A plugin that fails
+    /// to load stops the start (naming it) unless it is marked `optional`.
+    ///
+    /// # Errors
+    /// When the engine cannot be built or a required plugin fails to load.
+    pub async fn start(config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
+        let runtime = Arc::new(Runtime::new(&config.plugins.cache_dir)?);
+        let host = Self {
+            runtime,
+            current: RwLock::new(Arc::new(Loaded::default())),
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_report: Mutex::new(ReloadReport::default()),
+        };
+        let report = host.apply(&config.hooks).await;
+        for (name, why) in &report.failed {
+            let optional = config.hooks.iter().any(|h| &h.name == name && h.optional);
+            if optional {
+                tracing::warn!(plugin = %name, error = %why, "optional plugin not loaded");
+            } else {
+                anyhow::bail!("plugin {name:?} failed to load: {why}");
+            }
+        }
+        Ok(host)
+    }
+
+    /// The plugin set in force now.
+    pub fn snapshot(&self) -> Arc<Loaded> {
+        self.current.read().expect("hooks lock").clone()
+    }
+
+    /// The engine, for `plugin check`.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The last reload's report.
+    pub fn last_report(&self) -> ReloadReport {
+        self.last_report.lock().expect("report lock").clone()
+    }
+
+    /// Re-reads the config file (when there is one) and swaps in what changed.
+    /// A plugin that fails to load keeps its previous version serving.
+    pub async fn reload(&self) -> ReloadReport {
+        let Some(path) = &self.config_path else {
+            let hooks: Vec<HookConfig> = self.snapshot().plugins.iter().map(|p| p.config.clone()).collect();
+            return self.apply(&hooks).await;
+        };
+        match Config::load(path) {
+            Ok(cfg) => self.apply(&cfg.hooks).await,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: config invalid; keeping the current plugins");
+                let report = ReloadReport {
+                    at: format_ms(now_ms()),
+                    config_error: Some(e.to_string()),
+                    ..ReloadReport::default()
+                };
+                *self.last_report.lock().expect("report lock") = report.clone();
+                report
+            }
+        }
+    }
+
+    async fn apply(&self, hooks: &[HookConfig]) -> ReloadReport {
+        let _guard = self.reload_lock.lock().await;
+        let old = self.snapshot();
+        let mut report = ReloadReport {
+            at: format_ms(now_ms()),
+            ..ReloadReport::default()
+        };
+        let mut next = Vec::with_capacity(hooks.len());
+        for hc in hooks {
+            let previous = old.plugins.iter().find(|p| p.config.name == hc.name).cloned();
+            match self.load_one(hc, previous.as_deref()).await {
+                Ok(None) => {
+                    report.unchanged.push(hc.name.clone());
+                    next.push(previous.expect("unchanged implies a previous version"));
+                }
+                Ok(Some(p)) => {
+                    tracing::info!(plugin = %hc.name, sha256 = %p.sha256, exports = ?p.exports, "plugin loaded");
+                    report.loaded.push(hc.name.clone());
+                    next.push(Arc::new(p));
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::error!(plugin = %hc.name, error = %why, kept_previous = previous.is_some(), "plugin failed to load");
+                    report.failed.push((hc.name.clone(), why));
+                    if let Some(p) = previous {
+                        next.push(p);
+                    }
+                }
+            }
+        }
+        for p in &old.plugins {
+            if !hooks.iter().any(|h| h.name == p.config.name) {
+                report.removed.push(p.config.name.clone());
+            }
+        }
+        *self.current.write().expect("hooks lock") = Arc::new(Loaded { plugins: next });
+        *self.last_report.lock().expect("report lock") = report.clone();
+        report
+    }
+
+    /// Loads one plugin; `Ok(None)` when `previous` already is this file with this config.
+    async fn load_one(&self, hc: &HookConfig, previous: Option<&Plugin>) -> anyhow::Result<Option<Plugin>> {
+        let (bytes, sha) = runtime::read_wasm(&hc.wasm)?;
+        if let Some(pin) = &hc.sha256 {
+            if !pin.eq_ignore_ascii_case(&sha) {
+                anyhow::bail!("sha256 of {} is {sha}, but the config pins {pin}", hc.wasm.display());
+            }
+        }
+        if let Some(p) = previous {
+            if p.sha256 == sha && same_config(&p.config, hc) {
+                return Ok(None);
+            }
+        }
+        let started = std::time::Instant::now();
+        tracing::info!(plugin = %hc.name, file = %hc.wasm.display(), "compiling plugin");
+        let rt = self.runtime.clone();
+        let sha2 = sha.clone();
+        let component = tokio::task::spawn_blocking(move || rt.compile(&bytes, &sha2)).await??;
+        let prepared = self.runtime.prepare(&component)?;
+        let needs = |iface: &str| prepared.exports().contains(&iface);
+        for e in &hc.events {
+            let iface = if e.starts_with("feedback.") { v1::FEEDBACK_EXPORT } else { v1::METADATA_EXPORT };
+            if !needs(iface) {
+                anyhow::bail!("event {e:?} needs the component to export {iface}");
+            }
+        }
+        tracing::info!(plugin = %hc.name, ms = started.elapsed().as_millis() as u64, "plugin compiled");
+        Ok(Some(Plugin::new(&self.runtime, hc.clone(), sha, prepared)))
+    }
+
+    /// Runs the before-chain of a metadata change; returns the change to store.
+    ///
+    /// # Errors
+    /// 422 `denied_by_hook`, 503 `hook_failed` (fail-closed plugin), or a store error.
+    pub async fn before_metadata(
+        &self,
+        store: &dyn SessionStore,
+        t: &Tenant,
+        sid: &str,
+        change: MetadataChange,
+    ) -> Result<MetadataChange, AppError> {
+        let event = match change {
+            MetadataChange::Update(_) => "metadata.update",
+            MetadataChange::Delete(_) => "metadata.delete",
+        };
+        let chain = self.snapshot().chain(HookPhase::Before, event);
+        if chain.is_empty() {
+            return Ok(change);
+        }
+        let session = store.get_session(t, sid).await?;
+        let sref = session_ref(t, sid, &session.session_type);
+        let mut change = change;
+        for p in &chain {
+            let verdict = p.before_change(&sref, &v1::change_to_wit(&change)).await;
+            match verdict {
+                Ok(v1::MetadataVerdict::Allow) => {}
+                Ok(v1::MetadataVerdict::Deny(reason)) => return Err(denied(p, &reason)),
+                Ok(v1::MetadataVerdict::Rewrite(c)) => match v1::change_from_wit(c) {
+                    Ok(c) => change = c,
+                    Err(msg) => on_failure(p, &CallError::BadOutput(msg))?,
+                },
+                Err(e) => on_failure(p, &e)?,
+            }
+        }
+        Ok(change)
+    }
+
+    /// Runs the before-chain of a feedback; returns the feedback to store.
+    ///
+    /// # Errors
+    /// As [`HookHost::before_metadata`].
+    pub async fn before_feedback(
+        &self,
+        store: &dyn SessionStore,
+        t: &Tenant,
+        sid: &str,
+        feedback: JsonObject,
+    ) -> Result<JsonObject, AppError> {
+        let chain = self.snapshot().chain(HookPhase::Before, "feedback.add");
+        if chain.is_empty() {
+            return Ok(feedback);
+        }
+        let session = store.get_session(t, sid).await?;
+        let sref = session_ref(t, sid, &session.session_type);
+        let mut feedback = feedback;
+        for p in &chain {
+            let text = Value::Object(feedback.clone()).to_string();
+            match p.before_add(&sref, &text).await {
+                Ok(v1::FeedbackVerdict::Allow) => {}
+                Ok(v1::FeedbackVerdict::Deny(reason)) => return Err(denied(p, &reason)),
+                Ok(v1::FeedbackVerdict::Rewrite(text)) => {
+                    let checked = v1::object_from_wit("feedback rewrite", &text).and_then(|fb| {
+                        crate::model::validate_feedback(&fb).map_err(|e| format!("feedback rewrite: {e}"))?;
+                        Ok(fb)
+                    });
+                    match checked {
+                        Ok(fb) => feedback = fb,
+                        Err(msg) => on_failure(p, &CallError::BadOutput(msg))?,
+                    }
+                }
+                Err(e) => on_failure(p, &e)?,
+            }
+        }
+        Ok(feedback)
+    }
+
+    /// Runs the get-chain over metadata about to be shown.
+    ///
+    /// # Errors
+    /// 503 `hook_failed` for a failing fail-closed plugin.
+    pub async fn show_metadata(&self, t: &Tenant, sid: &str, session_type: &str, metadata: JsonObject) -> Result<JsonObject, AppError> {
+        let chain = self.snapshot().chain(HookPhase::Get, "metadata.get");
+        if chain.is_empty() {
+            return Ok(metadata);
+        }
+        let sref = session_ref(t, sid, session_type);
+        let mut metadata = metadata;
+        for p in &chain {
+            let text = Value::Object(metadata.clone()).to_string();
+            match p.on_get(&sref, &text).await {
+                Ok(out) => match v1::object_from_wit("on-get result", &out) {
+                    Ok(m) => metadata = m,
+                    Err(msg) => on_failure(p, &CallError::BadOutput(msg))?,
+                },
+                Err(e) => on_failure(p, &e)?,
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// [`HookHost::show_metadata`] over a session's metadata.
+    ///
+    /// # Errors
+    /// As [`HookHost::show_metadata`].
+    pub async fn redact_session(&self, t: &Tenant, mut session: Session) -> Result<Session, AppError> {
+        let md = std::mem::take(&mut session.metadata);
+        session.metadata = self.show_metadata(t, &session.session_id, &session.session_type, md).await?;
+        Ok(session)
+    }
+
+    /// [`HookHost::show_metadata`] when only the session id is at hand (the
+    /// session type is read only when a get-hook is configured).
+    ///
+    /// # Errors
+    /// As [`HookHost::show_metadata`], or a store error.
+    pub async fn redact_metadata(&self, store: &dyn SessionStore, t: &Tenant, sid: &str, metadata: JsonObject) -> Result<JsonObject, AppError> {
+        if self.snapshot().chain(HookPhase::Get, "metadata.get").is_empty() {
+            return Ok(metadata);
+        }
+        let session = store.get_session(t, sid).await?;
+        self.show_metadata(t, sid, &session.session_type, metadata).await
+    }
+
+    /// Runs the after-chain for one committed event and returns the
+    /// notifications its plugins published. A failing after-hook is counted
+    /// and logged; it does not stop the others.
+    pub async fn after_event(&self, ev: &Event) -> Vec<OutboxItem> {
+        let (event, is_metadata) = match ev.kind {
+            EventType::MetadataUpdated => ("metadata.update", true),
+            EventType::MetadataDeleted => ("metadata.delete", true),
+            EventType::FeedbackAdded => ("feedback.add", false),
+            _ => return Vec::new(),
+        };
+        let chain = self.snapshot().chain(HookPhase::After, event);
+        if chain.is_empty() {
+            return Vec::new();
+        }
+        let sref = v1::SessionRef {
+            tenant: ev.tenant.clone(),
+            session_id: ev.session_id.clone(),
+            session_type: ev.session_type.clone(),
+        };
+        let info = v1::CommitInfo {
+            event_id: ev.seq,
+            timestamp: format_ms(ev.ts),
+        };
+        let key = format!("{}/{}/{}", ev.tenant, ev.session_id, ev.seq);
+        let mut out = Vec::new();
+        for p in &chain {
+            let result = if is_metadata {
+                let (change, changed, values) = metadata_from_payload(&ev.payload);
+                p.after_change(&sref, &v1::change_to_wit(&change), &changed, &values, info.clone(), key.clone())
+                    .await
+            } else {
+                let fb = ev.payload.get("feedback").cloned().unwrap_or(Value::Null).to_string();
+                p.after_add(&sref, &fb, info.clone(), key.clone()).await
+            };
+            match result {
+                Ok(published) => {
+                    let now = now_ms();
+                    out.extend(published.into_iter().map(|n| OutboxItem {
+                        id: n.id,
+                        target: n.target,
+                        payload: n.payload,
+                        plugin: p.meta.name.clone(),
+                        tenant: ev.tenant.clone(),
+                        session_id: ev.session_id.clone(),
+                        created_at: now,
+                        attempts: 0,
+                        next_attempt_at: now,
+                        state: OutboxState::Pending,
+                        last_error: None,
+                    }));
+                }
+                Err(e) => tracing::warn!(plugin = %p.meta.name, seq = ev.seq, session_id = %ev.session_id, error = %e, "after-hook failed"),
+            }
+        }
+        out
+    }
+
+    /// Plugins as listed by `GET /v1/admin/plugins`.
+    pub fn describe(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let loaded = self.snapshot();
+        let report = self.last_report();
+        let plugins: Vec<Value> = loaded
+            .plugins
+            .iter()
+            .map(|p| {
+                let s = &p.meta.stats;
+                let calls = s.calls.load(Relaxed);
+                let total = s.latency_us_total.load(Relaxed);
+                json!({
+                    "name": p.meta.name,
+                    "wasm": p.config.wasm,
+                    "sha256": p.sha256,
+                    "events": p.config.events,
+                    "phase": p.config.phase,
+                    "instance": p.config.instance,
+                    "on_error": p.config.on_error,
+                    "exports": p.exports,
+                    "loaded_at": format_ms(p.loaded_at),
+                    "calls": calls,
+                    "errors": s.errors.load(Relaxed),
+                    "instantiations": s.instantiations.load(Relaxed),
+                    "publish_refused": s.publish_refused.load(Relaxed),
+                    "latency_us_avg": if calls == 0 { 0 } else { total / calls },
+                    "latency_us_max": s.latency_us_max.load(Relaxed),
+                    "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
+                })
+            })
+            .collect();
+        json!({ "plugins": plugins, "last_reload": report })
+    }
+
+    /// Polls the config file and plugin files and reloads when one changes.
+    /// Returns when `stop` resolves.
+    pub async fn watch(self: Arc<Self>, interval: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut stop = stop;
+        let mut seen = self.fingerprint();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            let now = self.fingerprint();
+            if now != seen {
+                tracing::info!("plugin or config file changed; reloading");
+                let report = self.reload().await;
+                tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "reload done");
+                // Re-read: the reload may have changed the set of files watched.
+                seen = self.fingerprint();
+            }
+        }
+    }
+
+    fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+        let mut paths: Vec<PathBuf> = self.config_path.iter().cloned().collect();
+        if let Some(cfg) = self.config_path.as_deref().and_then(|p| Config::load(p).ok()) {
+            paths.extend(cfg.hooks.into_iter().map(|h| h.wasm));
+        } else {
+            paths.extend(self.snapshot().plugins.iter().map(|p| p.config.wasm.clone()));
+        }
+        paths.into_iter().map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let (mtime, len) = (m.as_ref().and_then(|m| m.modified().ok()), m.map_or(0, |m| m.len()));
+            (p, mtime, len)
+        }).collect()
+    }
+}
+
+fn same_config(a: &HookConfig, b: &HookConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Recovers the change, the changed paths and their values (as JSON text)
+/// from a metadata event payload (see [`crate::metadata::event_payload`]).
+fn metadata_from_payload(payload: &Value) -> (MetadataChange, Vec<String>, String) {
+    let change = match (payload.get("action").and_then(Value::as_str), payload.get("change")) {
+        (Some("delete"), Some(Value::Array(keys))) => {
+            MetadataChange::Delete(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        }
+        (_, Some(Value::Object(m))) => MetadataChange::Update(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        _ => MetadataChange::Update(Vec::new()),
+    };
+    let changed = payload
+        .get("changed")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let values = payload.get("values").cloned().unwrap_or_else(|| json!({})).to_string();
+    (change, changed, values)
+}
+
+/// Validates a component file against the WIT and describes its exports
+/// (`gateway plugin check`).
+///
+/// # Errors
+/// When it cannot be read, compiled or linked, or exports no hook interface.
+pub fn check_plugin(path: &Path) -> anyhow::Result<Value> {
+    let dir = std::env::temp_dir().join("session-gateway-check");
+    let rt = Runtime::new(&dir)?;
+    let (bytes, sha) = runtime::read_wasm(path)?;
+    let component = rt.compile(&bytes, &sha)?;
+    let prepared = rt.prepare(&component)?;
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(rt.engine()).map(|(n, _)| n.to_owned()).collect();
+    Ok(json!({
+        "file": path,
+        "sha256": sha,
+        "bytes": bytes.len(),
+        "wit": "gateway:hooks@0.1.0",
+        "exports": prepared.exports(),
+        "imports": imports,
+    }))
+}

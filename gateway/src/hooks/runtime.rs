@@ -1,0 +1,620 @@
+//! The wasmtime side of hooks: one engine, one linker, a compiled component and
+//! an instance pool per plugin, and the limits that contain a hostile plugin.
+//!
+//! - **Engine:** one per process, with epoch interruption (a ticker thread
+//!   bumps the epoch every millisecond), fuel metering and the pooling
+//!   allocator. Calls are async: a busy plugin yields to tokio at every tick,
+//!   so it never pins a worker thread, and is trapped once its wall-clock
+//!   budget (`timeout_ms`) is spent.
+//! - **Limits per call:** a deadline (epoch), optional fuel, and `StoreLimits`
+//!   on linear memory (`memory_mb`), instances, tables and memories.
+//! - **Instances:** `reuse` keeps warm instances in a small pool (≈1 µs a
+//!   call); `per-call` instantiates a fresh one each time. An instance that
+//!   trapped or ran out of time is dropped, never reused.
+//! - **Sandbox:** WASI is linked with an empty context: no files, no
+//!   environment, no network, no stdio; the only way out is the `host`
+//!   interface, whose `publish` is deny-by-default.
+//! - **Artifacts:** compiled components are cached on disk under the wasm's
+//!   sha256 and the engine's compatibility hash, with a checksum sidecar; only
+//!   files the gateway wrote itself are ever deserialized.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::v0_1_0 as v1;
+use crate::config::{HookConfig, InstanceMode, OnError};
+
+/// Most warm instances kept per plugin in `reuse` mode.
+const MAX_WARM: usize = 16;
+/// Largest JSON a plugin may return or publish.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Most notifications one hook call may publish.
+const MAX_PUBLISH_PER_CALL: usize = 64;
+/// Epoch tick.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The process-wide engine and linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: PathBuf,
+    _ticker: Ticker,
+}
+
+struct Ticker(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// When wasmtime rejects the configuration.
+    pub fn new(cache_dir: &Path) -> anyhow::Result<Self> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true)
+            .consume_fuel(true)
+            .wasm_component_model(true);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(2000)
+            .total_tables(4000)
+            .total_stacks(1000)
+            .max_memory_size(1 << 30);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg).map_err(anyhow::Error::from).context("creating the wasm engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        v1::add_to_linker(&mut linker).map_err(anyhow::Error::from).context("linking gateway:hooks@0.1.0")?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            _ticker: Ticker(stop),
+        })
+    }
+
+    /// The engine (for `plugin check`).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn cache_key(&self, sha: &str) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{sha}-{:016x}", h.finish())
+    }
+
+    /// Compiles a component, through the on-disk artifact cache.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid component for this engine.
+    pub fn compile(&self, bytes: &[u8], sha: &str) -> anyhow::Result<Component> {
+        let key = self.cache_key(sha);
+        let art = self.cache_dir.join(format!("{key}.cwasm"));
+        let sum = self.cache_dir.join(format!("{key}.sha256"));
+        if let Some(c) = self.load_cached(&art, &sum) {
+            return Ok(c);
+        }
+        let compiled = self.engine.precompile_component(bytes)?;
+        if let Err(e) = write_artifact(&self.cache_dir, &art, &sum, &compiled) {
+            tracing::warn!(error = %e, dir = %self.cache_dir.display(), "cannot cache compiled plugin");
+        }
+        // Deserializing what we just produced in memory is as safe as compiling.
+        self.deserialize(&compiled)
+    }
+
+    #[allow(unsafe_code)]
+    fn deserialize(&self, compiled: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: `compiled` was produced by `precompile_component` on this
+        // very engine a moment ago, never read from outside the process.
+        unsafe { Component::deserialize(&self.engine, compiled) }.map_err(anyhow::Error::from)
+    }
+
+    #[allow(unsafe_code)]
+    fn load_cached(&self, art: &Path, sum: &Path) -> Option<Component> {
+        let expected = std::fs::read_to_string(sum).ok()?;
+        let bytes = std::fs::read(art).ok()?;
+        if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
+            tracing::warn!(file = %art.display(), "cached plugin artifact fails its checksum; recompiling");
+            return None;
+        }
+        // SAFETY: the artifact lives in the gateway's private cache directory,
+        // was written by `write_artifact` from `precompile_component` output of
+        // an engine with the same compatibility hash (part of the file name),
+        // and its checksum matches the sidecar written with it.
+        unsafe { Component::deserialize(&self.engine, &bytes) }.ok()
+    }
+
+    /// Prepares a component for instantiation: resolves imports and looks up
+    /// the hook exports of a known WIT version.
+    ///
+    /// # Errors
+    /// When it imports something the host does not provide, or exports no
+    /// hook interface of a known version.
+    pub fn prepare(&self, component: &Component) -> anyhow::Result<Prepared> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .context("the component imports something the gateway does not provide")?;
+        let metadata = v1::metadata_hook::GuestIndices::new(&pre).ok();
+        let feedback = v1::feedback_hook::GuestIndices::new(&pre).ok();
+        if metadata.is_none() && feedback.is_none() {
+            return Err(anyhow!(
+                "the component exports neither {} nor {}",
+                v1::METADATA_EXPORT,
+                v1::FEEDBACK_EXPORT
+            ));
+        }
+        Ok(Prepared { pre, metadata, feedback })
+    }
+}
+
+fn write_artifact(dir: &Path, art: &Path, sum: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = art.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::write(sum, hex::encode(Sha256::digest(bytes)))?;
+    std::fs::rename(tmp, art)
+}
+
+/// A component ready to instantiate, with its export indices.
+pub struct Prepared {
+    pre: InstancePre<HostState>,
+    metadata: Option<v1::metadata_hook::GuestIndices>,
+    feedback: Option<v1::feedback_hook::GuestIndices>,
+}
+
+impl Prepared {
+    /// Exported hook interfaces, by WIT name.
+    pub fn exports(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.metadata.is_some() {
+            out.push(v1::METADATA_EXPORT);
+        }
+        if self.feedback.is_some() {
+            out.push(v1::FEEDBACK_EXPORT);
+        }
+        out
+    }
+}
+
+/// A notification a plugin published during an after-hook call. It is
+/// persisted with the event's completion, so it is durable exactly when the
+/// event is marked processed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// Stable id derived from the event, the plugin and the call's position.
+    pub id: String,
+    /// Logical target.
+    pub target: String,
+    /// JSON payload text.
+    pub payload: String,
+}
+
+/// Why `publish` refused.
+pub enum PublishRefusal {
+    /// The target is not in the plugin's grants.
+    NotGranted,
+    /// The payload is not JSON or too large.
+    InvalidPayload,
+    /// Publishing is not possible in this phase.
+    Unavailable,
+}
+
+/// Per-store state: the plugin's identity, limits, WASI context and what it
+/// published during the current call.
+pub struct HostState {
+    meta: Arc<PluginMeta>,
+    limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    deadline: Instant,
+    /// Set during after-hooks: the event the call is about, from which
+    /// notification ids are derived (so a re-run yields the same ids).
+    publish_key: Option<String>,
+    published: Vec<Published>,
+}
+
+impl HostState {
+    pub(crate) fn plugin_name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub(crate) fn config_json(&self) -> &str {
+        &self.meta.config_json
+    }
+
+    pub(crate) fn publish_checked(&mut self, target: String, payload: String) -> Result<String, PublishRefusal> {
+        if !self.meta.grants.iter().any(|g| g == &target) {
+            self.meta.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.meta.name, target, "publish refused: target not granted");
+            return Err(PublishRefusal::NotGranted);
+        }
+        if payload.len() > MAX_OUTPUT_BYTES || serde_json::from_str::<serde::de::IgnoredAny>(&payload).is_err() {
+            return Err(PublishRefusal::InvalidPayload);
+        }
+        let Some(key) = &self.publish_key else {
+            return Err(PublishRefusal::Unavailable);
+        };
+        if self.published.len() >= MAX_PUBLISH_PER_CALL {
+            return Err(PublishRefusal::Unavailable);
+        }
+        let seed = format!("{key}/{}/{}", self.meta.name, self.published.len());
+        let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
+        self.published.push(Published { id: id.clone(), target, payload });
+        Ok(id)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Counters of one plugin, shown by the admin API and metrics.
+#[derive(Default)]
+pub struct PluginStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that failed (trap, timeout, limit, bad output).
+    pub errors: AtomicU64,
+    /// Sum of call latencies, in microseconds.
+    pub latency_us_total: AtomicU64,
+    /// Slowest call, in microseconds.
+    pub latency_us_max: AtomicU64,
+    /// `publish` calls refused for lack of a grant.
+    pub publish_refused: AtomicU64,
+    /// Instances created.
+    pub instantiations: AtomicU64,
+}
+
+/// What does not change for the life of a loaded plugin.
+pub struct PluginMeta {
+    /// Name from the config.
+    pub name: String,
+    /// The `config` table as JSON text.
+    pub config_json: String,
+    /// Targets it may publish to.
+    pub grants: Vec<String>,
+    /// Counters (shared by every instance).
+    pub stats: PluginStats,
+}
+
+/// How a hook call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The call trapped, ran out of time, fuel or memory.
+    #[error("{0}")]
+    Trap(String),
+    /// The plugin answered something invalid.
+    #[error("{0}")]
+    BadOutput(String),
+    /// The plugin does not export the needed interface.
+    #[error("plugin does not export {0}")]
+    Missing(&'static str),
+}
+
+struct Warm {
+    store: Store<HostState>,
+    metadata: Option<v1::metadata_hook::Guest>,
+    feedback: Option<v1::feedback_hook::Guest>,
+}
+
+/// A loaded plugin: its compiled component, limits and warm instances.
+pub struct Plugin {
+    /// Identity, config and counters.
+    pub meta: Arc<PluginMeta>,
+    /// The `[[hooks]]` entry it was loaded from.
+    pub config: HookConfig,
+    /// sha256 of the wasm file.
+    pub sha256: String,
+    /// When it was loaded (Unix ms).
+    pub loaded_at: i64,
+    /// Exported interfaces.
+    pub exports: Vec<&'static str>,
+    prepared: Prepared,
+    engine: Engine,
+    warm: Mutex<Vec<Warm>>,
+}
+
+impl Plugin {
+    /// Wraps a prepared component with its configuration.
+    pub fn new(rt: &Runtime, config: HookConfig, sha256: String, prepared: Prepared) -> Self {
+        let config_json = config
+            .config
+            .as_ref()
+            .map_or_else(|| "{}".to_owned(), |t| serde_json::to_string(t).unwrap_or_else(|_| "{}".into()));
+        Self {
+            meta: Arc::new(PluginMeta {
+                name: config.name.clone(),
+                config_json,
+                grants: config.grants.publish.clone(),
+                stats: PluginStats::default(),
+            }),
+            exports: prepared.exports(),
+            sha256,
+            loaded_at: crate::model::now_ms(),
+            config,
+            prepared,
+            engine: rt.engine.clone(),
+            warm: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the plugin fails closed.
+    pub fn fails_closed(&self) -> bool {
+        self.config.on_error == OnError::Deny
+    }
+
+    async fn instantiate(&self) -> anyhow::Result<Warm> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(self.config.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX))
+            .instances(64)
+            .tables(64)
+            .memories(32)
+            .trap_on_grow_failure(false)
+            .build();
+        let state = HostState {
+            meta: self.meta.clone(),
+            limits,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            deadline: Instant::now() + Duration::from_millis(self.config.timeout_ms),
+            publish_key: None,
+            published: Vec::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        store.set_fuel(u64::MAX)?;
+        let instance = self.prepared.pre.instantiate_async(&mut store).await?;
+        let metadata = self.prepared.metadata.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
+        let feedback = self.prepared.feedback.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
+        self.meta.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        Ok(Warm { store, metadata, feedback })
+    }
+
+    async fn checkout(&self, publish_key: Option<String>) -> Result<Warm, CallError> {
+        let pooled = match self.config.instance {
+            InstanceMode::Reuse => self.warm.lock().expect("warm pool lock").pop(),
+            InstanceMode::PerCall => None,
+        };
+        let mut w = match pooled {
+            Some(w) => w,
+            None => {
+                // Instantiation runs guest start-up code: it gets the same budget.
+                self.instantiate().await.map_err(|e| CallError::Trap(format!("instantiation failed: {e:#}")))?
+            }
+        };
+        let data = w.store.data_mut();
+        data.deadline = Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        data.publish_key = publish_key;
+        data.published.clear();
+        w.store.set_epoch_deadline(1);
+        w.store
+            .set_fuel(self.config.fuel.unwrap_or(u64::MAX))
+            .map_err(|e| CallError::Trap(e.to_string()))?;
+        Ok(w)
+    }
+
+    fn checkin(&self, w: Warm) {
+        if self.config.instance == InstanceMode::Reuse {
+            let mut pool = self.warm.lock().expect("warm pool lock");
+            if pool.len() < MAX_WARM {
+                pool.push(w);
+            }
+        }
+    }
+
+    fn record(&self, started: Instant, ok: bool) {
+        let s = &self.meta.stats;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        s.calls.fetch_add(1, Ordering::Relaxed);
+        s.latency_us_total.fetch_add(us, Ordering::Relaxed);
+        s.latency_us_max.fetch_max(us, Ordering::Relaxed);
+        if !ok {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one call on an instance, discarding the instance if it failed.
+    async fn call<R>(
+        &self,
+        publish_key: Option<String>,
+        f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
+    ) -> Result<(R, Vec<Published>), CallError> {
+        let started = Instant::now();
+        let mut w = match self.checkout(publish_key).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.record(started, false);
+                return Err(e);
+            }
+        };
+        let out = f(&mut w).await;
+        self.record(started, out.is_ok());
+        match out {
+            Ok(r) => {
+                let published = std::mem::take(&mut w.store.data_mut().published);
+                self.checkin(w);
+                Ok((r, published))
+            }
+            // A trapped (or misbehaving) instance is never reused.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `metadata-hook.before-change`.
+    ///
+    /// # Errors
+    /// When the call fails or answers an invalid rewrite.
+    pub async fn before_change(&self, session: &v1::SessionRef, change: &v1::WitChange) -> Result<v1::MetadataVerdict, CallError> {
+        let (session, change) = (session.clone(), change.clone());
+        self.call(None, move |w| {
+            Box::pin(async move {
+                let g = w.metadata.clone().ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
+                let verdict = g.call_before_change(&mut w.store, &session, &change).await.map_err(trap)?;
+                check_verdict_size(&verdict)?;
+                Ok(verdict)
+            })
+        })
+        .await
+        .map(|(v, _)| v)
+    }
+
+    /// `metadata-hook.after-change`; returns what it published.
+    ///
+    /// # Errors
+    /// When the call fails.
+    pub async fn after_change(
+        &self,
+        session: &v1::SessionRef,
+        change: &v1::WitChange,
+        changed: &[String],
+        values: &str,
+        info: v1::CommitInfo,
+        publish_key: String,
+    ) -> Result<Vec<Published>, CallError> {
+        let (session, change, changed, values) = (session.clone(), change.clone(), changed.to_vec(), values.to_owned());
+        self.call(Some(publish_key), move |w| {
+            Box::pin(async move {
+                let g = w.metadata.clone().ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
+                g.call_after_change(&mut w.store, &session, &change, &changed, &values, &info)
+                    .await
+                    .map_err(trap)
+            })
+        })
+        .await
+        .map(|((), p)| p)
+    }
+
+    /// `metadata-hook.on-get`.
+    ///
+    /// # Errors
+    /// When the call fails or answers something that is not a JSON object.
+    pub async fn on_get(&self, session: &v1::SessionRef, metadata: &str) -> Result<String, CallError> {
+        let (session, metadata) = (session.clone(), metadata.to_owned());
+        self.call(None, move |w| {
+            Box::pin(async move {
+                let g = w.metadata.clone().ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
+                let out = g.call_on_get(&mut w.store, &session, &metadata).await.map_err(trap)?;
+                check_len("on-get result", out.len())?;
+                Ok(out)
+            })
+        })
+        .await
+        .map(|(v, _)| v)
+    }
+
+    /// `feedback-hook.before-add`.
+    ///
+    /// # Errors
+    /// When the call fails.
+    pub async fn before_add(&self, session: &v1::SessionRef, feedback: &str) -> Result<v1::FeedbackVerdict, CallError> {
+        let (session, feedback) = (session.clone(), feedback.to_owned());
+        self.call(None, move |w| {
+            Box::pin(async move {
+                let g = w.feedback.clone().ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
+                let v = g.call_before_add(&mut w.store, &session, &feedback).await.map_err(trap)?;
+                if let v1::FeedbackVerdict::Rewrite(s) | v1::FeedbackVerdict::Deny(s) = &v {
+                    check_len("verdict", s.len())?;
+                }
+                Ok(v)
+            })
+        })
+        .await
+        .map(|(v, _)| v)
+    }
+
+    /// `feedback-hook.after-add`; returns what it published.
+    ///
+    /// # Errors
+    /// When the call fails.
+    pub async fn after_add(&self, session: &v1::SessionRef, feedback: &str, info: v1::CommitInfo, publish_key: String) -> Result<Vec<Published>, CallError> {
+        let (session, feedback) = (session.clone(), feedback.to_owned());
+        self.call(Some(publish_key), move |w| {
+            Box::pin(async move {
+                let g = w.feedback.clone().ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
+                g.call_after_add(&mut w.store, &session, &feedback, &info).await.map_err(trap)
+            })
+        })
+        .await
+        .map(|((), p)| p)
+    }
+}
+
+fn trap(e: wasmtime::Error) -> CallError {
+    let msg = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "timed out".to_owned(),
+        Some(wasmtime::Trap::OutOfFuel) => "ran out of fuel".to_owned(),
+        Some(t) => format!("trapped: {t}"),
+        None => format!("failed: {e:#}"),
+    };
+    CallError::Trap(msg)
+}
+
+fn check_len(what: &str, len: usize) -> Result<(), CallError> {
+    if len > MAX_OUTPUT_BYTES {
+        return Err(CallError::BadOutput(format!("{what} is {len} bytes, over the {MAX_OUTPUT_BYTES}-byte limit")));
+    }
+    Ok(())
+}
+
+fn check_verdict_size(v: &v1::MetadataVerdict) -> Result<(), CallError> {
+    let len = match v {
+        v1::MetadataVerdict::Allow => 0,
+        v1::MetadataVerdict::Deny(r) => r.len(),
+        v1::MetadataVerdict::Rewrite(v1::WitChange::Update(a)) => a.iter().map(|x| x.path.len() + x.value.len()).sum(),
+        v1::MetadataVerdict::Rewrite(v1::WitChange::Delete(k)) => k.iter().map(String::len).sum(),
+    };
+    check_len("verdict", len)
+}
+
+/// Reads a wasm file and returns its bytes and sha256 (hex).
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn read_wasm(path: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    Ok((bytes, sha))
+}

@@ -1,0 +1,230 @@
+//! Session Gateway: durable sessions for AI agents over HTTP, with metadata and
+//! feedback hooks as sandboxed WebAssembly components.
+//!
+//! Crate map:
+//! - [`config`]: `gateway.toml`, typed and strict.
+//! - [`error`]: [`error::AppError`], the uniform JSON error of every endpoint.
+//! - [`extract`]: JSON/path/query extractors that answer bad input with that error.
+//! - [`auth`]: API keys, tenants and roles: who a request is from.
+//! - [`limits`]: the request guard: overload, auth, rate limit, timeout.
+//! - [`model`]: sessions, agents, messages, feedbacks, events.
+//! - [`metadata`]: dotted-path metadata changes, shared by both stores.
+//! - [`observe`]: request ids, tracing spans and Prometheus metrics.
+//! - [`routes`]: one file per resource, each with `router()`.
+//! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB.
+//! - [`hooks`]: the wasmtime host: plugins, limits, chains, hot swap.
+//! - [`events`]: runs after-hooks from the durable change-event log.
+//! - [`outbox`]: delivers the notifications hooks publish to SNS/SQS.
+//! - [`stream`]: live per-session feeds for SSE subscribers, from the same log.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod hooks;
+pub mod limits;
+pub mod metadata;
+pub mod model;
+pub mod observe;
+pub mod openapi;
+pub mod outbox;
+pub mod routes;
+pub mod store;
+pub mod stream;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, StorageType};
+use crate::hooks::HookHost;
+use crate::store::SessionStore;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store, chosen by `storage.type`.
+    pub store: Arc<dyn SessionStore>,
+    /// The configuration the gateway started with.
+    pub config: Arc<Config>,
+    /// Loaded hooks.
+    pub hooks: Arc<HookHost>,
+    /// Wakes the change-event processor after a commit.
+    pub events_wake: Arc<Notify>,
+    /// Wakes the outbox dispatcher (e.g. after an operator retry).
+    pub outbox_wake: Arc<Notify>,
+    /// Outbox delivery counters (`GET /v1/admin/outbox`).
+    pub outbox_stats: Arc<outbox::OutboxStats>,
+    /// Live feeds for SSE subscribers.
+    pub hub: Arc<stream::EventHub>,
+    /// Keys, rate limits and the in-flight limit.
+    pub guard: Arc<limits::Guard>,
+    /// Request metrics for `/metrics`.
+    pub metrics: Arc<observe::Metrics>,
+}
+
+impl AppState {
+    /// Tells the event processor and the session's subscribers that a change
+    /// was committed in a session.
+    pub fn committed(&self, t: &model::Tenant, sid: &str) {
+        self.events_wake.notify_one();
+        self.hub.committed(t, sid);
+    }
+}
+
+/// The HTTP application: every route, with the body limit applied.
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    routes::router()
+        .fallback(|| async { error::AppError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .with_state(state)
+}
+
+/// Opens the store the config names.
+///
+/// # Errors
+/// When the store cannot be opened or reached.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(match config.storage.kind {
+        StorageType::Embedded => {
+            let path = &config.storage.embedded.path;
+            tracing::info!(path = %path.display(), "opening embedded store");
+            Arc::new(store::embedded::EmbeddedStore::open(path).with_context(|| format!("opening {}", path.display()))?)
+        }
+        StorageType::Mongodb => {
+            let m = &config.storage.mongodb;
+            tracing::info!(uri = %config::redact_uri(&m.uri), database = %m.database, "connecting to MongoDB");
+            Arc::new(store::mongo::MongoStore::connect(m).await.context("connecting to MongoDB")?)
+        }
+    })
+}
+
+/// A running gateway's background parts; dropping it stops them.
+pub struct Gateway {
+    /// Shared state (also handed to the router).
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Opens the store, loads the hooks and starts the background tasks.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or a required plugin fails to load.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
+        let store = open_store(&config).await?;
+        store.set_retention(config.retention.policy().map_err(anyhow::Error::msg)?);
+        if config.auth.mode == auth::AuthMode::None {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (auth.mode = \"none\"): every client acts as admin of the default tenant. \
+                 Use this only for local development; see [auth] in gateway.toml to require API keys."
+            );
+        }
+        let hooks = Arc::new(HookHost::start(&config, config_path).await?);
+        let (stop, stop_rx) = watch::channel(false);
+        let guard = Arc::new(limits::Guard::new(auth::Keys::new(&config.auth), &config.limits));
+        let state = AppState {
+            store: store.clone(),
+            config: Arc::new(config),
+            hooks: hooks.clone(),
+            events_wake: Arc::new(Notify::new()),
+            outbox_wake: Arc::new(Notify::new()),
+            outbox_stats: Arc::new(outbox::OutboxStats::default()),
+            hub: Arc::new(stream::EventHub::new(store.clone())),
+            guard,
+            metrics: Arc::new(observe::Metrics::default()),
+        };
+        let mut tasks = vec![tokio::spawn(events::process(store, hooks.clone(), state.events_wake.clone(), stop_rx.clone()))];
+        if state.store.is_shared() {
+            let interval = Duration::from_millis(state.config.server.sse_poll_ms);
+            tasks.push(tokio::spawn(state.hub.clone().poll_shared(interval, stop_rx.clone())));
+        }
+        tasks.push(tokio::spawn(sweep(
+            state.store.clone(),
+            Duration::from_millis(state.config.retention.sweep_interval_ms),
+            stop_rx.clone(),
+        )));
+        tasks.extend(outbox::spawn(&state, stop_rx.clone()).await?);
+        if state.config.plugins.watch {
+            let interval = Duration::from_millis(state.config.plugins.watch_interval_ms);
+            tasks.push(tokio::spawn(hooks.watch(interval, stop_rx)));
+        }
+        Ok(Self { state, stop, tasks })
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then drains
+    /// in-flight requests (bounded by `server.shutdown_grace_ms`) and stops the
+    /// background tasks.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app(self.state.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopped_tx.send(());
+        });
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            r = &mut server => r?,
+            () = async { let _ = stopped_rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time");
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops the background tasks and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Removes expired sessions and events every `interval` until stopped.
+async fn sweep(store: Arc<dyn SessionStore>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    const BATCH: usize = 1_000;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        loop {
+            match store.sweep_expired(model::now_ms(), BATCH).await {
+                Ok(r) if r.sessions > 0 || r.events > 0 => {
+                    tracing::info!(sessions = r.sessions, events = r.events, "retention sweep");
+                    if r.sessions < BATCH as u64 && r.events < BATCH as u64 * 10 {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention sweep failed; retrying later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

@@ -1,0 +1,123 @@
+//! The `gateway` binary: serve, check a plugin.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::Gateway;
+use gateway::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Session Gateway: durable sessions for AI agents, with WebAssembly hooks.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, env = "GATEWAY_CONFIG", default_value = "gateway.toml", global = true)]
+    config: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "GATEWAY_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Work with API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a new API key and the `[[auth.keys]]` entry to paste into gateway.toml.
+    New {
+        /// Tenant the key acts for ([a-z0-9_-], 1–64 characters).
+        #[arg(long)]
+        tenant: String,
+        /// agent (session API), reader (GET only) or admin (/v1/admin/*).
+        #[arg(long, value_parser = ["agent", "reader", "admin"])]
+        role: String,
+        /// A label for logs (default: <tenant>-<role>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component against the WIT and print what it exports.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::Key { command: KeyCommand::New { tenant, role, id } } => {
+            gateway::auth::validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
+            let key = gateway::auth::new_key();
+            let id = id.unwrap_or_else(|| format!("{tenant}-{role}"));
+            println!("API key (shown once; give it to the client):\n\n  {key}\n");
+            println!("Add to gateway.toml (only the hash is stored):\n");
+            println!("[[auth.keys]]\nid = {id:?}\ntenant = {tenant:?}\nrole = {role:?}\nsha256 = {:?}", gateway::auth::hash_key(&key));
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Check { file } } => {
+            let report = gateway::hooks::check_plugin(&file).with_context(|| format!("{} is not a valid plugin", file.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let listen = config.server.listen;
+    let gw = Gateway::start(config, Some(config_path)).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, store = gw.state.store.name(), "session gateway listening");
+    let hooks = gw.state.hooks.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading plugins");
+            hooks.reload().await;
+        }
+    });
+    gw.serve(listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

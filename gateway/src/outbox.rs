@@ -1,0 +1,441 @@
+//! The outbox dispatcher: delivers the notifications after-hooks published to
+//! Amazon SNS topics and SQS queues.
+//!
+//! After-hooks run from the durable change-event log and their `publish` calls
+//! are persisted as [`OutboxItem`]s atomically with the event's completion
+//! (see [`crate::events`]). This task drains that outbox:
+//!
+//! - It claims due items with a lease ([`SessionStore::claim_outbox`]), so
+//!   gateways sharing a MongoDB never send one item concurrently, and at most
+//!   `notify.concurrency` sends are in flight.
+//! - Each item goes to the topic or queue its logical target names in
+//!   `[notify.targets]`. The item id is the notification's stable id: it is
+//!   sent as the message attribute `notification_id` and, for FIFO topics and
+//!   queues (names ending in `.fifo`), as the deduplication id, with the
+//!   session id as the message group (per-session ordering).
+//! - A failed attempt (AWS error, timeout, or a target that is not
+//!   configured) is retried after an exponential backoff with full jitter;
+//!   after `notify.max_attempts` the item becomes a dead letter, kept in the
+//!   store and listed by `GET /v1/admin/outbox?state=dead` until an operator
+//!   re-queues it (`POST /v1/admin/outbox/{id}/retry`, which wakes this task).
+//! - Delivery is at least once: a crash between the send and its
+//!   acknowledgement in the store sends the item again after its lease. The
+//!   `notification_id` attribute lets consumers drop such duplicates; FIFO
+//!   targets drop them by themselves within their deduplication window.
+//!
+//! Nothing here is on the request path: a client's write never waits for,
+//! or fails because of, a delivery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{AwsConfig, NotifyConfig, NotifyTarget, TargetKind};
+use crate::model::now_ms;
+use crate::store::{OutboxItem, SessionStore};
+
+/// Name of the message attribute carrying the notification id.
+pub const ID_ATTRIBUTE: &str = "notification_id";
+
+/// How long in-flight sends may finish after a stop before they are
+/// abandoned (an abandoned item is sent again once its lease expires).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Delivery counters since start, shown by `GET /v1/admin/outbox`.
+#[derive(Debug, Default)]
+pub struct OutboxStats {
+    /// Notifications delivered.
+    pub delivered: AtomicU64,
+    /// Failed attempts that will be retried.
+    pub retried: AtomicU64,
+    /// Notifications that exhausted their attempts and became dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Whether the dispatcher is running (false when no target is configured).
+    pub running: AtomicBool,
+}
+
+impl OutboxStats {
+    /// The counters as JSON fields.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "delivered": self.delivered.load(Ordering::Relaxed),
+            "retried": self.retried.load(Ordering::Relaxed),
+            "dead_lettered": self.dead_lettered.load(Ordering::Relaxed),
+            "dispatcher_running": self.running.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Sends one notification to one destination.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Delivers `item` to `target`; the error text becomes the item's `last_error`.
+    async fn send(&self, target: &NotifyTarget, item: &OutboxItem) -> Result<(), String>;
+}
+
+/// Loads the AWS SDK configuration for `[notify.aws]`: explicit settings
+/// first, the standard AWS chain for the rest. SDK-level retries are off (the
+/// dispatcher retries with its own backoff and counts each attempt) and every
+/// call is bounded by `timeout`.
+///
+/// # Errors
+/// When no region is configured or found in the environment.
+pub async fn sdk_config(
+    aws: &AwsConfig,
+    timeout: Duration,
+) -> anyhow::Result<aws_config::SdkConfig> {
+    use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+
+    // rustls with ring: the crypto the rest of the binary already links.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(3)))
+                .operation_timeout(timeout)
+                .build(),
+        );
+    if let Some(region) = &aws.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
+        let creds = aws_sdk_sqs::config::Credentials::new(
+            id,
+            secret,
+            aws.session_token.clone(),
+            None,
+            "gateway.toml",
+        );
+        loader = loader.credentials_provider(creds);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        anyhow::bail!("no AWS region: set notify.aws.region or AWS_REGION");
+    }
+    Ok(sdk)
+}
+
+/// Delivers through the AWS SDK: SNS `Publish` and SQS `SendMessage`.
+pub struct AwsTransport {
+    sns: aws_sdk_sns::Client,
+    sqs: aws_sdk_sqs::Client,
+}
+
+impl AwsTransport {
+    /// Builds the SNS and SQS clients for `[notify.aws]`.
+    ///
+    /// # Errors
+    /// As [`sdk_config`].
+    pub async fn new(cfg: &NotifyConfig) -> anyhow::Result<Self> {
+        let sdk = sdk_config(&cfg.aws, Duration::from_millis(cfg.send_timeout_ms)).await?;
+        Ok(Self {
+            sns: aws_sdk_sns::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+        })
+    }
+}
+
+/// Renders an SDK error with its service code and message when there is one.
+fn describe<E, R>(e: &aws_sdk_sqs::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_sqs::error::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_owned(),
+                _ => aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+            }
+        }
+        other => aws_sdk_sqs::error::DisplayErrorContext(other).to_string(),
+    }
+}
+
+#[async_trait]
+impl Transport for AwsTransport {
+    async fn send(&self, target: &NotifyTarget, item: &OutboxItem) -> Result<(), String> {
+        let fifo = target.is_fifo();
+        match target.kind {
+            TargetKind::Sns => {
+                let attr = aws_sdk_sns::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(&item.id)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut req = self
+                    .sns
+                    .publish()
+                    .topic_arn(target.address())
+                    .message(&item.payload)
+                    .message_attributes(ID_ATTRIBUTE, attr);
+                if fifo {
+                    req = req
+                        .message_deduplication_id(&item.id)
+                        .message_group_id(&item.session_id);
+                }
+                req.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("SNS publish to {}: {}", target.address(), describe(&e)))
+            }
+            TargetKind::Sqs => {
+                let attr = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(&item.id)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut req = self
+                    .sqs
+                    .send_message()
+                    .queue_url(target.address())
+                    .message_body(&item.payload)
+                    .message_attributes(ID_ATTRIBUTE, attr);
+                if fifo {
+                    req = req
+                        .message_deduplication_id(&item.id)
+                        .message_group_id(&item.session_id);
+                }
+                req.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("SQS send to {}: {}", target.address(), describe(&e)))
+            }
+        }
+    }
+}
+
+/// The delay before attempt `failed + 1`, after `failed` failed attempts:
+/// uniformly random in `[0, min(max, base * 2^(failed-1))]` (full jitter).
+pub fn backoff(failed: u32, base: Duration, max: Duration) -> Duration {
+    let exp = failed.saturating_sub(1).min(31);
+    let ceiling = base.saturating_mul(1u32 << exp).min(max);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=ms))
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    cfg: NotifyConfig,
+    transport: Arc<dyn Transport>,
+    stats: Arc<OutboxStats>,
+}
+
+impl Inner {
+    async fn deliver(&self, item: OutboxItem) {
+        let attempt = item.attempts.saturating_add(1);
+        let timeout = Duration::from_millis(self.cfg.send_timeout_ms);
+        let result = match self.cfg.targets.get(&item.target) {
+            None => Err(format!(
+                "target {:?} is not configured in [notify.targets]",
+                item.target
+            )),
+            Some(target) => {
+                match tokio::time::timeout(timeout, self.transport.send(target, &item)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("timed out after {} ms", self.cfg.send_timeout_ms)),
+                }
+            }
+        };
+        let s = &self.stats;
+        match result {
+            Ok(()) => {
+                s.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(id = %item.id, target = %item.target, attempt, "notification delivered");
+                if let Err(e) = self.store.outbox_delivered(&item.id).await {
+                    // The lease expires and the item is sent again: at least once.
+                    tracing::warn!(id = %item.id, error = %e, "delivered, but cannot remove it from the outbox");
+                }
+            }
+            Err(error) => {
+                let now = now_ms();
+                let dead = attempt >= self.cfg.max_attempts;
+                let next = if dead {
+                    now
+                } else {
+                    let d = backoff(
+                        attempt,
+                        Duration::from_millis(self.cfg.backoff_base_ms),
+                        Duration::from_millis(self.cfg.backoff_max_ms),
+                    );
+                    now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                };
+                match self
+                    .store
+                    .outbox_failed(&item.id, attempt, next, &error, dead)
+                    .await
+                {
+                    Ok(()) if dead => {
+                        s.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(id = %item.id, target = %item.target, plugin = %item.plugin, attempts = attempt, %error, "notification dead-lettered");
+                    }
+                    Ok(()) => {
+                        s.retried.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(id = %item.id, target = %item.target, attempt, retry_in_ms = next - now, %error, "notification delivery failed; will retry");
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %item.id, error = %e, "cannot record a failed delivery; the lease will expire")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drains the outbox; see the module documentation.
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    /// A dispatcher delivering through `transport`.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        cfg: NotifyConfig,
+        transport: Arc<dyn Transport>,
+        stats: Arc<OutboxStats>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                cfg,
+                transport,
+                stats,
+            }),
+            wake,
+        }
+    }
+
+    /// Runs until `stop` changes: claims due items while fewer than
+    /// `notify.concurrency` sends are in flight, and otherwise sleeps until
+    /// woken, a send finishes, or `notify.poll_interval_ms` passes. On stop,
+    /// in-flight sends get a short grace to finish.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let cfg = &self.inner.cfg;
+        let concurrency = cfg.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let lease = i64::try_from(cfg.lease_ms).unwrap_or(i64::MAX);
+        let poll = Duration::from_millis(cfg.poll_interval_ms);
+        let mut inflight = JoinSet::new();
+        self.inner.stats.running.store(true, Ordering::Relaxed);
+        tracing::info!(targets = ?cfg.targets.keys().collect::<Vec<_>>(), concurrency, "outbox dispatcher started");
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            while inflight.try_join_next().is_some() {}
+            let free = permits.available_permits();
+            let mut more = false;
+            if free > 0 {
+                match self.inner.store.claim_outbox(now_ms(), lease, free).await {
+                    Ok(items) => {
+                        more = items.len() == free;
+                        for item in items {
+                            let permit = permits
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("a permit per claimed item");
+                            let inner = self.inner.clone();
+                            inflight.spawn(async move {
+                                inner.deliver(item).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim outbox items; retrying"),
+                }
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        let drained = tokio::time::timeout(DRAIN, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = inflight.len(),
+                "outbox dispatcher stopped with sends in flight; they are retried after their lease"
+            );
+            inflight.abort_all();
+        }
+        self.inner.stats.running.store(false, Ordering::Relaxed);
+        tracing::info!("outbox dispatcher stopped");
+    }
+}
+
+/// Starts the dispatcher for `state` when `[notify.targets]` is not empty;
+/// otherwise logs once that notifications stay pending and returns `None`.
+///
+/// # Errors
+/// When the AWS configuration cannot be loaded (e.g. no region).
+pub async fn spawn(
+    state: &crate::AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let cfg = &state.config.notify;
+    if cfg.targets.is_empty() {
+        tracing::info!(
+            "notify: no [notify.targets] configured; the outbox dispatcher is not started and published notifications stay pending"
+        );
+        return Ok(None);
+    }
+    let transport = AwsTransport::new(cfg)
+        .await
+        .context("notify: configuring AWS")?;
+    let d = Dispatcher::new(
+        state.store.clone(),
+        cfg.clone(),
+        Arc::new(transport),
+        state.outbox_stats.clone(),
+        state.outbox_wake.clone(),
+    );
+    Ok(Some(tokio::spawn(d.run(stop))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_millis(1_000));
+        for _ in 0..200 {
+            assert!(backoff(1, base, max) <= Duration::from_millis(100));
+            assert!(backoff(3, base, max) <= Duration::from_millis(400));
+            assert!(backoff(30, base, max) <= max);
+            assert!(backoff(u32::MAX, base, max) <= max);
+        }
+        // Jittered: not always the ceiling.
+        let samples: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| backoff(5, base, max)).collect();
+        assert!(samples.len() > 1);
+    }
+}

@@ -1,0 +1,138 @@
+//! Agents: create/replace with optimistic concurrency (`If-Match` / `ETag`), read, list.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::{check_aid, check_sid};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::extract::{Json, Path};
+use crate::model::{AGENT_SERVER_FIELDS, Agent, JsonObject};
+
+/// Agent routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions/{sid}/agents", get(list))
+        .route("/v1/sessions/{sid}/agents/{aid}", get(read).put(put))
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
+}
+
+fn with_etag(status: StatusCode, agent: &Agent) -> Response {
+    let mut resp = (status, axum::Json(agent.to_json())).into_response();
+    resp.headers_mut().insert(header::ETAG, etag(agent.version));
+    resp
+}
+
+/// Parses `If-Match: "3"` (also `3` and `W/"3"`).
+fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let bad = || AppError::bad_request("invalid_if_match", "If-Match must be an agent version as returned in ETag, e.g. \"3\"");
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s.strip_prefix("W/").unwrap_or(s);
+    let s = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+    s.parse::<u64>().map(Some).map_err(|_| bad())
+}
+
+/// Create or replace an agent
+///
+/// The body is the agent's JSON object (Strands `SessionAgent`: `state`,
+/// `conversation_manager_state`, `internal_state`, any extra fields, kept
+/// verbatim); the server-owned fields `agent_id`, `created_at`, `updated_at`,
+/// `version` and `message_count` are ignored, except that a body `agent_id`
+/// must equal the path's. With `If-Match` the write succeeds only while the
+/// stored version is the one named.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{sid}/agents/{aid}",
+    operation_id = "put_agent",
+    tag = "agents",
+    params(
+        crate::openapi::AgentPath,
+        ("If-Match" = Option<String>, Header, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`)"),
+    ),
+    request_body = crate::openapi::AgentBody,
+    responses(
+        (status = 201, description = "The agent was created", body = crate::openapi::AgentView,
+            headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"1\"`"))),
+        (status = 200, description = "The agent was replaced", body = crate::openapi::AgentView,
+            headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"2\"`"))),
+        (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_if_match`, `invalid_session_id` or `invalid_agent_id`"),
+        (status = 404, description = "`not_found`: no such session"),
+        (status = 412, description = "`version_mismatch`: `If-Match` names a version that is not current"),
+        (status = 422, description = "`agent_id_mismatch` or `too_deep`"),
+    )
+)]
+async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((sid, aid)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> AppResult<Response> {
+    caller.require_write()?;
+    check_sid(&sid)?;
+    check_aid(&aid)?;
+    crate::limits::check_json("agent", &body, &state.config.limits, None)?;
+    let Value::Object(mut body) = body else {
+        return Err(AppError::bad_request("invalid_body", "an agent must be a JSON object"));
+    };
+    if let Some(given) = body.get("agent_id") {
+        if given.as_str() != Some(aid.as_str()) {
+            return Err(AppError::unprocessable("agent_id_mismatch", format!("body agent_id {given} does not match the path's {aid:?}")));
+        }
+    }
+    body.retain(|k, _| !AGENT_SERVER_FIELDS.contains(&k.as_str()));
+    let version = if_match(&headers)?;
+    let (agent, created) = state.store.put_agent(&caller.tenant, &sid, &aid, body as JsonObject, version).await?;
+    state.committed(&caller.tenant, &sid);
+    Ok(with_etag(if created { StatusCode::CREATED } else { StatusCode::OK }, &agent))
+}
+
+/// Get an agent
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{sid}/agents/{aid}",
+    operation_id = "get_agent",
+    tag = "agents",
+    params(crate::openapi::AgentPath),
+    responses(
+        (status = 200, description = "The agent", body = crate::openapi::AgentView,
+            headers(("ETag" = String, description = "The agent's version, quoted; send it back as `If-Match`"))),
+        (status = 400, description = "`invalid_session_id`, `invalid_agent_id` or `invalid_path`"),
+        (status = 404, description = "`not_found`: no such session or agent"),
+    )
+)]
+async fn read(State(state): State<AppState>, caller: Caller, Path((sid, aid)): Path<(String, String)>) -> AppResult<Response> {
+    check_sid(&sid)?;
+    check_aid(&aid)?;
+    let agent = state.store.get_agent(&caller.tenant, &sid, &aid).await?;
+    Ok(with_etag(StatusCode::OK, &agent))
+}
+
+/// List a session's agents
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{sid}/agents",
+    operation_id = "list_agents",
+    tag = "agents",
+    params(crate::openapi::SessionPath),
+    responses(
+        (status = 200, description = "Every agent of the session", body = crate::openapi::AgentList),
+        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
+        (status = 404, description = "`not_found`: no such session"),
+    )
+)]
+async fn list(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<Value>> {
+    check_sid(&sid)?;
+    let agents = state.store.list_agents(&caller.tenant, &sid).await?;
+    let agents: Vec<Value> = agents.iter().map(Agent::to_json).collect();
+    Ok(axum::Json(json!({ "agents": agents })))
+}

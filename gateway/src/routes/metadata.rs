@@ -1,0 +1,134 @@
+//! Metadata: read (through get-hooks), patch with dotted keys and delete keys
+//! (through before-hooks).
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::Value;
+
+use super::check_sid;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::extract::{Json, Path, Query};
+use crate::metadata::MetadataChange;
+use crate::model::JsonObject;
+
+/// Metadata routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/sessions/{sid}/metadata", get(read).patch(patch).delete(delete))
+}
+
+fn bad_key(m: String) -> AppError {
+    AppError::bad_request("invalid_metadata_key", m)
+}
+
+/// Checks metadata given at session creation: top-level keys are plain field
+/// names (no dots), values as for a patch.
+pub(crate) fn check_initial(md: &JsonObject) -> AppResult<()> {
+    for (k, v) in md {
+        if k.contains('.') {
+            return Err(bad_key(format!("key {k:?} must not contain '.' at creation; use PATCH with dotted keys")));
+        }
+        crate::metadata::validate_path(k).map_err(bad_key)?;
+        crate::metadata::validate_value(v).map_err(|e| bad_key(format!("value for {k:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Get a session's metadata
+///
+/// The metadata object as get-hooks show it (e.g. with secrets masked).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{sid}/metadata",
+    operation_id = "get_metadata",
+    tag = "metadata",
+    params(crate::openapi::SessionPath),
+    responses(
+        (status = 200, description = "The metadata", body = crate::openapi::Metadata),
+        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
+        (status = 404, description = "`not_found`: no such session"),
+    )
+)]
+async fn read(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<JsonObject>> {
+    check_sid(&sid)?;
+    let session = state.store.get_session(&caller.tenant, &sid).await?;
+    let session = state.hooks.redact_session(&caller.tenant, session).await?;
+    Ok(axum::Json(session.metadata))
+}
+
+/// Patch a session's metadata
+///
+/// Each key is a dotted path (`profile.tier` sets a nested field, creating
+/// intermediate objects); each value replaces what is there. Before-hooks may
+/// deny or rewrite the change; nothing is written when any part fails.
+#[utoipa::path(
+    patch,
+    path = "/v1/sessions/{sid}/metadata",
+    operation_id = "patch_metadata",
+    tag = "metadata",
+    params(crate::openapi::SessionPath),
+    request_body = crate::openapi::MetadataPatch,
+    responses(
+        (status = 200, description = "The full metadata after the change (after get-hooks)", body = crate::openapi::Metadata),
+        (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_metadata_key` or `invalid_session_id`"),
+        (status = 404, description = "`not_found`: no such session"),
+        (status = 422, description = "`metadata_path_conflict`, `denied_by_hook`, `too_many_keys`, `too_deep` or `too_large`"),
+    )
+)]
+async fn patch(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>, Json(body): Json<Value>) -> AppResult<axum::Json<JsonObject>> {
+    caller.require_write()?;
+    check_sid(&sid)?;
+    let Value::Object(body) = body else {
+        return Err(AppError::bad_request("invalid_body", "metadata patch must be a JSON object of dotted keys to values"));
+    };
+    let max_keys = state.config.server.max_patch_keys;
+    if body.len() > max_keys {
+        return Err(AppError::unprocessable("too_many_keys", format!("at most {max_keys} keys per patch")));
+    }
+    let limits = &state.config.limits;
+    crate::limits::check_json("metadata patch", &Value::Object(body.clone()), limits, Some(limits.max_metadata_bytes))?;
+    let change = MetadataChange::Update(body.into_iter().collect());
+    apply(state, caller, sid, change).await
+}
+
+/// Delete metadata keys
+///
+/// Removes the listed dotted paths (missing ones are ignored). Before-hooks
+/// may deny the change.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{sid}/metadata",
+    operation_id = "delete_metadata",
+    tag = "metadata",
+    params(
+        crate::openapi::SessionPath,
+        ("keys" = String, Query, description = "Comma-separated dotted paths to remove, e.g. `status,profile.tier`"),
+    ),
+    responses(
+        (status = 200, description = "The full metadata after the change (after get-hooks)", body = crate::openapi::Metadata),
+        (status = 400, description = "`invalid_query` (`keys` missing, repeated or unknown parameter), `invalid_metadata_key` or `invalid_session_id`"),
+        (status = 404, description = "`not_found`: no such session"),
+        (status = 422, description = "`denied_by_hook` or `metadata_path_conflict`"),
+    )
+)]
+async fn delete(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>, q: Query) -> AppResult<axum::Json<JsonObject>> {
+    caller.require_write()?;
+    check_sid(&sid)?;
+    q.only(&["keys"])?;
+    let keys = q
+        .get("keys")?
+        .ok_or_else(|| AppError::bad_request("invalid_query", "keys is required, e.g. ?keys=status,profile.tier"))?;
+    let change = MetadataChange::Delete(keys.split(',').map(str::to_owned).collect());
+    apply(state, caller, sid, change).await
+}
+
+async fn apply(state: AppState, caller: Caller, sid: String, change: MetadataChange) -> AppResult<axum::Json<JsonObject>> {
+    change.validate().map_err(bad_key)?;
+    let change = state.hooks.before_metadata(&*state.store, &caller.tenant, &sid, change).await?;
+    let result = state.store.change_metadata(&caller.tenant, &sid, &change).await?;
+    state.committed(&caller.tenant, &sid);
+    let shown = state.hooks.redact_metadata(&*state.store, &caller.tenant, &sid, result.metadata).await?;
+    Ok(axum::Json(shown))
+}

@@ -1,0 +1,37 @@
+//! HTTP routes, one file per resource; each exports `router()`.
+
+pub mod admin;
+pub mod agents;
+pub mod events;
+pub mod feedbacks;
+pub mod health;
+pub mod messages;
+pub mod metadata;
+pub mod sessions;
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::model::validate_id;
+
+/// Checks a session id from a path or body (400 `invalid_session_id`).
+pub(crate) fn check_sid(sid: &str) -> Result<(), AppError> {
+    validate_id("session_id", sid).map_err(|m| AppError::bad_request("invalid_session_id", m))
+}
+
+/// Checks an agent id from a path (400 `invalid_agent_id`).
+pub(crate) fn check_aid(aid: &str) -> Result<(), AppError> {
+    validate_id("agent_id", aid).map_err(|m| AppError::bad_request("invalid_agent_id", m))
+}
+
+/// All routes of the v1 API plus health and admin endpoints.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .merge(sessions::router())
+        .merge(agents::router())
+        .merge(messages::router())
+        .merge(metadata::router())
+        .merge(feedbacks::router())
+        .merge(events::router())
+        .merge(health::router())
+        .merge(admin::router())
+}

@@ -1,0 +1,241 @@
+//! Sessions: create, read, list (filtered, keyset-paginated), batch-get, delete.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::check_sid;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::extract::{Json, OptionalJson, Path, Query};
+use crate::model::{NewSession, Session, parse_rfc3339_ms};
+use crate::store::ListQuery;
+
+/// Session routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions", post(create).get(list))
+        .route("/v1/sessions/batch-get", post(batch_get))
+        .route("/v1/sessions/{sid}", get(read).delete(delete))
+}
+
+/// Default page size of `GET /v1/sessions`.
+const DEFAULT_LIMIT: usize = 50;
+/// Longest `session_type`.
+const MAX_TYPE_LEN: usize = 64;
+
+/// Create a session
+///
+/// An empty body creates a session with a generated id (UUID v4), `session_type`
+/// `"AGENT"` and empty metadata. The answer is the session as get-hooks show it.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "create_session",
+    tag = "sessions",
+    request_body(content = Option<NewSession>, description = "The new session; an empty body means all defaults"),
+    responses(
+        (status = 201, description = "The session was created", body = Session),
+        (status = 400, description = "`invalid_json`, `invalid_session_id` or `invalid_metadata_key`"),
+        (status = 409, description = "`session_exists`: a session with this id exists"),
+        (status = 422, description = "`invalid_session_type`, `too_deep` or `too_large` (metadata)"),
+    )
+)]
+async fn create(State(state): State<AppState>, caller: Caller, OptionalJson(new): OptionalJson<NewSession>) -> AppResult<impl IntoResponse> {
+    caller.require_write()?;
+    // An empty body means "all defaults".
+    let new = new.unwrap_or(NewSession { session_id: None, session_type: None, metadata: None });
+    if let Some(sid) = &new.session_id {
+        check_sid(sid)?;
+    }
+    if let Some(t) = &new.session_type {
+        if t.is_empty() || t.len() > MAX_TYPE_LEN || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(AppError::unprocessable(
+                "invalid_session_type",
+                format!("session_type must be 1 to {MAX_TYPE_LEN} characters from [A-Za-z0-9_-]"),
+            ));
+        }
+    }
+    if let Some(md) = &new.metadata {
+        crate::routes::metadata::check_initial(md)?;
+        let limits = &state.config.limits;
+        crate::limits::check_json("metadata", &serde_json::Value::Object(md.clone()), limits, Some(limits.max_metadata_bytes))?;
+    }
+    let session = state.store.create_session(&caller.tenant, new).await?;
+    state.committed(&caller.tenant, &session.session_id);
+    let session = state.hooks.redact_session(&caller.tenant, session).await?;
+    Ok((StatusCode::CREATED, axum::Json(session)))
+}
+
+/// Get a session
+///
+/// The session with its metadata (after get-hooks) and the ids of its agents.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{sid}",
+    operation_id = "get_session",
+    tag = "sessions",
+    params(crate::openapi::SessionPath),
+    responses(
+        (status = 200, description = "The session", body = Session),
+        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
+        (status = 404, description = "`not_found`: no such session"),
+    )
+)]
+async fn read(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<Session>> {
+    check_sid(&sid)?;
+    let session = state.store.get_session(&caller.tenant, &sid).await?;
+    Ok(axum::Json(state.hooks.redact_session(&caller.tenant, session).await?))
+}
+
+/// Delete a session
+///
+/// Deletes the session with its agents, messages, metadata and feedbacks.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{sid}",
+    operation_id = "delete_session",
+    tag = "sessions",
+    params(crate::openapi::SessionPath),
+    responses(
+        (status = 204, description = "The session was deleted"),
+        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
+        (status = 404, description = "`not_found`: no such session"),
+    )
+)]
+async fn delete(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<StatusCode> {
+    caller.require_write()?;
+    check_sid(&sid)?;
+    state.store.delete_session(&caller.tenant, &sid).await?;
+    state.committed(&caller.tenant, &sid);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List sessions
+///
+/// Sessions ordered by id, keyset-paginated: pass the answer's `next_cursor` as
+/// `cursor` for the next page (`null` on the last page). Filters combine with
+/// AND. Metadata filters are query parameters named `metadata.<path>` (a
+/// dotted path into the metadata, e.g. `metadata.profile.tier=gold`); the
+/// value is parsed as a JSON scalar when it is one (`5`, `true`, `null`,
+/// `"5"`), otherwise matched as a string.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    operation_id = "list_sessions",
+    tag = "sessions",
+    params(
+        ("limit" = Option<u64>, Query, minimum = 1, description = "Page size: default 50, at most `server.max_page_size` (default 1000)"),
+        ("cursor" = Option<String>, Query, description = "Start after this session id: the `next_cursor` of the previous page"),
+        ("updated_after" = Option<String>, Query, format = DateTime, description = "Only sessions changed after this RFC 3339 time"),
+        ("session_type" = Option<String>, Query, description = "Only sessions of this type"),
+        ("metadata" = Option<crate::openapi::MetadataFilter>, Query, style = Form, explode,
+            description = "Metadata filters: free-form query parameters named `metadata.<path>` (one per filter), e.g. `metadata.status=active&metadata.profile.tier=gold`"),
+    ),
+    responses(
+        (status = 200, description = "One page of sessions", body = crate::openapi::SessionList),
+        (status = 400, description = "`invalid_query`: unknown or repeated parameter, bad limit, cursor, time or metadata path"),
+    )
+)]
+async fn list(State(state): State<AppState>, caller: Caller, q: Query) -> AppResult<axum::Json<Value>> {
+    q.only(&["limit", "cursor", "updated_after", "session_type", "metadata."])?;
+    let max = state.config.server.max_page_size;
+    let limit = match q.get_u64("limit")? {
+        None => DEFAULT_LIMIT.min(max),
+        Some(0) => return Err(AppError::bad_request("invalid_query", "limit must be at least 1")),
+        Some(n) if n as usize > max => {
+            return Err(AppError::bad_request("invalid_query", format!("limit must be at most {max}")));
+        }
+        Some(n) => n as usize,
+    };
+    let after = q.get("cursor")?.map(str::to_owned);
+    if let Some(c) = &after {
+        check_sid(c).map_err(|_| AppError::bad_request("invalid_query", "cursor is not a value returned as next_cursor"))?;
+    }
+    let updated_after = q
+        .get("updated_after")?
+        .map(|v| {
+            parse_rfc3339_ms(v).ok_or_else(|| {
+                AppError::bad_request("invalid_query", format!("updated_after must be an RFC 3339 timestamp, got {v:?}"))
+            })
+        })
+        .transpose()?;
+    let mut metadata = Vec::new();
+    for (k, v) in &q.0 {
+        if let Some(path) = k.strip_prefix("metadata.") {
+            crate::metadata::validate_path(path).map_err(|m| AppError::bad_request("invalid_query", m))?;
+            metadata.push((path.to_owned(), filter_value(v)));
+        }
+    }
+    let query = ListQuery {
+        limit,
+        after,
+        updated_after,
+        session_type: q.get("session_type")?.map(str::to_owned),
+        metadata,
+    };
+    let page = state.store.list_sessions(&caller.tenant, &query).await?;
+    let mut sessions = Vec::with_capacity(page.sessions.len());
+    for s in page.sessions {
+        sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
+    }
+    Ok(axum::Json(json!({ "sessions": sessions, "next_cursor": page.next_cursor })))
+}
+
+/// A metadata filter value: JSON when it parses as a JSON scalar (`5`, `true`,
+/// `null`, `"5"`), otherwise the text itself as a string.
+fn filter_value(raw: &str) -> Value {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null | Value::String(_))) => v,
+        _ => Value::String(raw.to_owned()),
+    }
+}
+
+/// Body of `POST /v1/sessions/batch-get`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = BatchGetRequest)]
+struct BatchGet {
+    /// Session ids to read (at most `server.max_batch_ids`, default 100).
+    #[schema(value_type = Vec<crate::openapi::SessionId>)]
+    ids: Vec<String>,
+}
+
+/// Get many sessions
+///
+/// Reads the named sessions in one store round trip; ids that do not exist
+/// (or belong to another tenant) are listed in `missing`.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/batch-get",
+    operation_id = "batch_get_sessions",
+    tag = "sessions",
+    request_body = BatchGet,
+    responses(
+        (status = 200, description = "The sessions found and the ids missing", body = crate::openapi::BatchGetResult),
+        (status = 400, description = "`invalid_json` or `invalid_session_id`"),
+        (status = 422, description = "`too_many_ids`"),
+    )
+)]
+
+async fn batch_get(State(state): State<AppState>, caller: Caller, Json(body): Json<BatchGet>) -> AppResult<axum::Json<Value>> {
+    let max = state.config.server.max_batch_ids;
+    if body.ids.len() > max {
+        return Err(AppError::unprocessable("too_many_ids", format!("at most {max} ids per batch-get")));
+    }
+    for id in &body.ids {
+        check_sid(id)?;
+    }
+    let found = state.store.batch_get_sessions(&caller.tenant, &body.ids).await?;
+    let missing: Vec<&String> = body.ids.iter().filter(|id| !found.iter().any(|s| &&s.session_id == id)).collect();
+    let mut sessions = Vec::with_capacity(found.len());
+    for s in found {
+        sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
+    }
+    Ok(axum::Json(json!({ "sessions": sessions, "missing": missing })))
+}

@@ -1,0 +1,380 @@
+//! Storage: one contract, two implementations.
+//!
+//! [`SessionStore`] is what the HTTP layer talks to, as `Arc<dyn SessionStore>`.
+//! Every mutating method commits its change **and** the matching [`Event`] in one
+//! atomic step (one redb write transaction; one MongoDB transaction), so the
+//! change-event log that feeds after-hooks, notifications and the SSE stream can
+//! never miss or invent a change. Both implementations run the same contract
+//! suite in `tests/store_contract.rs`.
+//!
+//! - [`embedded`]: redb on local disk, group-committed and fsynced; the zero-setup default.
+//! - [`mongo`]: the official driver with one pooled client; messages live in
+//!   their own collection so a session has no size ceiling.
+
+pub mod embedded;
+pub mod mongo;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::metadata::MetadataChange;
+use crate::model::{
+    Agent, Event, Feedback, JsonObject, Message, MessageInput, MessagePatch, MessageRange,
+    NewSession, Session, Tenant,
+};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The session, agent or message does not exist (for this tenant).
+    #[error("{0}")]
+    NotFound(String),
+    /// The write conflicts with stored state.
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What conflicted.
+        message: String,
+    },
+    /// An `If-Match` precondition failed.
+    #[error("version {expected} expected, {current} current")]
+    VersionMismatch {
+        /// The version the client named.
+        expected: u64,
+        /// The version stored.
+        current: u64,
+    },
+    /// The change cannot be applied to what is stored (e.g. a metadata path through a scalar).
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The backend cannot be reached or timed out; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (corruption, bugs).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub(crate) fn session_not_found(sid: &str) -> Self {
+        Self::NotFound(format!("session {sid:?} not found"))
+    }
+    pub(crate) fn agent_not_found(sid: &str, aid: &str) -> Self {
+        Self::NotFound(format!("agent {aid:?} not found in session {sid:?}"))
+    }
+    pub(crate) fn message_not_found(aid: &str, mid: u64) -> Self {
+        Self::NotFound(format!("message {mid} not found for agent {aid:?}"))
+    }
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Filters and keyset pagination for listing sessions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    /// Page size (already clamped by the caller).
+    pub limit: usize,
+    /// Return sessions whose id sorts after this (the previous page's `next_cursor`).
+    pub after: Option<String>,
+    /// Only sessions updated strictly after this time (Unix ms).
+    pub updated_after: Option<i64>,
+    /// Only sessions of this type.
+    pub session_type: Option<String>,
+    /// Only sessions whose metadata has each dotted path equal to the value.
+    pub metadata: Vec<(String, Value)>,
+}
+
+/// One page of sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Sessions in ascending id order.
+    pub sessions: Vec<Session>,
+    /// Cursor for the next page, when there may be more.
+    pub next_cursor: Option<String>,
+}
+
+/// Outcome of an append.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// A new message was stored.
+    Created(Message),
+    /// The same id and content were already stored (idempotent retry).
+    Existing(Message),
+}
+
+/// Outcome of a metadata change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetadataResult {
+    /// Metadata after the change.
+    pub metadata: JsonObject,
+    /// Paths whose value actually changed.
+    pub changed: Vec<String>,
+    /// Sequence number of the recorded event.
+    pub seq: u64,
+}
+
+/// Delivery state of an outbox item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting for (re)delivery at `next_attempt_at`.
+    Pending,
+    /// Gave up after the configured attempts; kept until retried by an operator.
+    Dead,
+}
+
+/// A notification a plugin published, persisted until delivered.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxItem {
+    /// Stable id, derived from the event and the publish call, so a re-run of
+    /// the same hook for the same event never queues a second copy. Also sent
+    /// as the message's dedup id.
+    pub id: String,
+    /// Logical target name (mapped to SNS/SQS in `gateway.toml`).
+    pub target: String,
+    /// The JSON payload text.
+    pub payload: String,
+    /// Plugin that published it.
+    pub plugin: String,
+    /// Tenant of the session the event came from.
+    pub tenant: String,
+    /// Session the event came from.
+    pub session_id: String,
+    /// When it was queued (Unix ms).
+    pub created_at: i64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt (Unix ms); also a claim lease.
+    pub next_attempt_at: i64,
+    /// Pending or dead.
+    pub state: OutboxState,
+    /// The last delivery error, if any.
+    pub last_error: Option<String>,
+}
+
+/// How long sessions and events are kept.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retention {
+    /// Session lifetime after its last change, in ms, by `session_type`.
+    pub sessions: std::collections::BTreeMap<String, i64>,
+    /// Lifetime of sessions whose type is not listed; `None` keeps them forever.
+    pub default_session_ms: Option<i64>,
+    /// How long change events are kept (the window for SSE resume and
+    /// after-hook redelivery); `None` keeps them forever.
+    pub events_ms: Option<i64>,
+}
+
+impl Retention {
+    /// The lifetime of a session of this type, if it has one.
+    pub fn session_ttl(&self, session_type: &str) -> Option<i64> {
+        self.sessions.get(session_type).copied().or(self.default_session_ms)
+    }
+
+    /// Whether a session last changed at `updated_at` has expired at `now`.
+    pub fn session_expired(&self, session_type: &str, updated_at: i64, now: i64) -> bool {
+        self.session_ttl(session_type)
+            .is_some_and(|ttl| updated_at.saturating_add(ttl) <= now)
+    }
+}
+
+/// What one retention sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SweepReport {
+    /// Expired sessions deleted (each with a `session.deleted` event).
+    pub sessions: u64,
+    /// Change events past the event window deleted.
+    pub events: u64,
+}
+
+/// The storage contract every backend honours.
+///
+/// All methods are scoped to a tenant: a session of another tenant is
+/// indistinguishable from a missing one. Every mutating method is atomic: on
+/// error nothing was written.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Human-readable backend name, for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Checks the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates a session. `Conflict(session_exists)` when the id is taken.
+    async fn create_session(&self, t: &Tenant, new: NewSession) -> StoreResult<Session>;
+
+    /// Reads a session header with its agent ids.
+    async fn get_session(&self, t: &Tenant, sid: &str) -> StoreResult<Session>;
+
+    /// Reads many sessions in one round trip; missing ids are skipped.
+    async fn batch_get_sessions(&self, t: &Tenant, ids: &[String]) -> StoreResult<Vec<Session>>;
+
+    /// Lists sessions in ascending id order with filters.
+    async fn list_sessions(&self, t: &Tenant, q: &ListQuery) -> StoreResult<Page>;
+
+    /// Deletes a session with its agents, messages and feedbacks.
+    async fn delete_session(&self, t: &Tenant, sid: &str) -> StoreResult<()>;
+
+    /// Creates or replaces an agent. `if_match` must equal the stored version.
+    /// Returns the agent and whether it was created.
+    async fn put_agent(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        body: JsonObject,
+        if_match: Option<u64>,
+    ) -> StoreResult<(Agent, bool)>;
+
+    /// Reads one agent.
+    async fn get_agent(&self, t: &Tenant, sid: &str, aid: &str) -> StoreResult<Agent>;
+
+    /// Reads every agent of a session, sorted by id.
+    async fn list_agents(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Agent>>;
+
+    /// Appends a message. Without an id the next one is assigned atomically;
+    /// with one, it must be the next id, or an existing id with the same content.
+    async fn append_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        input: MessageInput,
+    ) -> StoreResult<Appended>;
+
+    /// Lists messages ascending by id, with the agent's total message count.
+    async fn list_messages(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        range: MessageRange,
+    ) -> StoreResult<(Vec<Message>, u64)>;
+
+    /// Reads one message.
+    async fn get_message(&self, t: &Tenant, sid: &str, aid: &str, mid: u64)
+    -> StoreResult<Message>;
+
+    /// Patches (or, with every field set, replaces) one message.
+    async fn update_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+        patch: MessagePatch,
+    ) -> StoreResult<Message>;
+
+    /// Reads a session's metadata.
+    async fn get_metadata(&self, t: &Tenant, sid: &str) -> StoreResult<JsonObject>;
+
+    /// Applies a validated metadata change.
+    async fn change_metadata(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        change: &MetadataChange,
+    ) -> StoreResult<MetadataResult>;
+
+    /// Adds a validated feedback; the store stamps `created_at`.
+    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback>;
+
+    /// Lists a session's feedbacks in the order they were added.
+    async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>>;
+
+    /// Applies a retention policy: from now on, sessions past it read as
+    /// missing everywhere, and [`SessionStore::sweep_expired`] removes them.
+    fn set_retention(&self, retention: Retention);
+
+    /// Deletes up to `limit` expired sessions (with their children, recording
+    /// `session.deleted` events) and the events past the event window.
+    async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport>;
+
+    /// Backend-specific metrics in the Prometheus text format (e.g. the
+    /// MongoDB connection pool); empty when the backend has none.
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
+
+    /// Sequence number of the session's latest event (0 when it has none). A
+    /// deleted session keeps its sequence, so ids never repeat.
+    async fn latest_event_seq(&self, t: &Tenant, sid: &str) -> StoreResult<u64>;
+
+    /// Whether other gateways may write to this store too (then SSE feeds
+    /// must poll for their events; see [`crate::stream`]).
+    fn is_shared(&self) -> bool;
+
+    /// Events of every session committed at or after `since` (Unix ms), at most
+    /// `limit`, oldest first. Used to follow other gateways' writes.
+    async fn events_since(&self, since: i64, limit: usize) -> StoreResult<Vec<Event>>;
+
+    /// Events of a session with `seq > after`, ascending, at most `limit`.
+    async fn events_after(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>>;
+
+    // ---- change-event processing (after-hooks) and the outbox ----
+
+    /// Claims up to `limit` events whose after-hooks have not completed and whose
+    /// claim lease (if any) expired before `now`, oldest first, leasing them
+    /// until `now + lease_ms` so concurrent gateways do not process them twice.
+    async fn claim_pending_events(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Marks an event's after-hooks complete and, atomically with it, queues
+    /// the notifications they published (items whose id exists are skipped).
+    async fn complete_event(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        seq: u64,
+        outbox: Vec<OutboxItem>,
+    ) -> StoreResult<()>;
+
+    /// Claims up to `limit` pending outbox items due at `now`, leasing them
+    /// (pushing `next_attempt_at` to `now + lease_ms`).
+    async fn claim_outbox(&self, now: i64, lease_ms: i64, limit: usize)
+    -> StoreResult<Vec<OutboxItem>>;
+
+    /// Removes a delivered item.
+    async fn outbox_delivered(&self, id: &str) -> StoreResult<()>;
+
+    /// Records a failed attempt: stores `attempts`, `error`, and either the next
+    /// attempt time or (when `dead`) the dead state.
+    async fn outbox_failed(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_attempt_at: i64,
+        error: &str,
+        dead: bool,
+    ) -> StoreResult<()>;
+
+    /// Lists outbox items, optionally only those in `state`, oldest first.
+    async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxItem>>;
+
+    /// Re-queues an item (dead or pending) for immediate delivery with its
+    /// attempt count reset. `NotFound` when absent.
+    async fn retry_outbox(&self, id: &str, now: i64) -> StoreResult<OutboxItem>;
+
+    /// Number of (pending, dead) outbox items.
+    async fn outbox_counts(&self) -> StoreResult<(u64, u64)>;
+}

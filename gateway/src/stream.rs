@@ -1,0 +1,169 @@
+//! Live session events for SSE subscribers, fed from the durable event log.
+//!
+//! One [`Feed`] per session that has subscribers, shared by all of them: after
+//! a local commit the feed reads the new events from the store once and
+//! broadcasts them, so a thousand subscribers of one session cost one read per
+//! change, and an idle subscriber costs no store traffic at all. When the store
+//! is shared with other gateways (MongoDB), one poller per gateway reads the
+//! events committed since its last look, across all sessions, in one query per
+//! tick, and hands them to the feeds that have subscribers.
+//!
+//! Ordering and gap-freedom come from the per-session sequence numbers: a feed
+//! only ever broadcasts `last_seq + 1, +2, …` read from the store, and a
+//! subscriber backfills from the store before it follows the feed, dropping
+//! anything at or below what it already sent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::model::{Event, Tenant, now_ms};
+use crate::store::{SessionStore, StoreResult};
+
+/// Events broadcast to a feed's subscribers before a slow one is told it lagged
+/// (it then re-reads from the store, so nothing is lost).
+const FEED_CAPACITY: usize = 256;
+/// Events read from the store per round.
+const READ_BATCH: usize = 256;
+
+/// A session's live feed.
+pub struct Feed {
+    tenant: Tenant,
+    session_id: String,
+    tx: broadcast::Sender<Arc<Event>>,
+    /// Highest sequence broadcast so far; guarded by the async lock so only one
+    /// task reads the store for this feed at a time.
+    last_seq: tokio::sync::Mutex<u64>,
+}
+
+impl Feed {
+    /// A receiver of events broadcast from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// Reads events after the last broadcast one and broadcasts them.
+    async fn pump(&self, store: &dyn SessionStore) -> StoreResult<()> {
+        let mut last = self.last_seq.lock().await;
+        loop {
+            let events = store
+                .events_after(&self.tenant, &self.session_id, *last, READ_BATCH)
+                .await?;
+            let n = events.len();
+            for ev in events {
+                *last = ev.seq;
+                let _ = self.tx.send(Arc::new(ev));
+            }
+            if n < READ_BATCH {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// All live feeds of this gateway.
+pub struct EventHub {
+    store: Arc<dyn SessionStore>,
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+}
+
+fn key(t: &Tenant, sid: &str) -> String {
+    format!("{}/{sid}", t.as_str())
+}
+
+impl EventHub {
+    /// A hub over `store`.
+    pub fn new(store: Arc<dyn SessionStore>) -> Self {
+        Self {
+            store,
+            feeds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The feed of a session, created (starting after its latest event) when
+    /// it has none yet.
+    ///
+    /// # Errors
+    /// When the store cannot tell the session's latest event.
+    pub async fn feed(&self, t: &Tenant, sid: &str) -> StoreResult<Arc<Feed>> {
+        let k = key(t, sid);
+        if let Some(f) = self.feeds.lock().expect("feeds lock").get(&k) {
+            return Ok(f.clone());
+        }
+        let latest = self.store.latest_event_seq(t, sid).await?;
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let feed = feeds.entry(k).or_insert_with(|| {
+            Arc::new(Feed {
+                tenant: t.clone(),
+                session_id: sid.to_owned(),
+                tx: broadcast::channel(FEED_CAPACITY).0,
+                last_seq: tokio::sync::Mutex::new(latest),
+            })
+        });
+        Ok(feed.clone())
+    }
+
+    /// Drops a feed nobody follows any more.
+    pub fn release(&self, t: &Tenant, sid: &str) {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let k = key(t, sid);
+        if feeds.get(&k).is_some_and(|f| f.tx.receiver_count() == 0) {
+            feeds.remove(&k);
+        }
+    }
+
+    /// Number of sessions with live feeds.
+    pub fn feeds(&self) -> usize {
+        self.feeds.lock().expect("feeds lock").len()
+    }
+
+    /// Tells the hub a change was committed in a session: if anyone follows
+    /// it, its feed reads and broadcasts the new events (off the caller's path).
+    pub fn committed(self: &Arc<Self>, t: &Tenant, sid: &str) {
+        let feed = self.feeds.lock().expect("feeds lock").get(&key(t, sid)).cloned();
+        if let Some(feed) = feed {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = feed.pump(&*store).await {
+                    tracing::warn!(error = %e, session_id = %feed.session_id, "cannot read new events for subscribers");
+                }
+            });
+        }
+    }
+
+    /// For stores shared by several gateways: every `interval`, one query for
+    /// the events committed anywhere since the last look (with a margin for
+    /// clock skew between gateways), then the feeds concerned catch up.
+    pub async fn poll_shared(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
+        const SKEW_MS: i64 = 5_000;
+        let mut since = now_ms() - SKEW_MS;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            if self.feeds() == 0 {
+                since = now_ms() - SKEW_MS;
+                continue;
+            }
+            let started = now_ms();
+            match self.store.events_since(since, 10_000).await {
+                Ok(events) => {
+                    let mut touched: Vec<(Tenant, String)> = events
+                        .into_iter()
+                        .map(|e| (Tenant(e.tenant), e.session_id))
+                        .collect();
+                    touched.sort();
+                    touched.dedup();
+                    for (t, sid) in touched {
+                        self.committed(&t, &sid);
+                    }
+                    since = started - SKEW_MS;
+                }
+                Err(e) => tracing::warn!(error = %e, "event poll failed; retrying"),
+            }
+        }
+    }
+}
