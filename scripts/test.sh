@@ -30,7 +30,7 @@ echo "== plugin unit tests (host target)"
 echo "== gateway tests (embedded + MongoDB at $MONGODB_URI)"
 shift_args=()
 if [[ "${1:-}" == "--" ]]; then shift; shift_args=("$@"); fi
-cargo test --workspace --locked "${shift_args[@]}"
+cargo test --workspace --locked --no-fail-fast "${shift_args[@]}"
 
 if [[ ${#shift_args[@]} -eq 0 ]]; then
   echo "== Strands Agents adapter (Python) against the gateway binary"

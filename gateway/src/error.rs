@@ -31,6 +31,10 @@ pub enum AppError {
     /// 404: the named resource does not exist (or belongs to another tenant).
     #[error("{0}")]
     NotFound(String),
+    /// 404: no endpoint has this path (`route_not_found`, so a wrong base URL
+    /// is not mistaken for a missing session).
+    #[error("{0}")]
+    RouteNotFound(String),
     /// 409: the request conflicts with what is stored.
     #[error("{message}")]
     Conflict {
@@ -99,7 +103,7 @@ impl AppError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,6 +124,7 @@ impl AppError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
+            Self::RouteNotFound(_) => "route_not_found",
             Self::PreconditionFailed(_) => "version_mismatch",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::TooManyRequests { .. } => "rate_limited",

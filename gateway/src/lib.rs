@@ -84,7 +84,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     routes::router()
-        .fallback(|| async { error::AppError::NotFound("no such endpoint".into()) })
+        .fallback(|| async { error::AppError::RouteNotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))

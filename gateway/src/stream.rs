@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::model::{Event, Tenant, now_ms};
+use crate::model::{Event, EventType, Tenant, now_ms};
 use crate::store::{SessionStore, StoreResult};
 
 /// Events broadcast to a feed's subscribers before a slow one is told it lagged
@@ -52,12 +52,36 @@ impl Feed {
                 .events_after(&self.tenant, &self.session_id, *last, READ_BATCH)
                 .await?;
             let n = events.len();
-            for ev in events {
+            for mut ev in events {
                 *last = ev.seq;
+                enrich(store, &mut ev).await;
                 let _ = self.tx.send(Arc::new(ev));
             }
             if n < READ_BATCH {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// Adds the message as stored now to a `message.*` event's payload (the log
+/// itself keeps only ids, so redactions are honoured). A message that no
+/// longer exists (its session was deleted since) is left out.
+pub async fn enrich(store: &dyn SessionStore, ev: &mut Event) {
+    if !matches!(ev.kind, EventType::MessageAppended | EventType::MessageUpdated) {
+        return;
+    }
+    let (Some(aid), Some(mid)) = (
+        ev.payload.get("agent_id").and_then(|v| v.as_str()).map(str::to_owned),
+        ev.payload.get("message_id").and_then(serde_json::Value::as_u64),
+    ) else {
+        return;
+    };
+    let t = Tenant(ev.tenant.clone());
+    if let Ok(m) = store.get_message(&t, &ev.session_id, &aid, mid).await {
+        if let (Ok(v), Some(obj)) = (serde_json::to_value(&m), ev.payload.as_object_mut()) {
+            for key in ["message", "redact_message", "event_loop_metrics"] {
+                obj.insert(key.to_owned(), v.get(key).cloned().unwrap_or_default());
             }
         }
     }

@@ -80,7 +80,7 @@ async fn bad_session_input(b: Backend) {
     // Unknown route: uniform 404.
     let (s, v) = gw.get("/v1/nothing").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_error(&v, "not_found");
+    assert_error(&v, "route_not_found");
 }
 
 async fn list_and_batch(b: Backend) {

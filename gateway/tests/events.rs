@@ -216,7 +216,25 @@ async fn retention_expires_sessions_and_events(b: Backend) {
     assert_eq!(e[0].event, "reset", "{e:?}");
 }
 
-on_both_stores!(every_change_type_in_order, resume_misses_and_repeats_nothing, many_subscribers_share_one_feed, retention_expires_sessions_and_events);
+/// A redaction leaves no copy of the original text in the event log; streams
+/// show messages as they are stored now.
+async fn redaction_leaves_no_copy_in_the_log(b: Backend) {
+    let gw = gw!(b);
+    gw.session("red").await;
+    gw.put("/v1/sessions/red/agents/bot", json!({})).await;
+    gw.post("/v1/sessions/red/agents/bot/messages", json!({"message": {"role": "user", "content": [{"text": "my card is 4111"}]}})).await;
+    gw.put("/v1/sessions/red/agents/bot/messages/0", json!({"message": {"role": "user", "content": [{"text": "[redacted]"}]}, "redact_message": {"role": "user", "content": [{"text": "[redacted]"}]}})).await;
+    let t = gateway::model::Tenant::default_tenant();
+    let log = gw.state.store.events_after(&t, "red", 0, 100).await.unwrap();
+    assert!(!serde_json::to_string(&log).unwrap().contains("4111"), "{log:?}");
+    let mut r = Reader::open(&gw, "red", Some(0)).await;
+    let evs = r.take(4).await;
+    assert_eq!(evs[2].event, "message.appended");
+    assert_eq!(evs[2].data["payload"]["message"]["content"][0]["text"], "[redacted]");
+    assert_eq!(evs[3].event, "message.updated");
+}
+
+on_both_stores!(redaction_leaves_no_copy_in_the_log, every_change_type_in_order, resume_misses_and_repeats_nothing, many_subscribers_share_one_feed, retention_expires_sessions_and_events);
 
 /// Two gateways share one MongoDB: a subscriber on one sees writes made through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

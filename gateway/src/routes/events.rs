@@ -194,7 +194,10 @@ async fn next(st: &mut StreamState) -> Option<SseEvent> {
             match st.store.events_after(&t, &sid, st.last_sent, BACKFILL).await {
                 Ok(evs) => {
                     st.backfilling = evs.len() == BACKFILL;
-                    st.queued.extend(evs);
+                    for mut ev in evs {
+                        crate::stream::enrich(&*st.store, &mut ev).await;
+                        st.queued.push_back(ev);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, session_id = %sid, "event stream ends: cannot read the event log");

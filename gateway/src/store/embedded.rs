@@ -1247,12 +1247,14 @@ pub(crate) fn message_gap(mid: u64, next: u64) -> StoreError {
 }
 
 /// Payload of `message.appended` / `message.updated` events.
+///
+/// Only ids: the log never holds message content, so a redaction (an update
+/// of `message`/`redact_message`) leaves no copy of the original text behind
+/// for the event window. SSE readers get the message as it is stored now (see
+/// [`crate::stream::enrich`]).
 pub(crate) fn message_event_payload(aid: &str, msg: &Message) -> Value {
     serde_json::json!({
         "agent_id": aid,
         "message_id": msg.message_id,
-        "message": msg.message,
-        "redact_message": msg.redact_message,
-        "event_loop_metrics": msg.event_loop_metrics,
     })
 }

@@ -132,6 +132,58 @@ pub struct MongoStore {
     c: Colls,
     retention: RwLock<Arc<Retention>>,
     locks: SessionLocks,
+    pool: Arc<PoolStats>,
+}
+
+/// Connection-pool gauges and counters, kept from the driver's CMAP events.
+#[derive(Default)]
+struct PoolStats {
+    created: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicU64,
+    checked_out: std::sync::atomic::AtomicU64,
+    checked_in: std::sync::atomic::AtomicU64,
+    checkout_failed: std::sync::atomic::AtomicU64,
+    cleared: std::sync::atomic::AtomicU64,
+}
+
+impl PoolStats {
+    fn observe(&self, ev: mongodb::event::cmap::CmapEvent) {
+        use mongodb::event::cmap::CmapEvent as E;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counter = match ev {
+            E::ConnectionCreated(_) => &self.created,
+            E::ConnectionClosed(_) => &self.closed,
+            E::ConnectionCheckedOut(_) => &self.checked_out,
+            E::ConnectionCheckedIn(_) => &self.checked_in,
+            E::ConnectionCheckoutFailed(_) => &self.checkout_failed,
+            E::PoolCleared(_) => &self.cleared,
+            _ => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (created, closed) = (self.created.load(Relaxed), self.closed.load(Relaxed));
+        let (out, back) = (self.checked_out.load(Relaxed), self.checked_in.load(Relaxed));
+        let open = created.saturating_sub(closed);
+        let in_use = out.saturating_sub(back);
+        format!(
+            "# HELP gateway_mongodb_connections Connections of the driver's pool by state.\n\
+             # TYPE gateway_mongodb_connections gauge\n\
+             gateway_mongodb_connections{{state=\"in_use\"}} {in_use}\n\
+             gateway_mongodb_connections{{state=\"idle\"}} {}\n\
+             # HELP gateway_mongodb_checkout_failures_total Connection checkouts that failed.\n\
+             # TYPE gateway_mongodb_checkout_failures_total counter\n\
+             gateway_mongodb_checkout_failures_total {}\n\
+             # HELP gateway_mongodb_pool_cleared_total Times the pool was cleared (server went away).\n\
+             # TYPE gateway_mongodb_pool_cleared_total counter\n\
+             gateway_mongodb_pool_cleared_total {}\n",
+            open.saturating_sub(in_use),
+            self.checkout_failed.load(Relaxed),
+            self.cleared.load(Relaxed),
+        )
+    }
 }
 
 /// One async mutex per session key being written in this process.
@@ -652,6 +704,11 @@ impl MongoStore {
         opts.write_concern = Some(write_concern(cfg)?);
         opts.retry_reads = Some(cfg.retry_reads);
         opts.retry_writes = Some(cfg.retry_writes);
+        let pool = Arc::new(PoolStats::default());
+        let observer = pool.clone();
+        opts.cmap_event_handler = Some(mongodb::event::EventHandler::callback(move |ev| {
+            observer.observe(ev);
+        }));
         let client =
             Client::with_options(opts).map_err(|e| mongo_err("creating the client", &e))?;
         let db = client.database(&cfg.database);
@@ -670,8 +727,12 @@ impl MongoStore {
             c,
             retention: RwLock::new(Arc::new(Retention::default())),
             locks: SessionLocks::default(),
+            pool,
         };
+        let started = std::time::Instant::now();
+        tracing::info!("creating MongoDB indexes (idempotent)");
         store.create_indexes(cfg).await?;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "MongoDB indexes ready");
         tokio::spawn(sweep_purges(store.c.clone()));
         Ok(store)
     }
@@ -682,6 +743,8 @@ impl MongoStore {
         let mut session_idx = vec![
             index(doc! { "created_at": 1 }, false),
             index(doc! { "updated_at": 1 }, false),
+            // The retention sweep: per type, sessions last changed before a cut-off.
+            index(doc! { "session_type": 1, "updated_at": 1 }, false),
         ];
         for f in &cfg.metadata_index_fields {
             let mut keys = Document::new();
@@ -1996,6 +2059,10 @@ impl SessionStore for MongoStore {
     }
 
     /// Every gateway pointed at the database writes to it.
+    fn metrics_text(&self) -> String {
+        self.pool.render()
+    }
+
     fn is_shared(&self) -> bool {
         true
     }
