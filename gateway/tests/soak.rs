@@ -1,0 +1,112 @@
+//! Soak: mixed load against the real binary for `SOAK_SECS` (default 60 in
+//! CI; `scripts/soak.sh` runs 600), reporting throughput, errors and the
+//! gateway's RSS growth. Asserts only that nothing failed: the figures are
+//! printed, not asserted (timings belong in BENCHMARKS.md).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_mixed_load() {
+    let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let plugins = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
+         [retention]\nevents = \"30s\"\nsweep_interval_ms = 5000\n\
+         [[hooks]]\nname = \"validate\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\nconfig = {{ types = {{ status = \"string\" }} }}\n\
+         [[hooks]]\nname = \"audit\"\nwasm = {:?}\nevents = [\"metadata.update\", \"feedback.add\"]\nphase = \"after\"\n",
+        plugins.join("metadata_validator.wasm").display().to_string(),
+        plugins.join("audit_log.wasm").display().to_string(),
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(dir.path().join("gateway.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let warm_until = Instant::now() + Duration::from_secs(secs.min(60) / 6);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut rss_after_warmup = 0;
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let (client, base, ok, failed) = (client.clone(), base.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                // A fresh session every 200 operations, deleted afterwards: a bounded working set.
+                let sid = format!("soak-{w}-{}", n / 200);
+                let ops: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+                    (reqwest::Method::POST, "/v1/sessions".into(), Some(json!({"session_id": sid}))),
+                    (reqwest::Method::PUT, format!("/v1/sessions/{sid}/agents/bot"), Some(json!({"state": {"n": n}}))),
+                    (reqwest::Method::POST, format!("/v1/sessions/{sid}/agents/bot/messages"), Some(json!({"message": {"role": "user", "content": [{"text": "hello"}]}}))),
+                    (reqwest::Method::GET, format!("/v1/sessions/{sid}/agents/bot/messages?latest=20"), None),
+                    (reqwest::Method::PATCH, format!("/v1/sessions/{sid}/metadata"), Some(json!({"status": "active", "n": n}))),
+                    (reqwest::Method::GET, format!("/v1/sessions/{sid}"), None),
+                    (reqwest::Method::POST, format!("/v1/sessions/{sid}/feedbacks"), Some(json!({"rating": "up"}))),
+                ];
+                for (m, path, body) in ops {
+                    let mut req = client.request(m, format!("{base}{path}"));
+                    if let Some(b) = body {
+                        req = req.json(&b);
+                    }
+                    match req.send().await {
+                        // 409: the session of this block already exists (created by an earlier round).
+                        Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => ok.fetch_add(1, Relaxed),
+                        _ => failed.fetch_add(1, Relaxed),
+                    };
+                }
+                n += 7;
+                if n % 200 < 7 {
+                    let old = format!("soak-{w}-{}", n / 200 - 1);
+                    let _ = client.delete(format!("{base}/v1/sessions/{old}")).send().await;
+                }
+            }
+        }));
+    }
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if rss_after_warmup == 0 && Instant::now() >= warm_until {
+            rss_after_warmup = rss_kb(pid);
+        }
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let rss_end = rss_kb(pid);
+    let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
+    println!(
+        "soak: {secs} s, {ok} ok, {failed} failed, {:.0} req/s, RSS {rss_after_warmup} kB after warm-up -> {rss_end} kB at end ({:+} kB)",
+        ok as f64 / secs as f64,
+        rss_end as i64 - rss_after_warmup as i64
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(failed, 0, "requests failed during the soak");
+    assert!(ok > 0);
+}
