@@ -26,8 +26,15 @@ const BATCH: usize = 64;
 /// expired leases).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Runs until `stop` changes.
-pub async fn process(store: Arc<dyn SessionStore>, hooks: Arc<HookHost>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` changes. `outbox_wake` tells the dispatcher when
+/// completed events queued notifications.
+pub async fn process(
+    store: Arc<dyn SessionStore>,
+    hooks: Arc<HookHost>,
+    wake: Arc<Notify>,
+    outbox_wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let claimed = match store.claim_pending_events(now_ms(), LEASE_MS, BATCH).await {
             Ok(evs) => evs,
@@ -39,9 +46,12 @@ pub async fn process(store: Arc<dyn SessionStore>, hooks: Arc<HookHost>, wake: A
         let full = claimed.len() == BATCH;
         for ev in claimed {
             let outbox = hooks.after_event(&ev).await;
-            if let Err(e) = store.complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox).await {
+            let queued = !outbox.is_empty();
+            match store.complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox).await {
+                Ok(()) if queued => outbox_wake.notify_one(),
+                Ok(()) => {}
                 // The lease expires and the event is retried.
-                tracing::warn!(error = %e, seq = ev.seq, session_id = %ev.session_id, "cannot complete event");
+                Err(e) => tracing::warn!(error = %e, seq = ev.seq, session_id = %ev.session_id, "cannot complete event"),
             }
         }
         if full {

@@ -146,7 +146,7 @@ impl Gateway {
             guard,
             metrics: Arc::new(observe::Metrics::default()),
         };
-        let mut tasks = vec![tokio::spawn(events::process(store, hooks.clone(), state.events_wake.clone(), stop_rx.clone()))];
+        let mut tasks = vec![tokio::spawn(events::process(store, hooks.clone(), state.events_wake.clone(), state.outbox_wake.clone(), stop_rx.clone()))];
         if state.store.is_shared() {
             let interval = Duration::from_millis(state.config.server.sse_poll_ms);
             tasks.push(tokio::spawn(state.hub.clone().poll_shared(interval, stop_rx.clone())));

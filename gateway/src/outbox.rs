@@ -343,7 +343,11 @@ impl Dispatcher {
             if *stop.borrow() {
                 break;
             }
-            while inflight.try_join_next().is_some() {}
+            while let Some(done) = inflight.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "outbox delivery task failed");
+                }
+            }
             let free = permits.available_permits();
             let mut more = false;
             if free > 0 {
@@ -423,6 +427,124 @@ pub async fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::OutboxState;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts sends in flight; fails every send to `flaky` once.
+    #[derive(Default)]
+    struct Fake {
+        now: AtomicUsize,
+        max: AtomicUsize,
+        sent: AtomicUsize,
+        failed_once: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    }
+
+    #[async_trait]
+    impl Transport for Fake {
+        async fn send(&self, target: &NotifyTarget, item: &OutboxItem) -> Result<(), String> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            if target.address().ends_with("flaky")
+                && self.failed_once.lock().unwrap().insert(item.id.clone())
+            {
+                return Err("flaky".into());
+            }
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn item(id: usize, target: &str) -> OutboxItem {
+        OutboxItem {
+            id: format!("n{id:03}"),
+            target: target.into(),
+            payload: "{}".into(),
+            plugin: "p".into(),
+            tenant: "default".into(),
+            session_id: "s".into(),
+            created_at: 0,
+            attempts: 0,
+            next_attempt_at: 0,
+            state: OutboxState::Pending,
+            last_error: None,
+        }
+    }
+
+    /// Bounded concurrency, retries, and dead letters for unknown targets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drains_with_bounded_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SessionStore> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let mut items: Vec<OutboxItem> = (0..20)
+            .map(|i| item(i, if i % 4 == 0 { "flaky" } else { "q" }))
+            .collect();
+        items.push(item(99, "nowhere"));
+        store
+            .complete_event("default", "s", 1, items)
+            .await
+            .unwrap();
+        let cfg: NotifyConfig = toml::from_str(
+            r#"
+concurrency = 3
+max_attempts = 2
+backoff_base_ms = 1
+backoff_max_ms = 5
+poll_interval_ms = 20
+[targets.q]
+kind = "sqs"
+queue_url = "http://127.0.0.1:1/1/q"
+[targets.flaky]
+kind = "sqs"
+queue_url = "http://127.0.0.1:1/1/flaky"
+"#,
+        )
+        .unwrap();
+        let fake = Arc::new(Fake::default());
+        let stats = Arc::new(OutboxStats::default());
+        let d = Dispatcher::new(
+            store.clone(),
+            cfg,
+            fake.clone(),
+            stats.clone(),
+            Arc::new(Notify::new()),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(d.run(stop_rx));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while store.outbox_counts().await.unwrap() != (0, 1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                store.list_outbox(None, 50).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(fake.sent.load(Ordering::SeqCst), 20);
+        assert!(
+            fake.max.load(Ordering::SeqCst) <= 3,
+            "max in flight {}",
+            fake.max.load(Ordering::SeqCst)
+        );
+        assert_eq!(stats.delivered.load(Ordering::SeqCst), 20);
+        // 5 flaky first attempts + the first attempt to "nowhere".
+        assert_eq!(stats.retried.load(Ordering::SeqCst), 6);
+        assert_eq!(stats.dead_lettered.load(Ordering::SeqCst), 1);
+        assert!(!stats.running.load(Ordering::SeqCst));
+        let dead = store
+            .list_outbox(Some(OutboxState::Dead), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            dead[0].last_error.as_deref(),
+            Some("target \"nowhere\" is not configured in [notify.targets]")
+        );
+        assert_eq!(dead[0].attempts, 2);
+    }
 
     #[test]
     fn backoff_is_capped_full_jitter() {

@@ -165,6 +165,11 @@ async fn agents(b: Backend) {
     // Current If-Match: 200.
     let resp = gw.client.put(format!("{}/v1/sessions/a/agents/bot", gw.base)).header("If-Match", "\"2\"").json(&json!({"state": {"k": 3}})).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // If-None-Match: * creates only.
+    let resp = gw.client.put(format!("{}/v1/sessions/a/agents/bot", gw.base)).header("If-None-Match", "*").json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+    let resp = gw.client.put(format!("{}/v1/sessions/a/agents/fresh", gw.base)).header("If-None-Match", "*").json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
     // Mismatched agent_id in the body.
     let (s, v) = gw.put("/v1/sessions/a/agents/bot", json!({"agent_id": "other"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
@@ -178,8 +183,8 @@ async fn agents(b: Backend) {
     let (s, v) = gw.get("/v1/sessions/a/agents").await;
     assert_eq!(s, StatusCode::OK);
     let ids: Vec<&str> = v["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["alpha", "bot"]);
-    assert_eq!(gw.get("/v1/sessions/a").await.1["agents"], json!(["alpha", "bot"]));
+    assert_eq!(ids, ["alpha", "bot", "fresh"]);
+    assert_eq!(gw.get("/v1/sessions/a").await.1["agents"], json!(["alpha", "bot", "fresh"]));
     assert_eq!(gw.get("/v1/sessions/none/agents").await.0, StatusCode::NOT_FOUND);
 }
 

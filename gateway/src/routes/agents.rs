@@ -32,7 +32,15 @@ fn with_etag(status: StatusCode, agent: &Agent) -> Response {
 }
 
 /// Parses `If-Match: "3"` (also `3` and `W/"3"`).
+/// Also accepts `If-None-Match: *` (create only): the version of an agent
+/// that does not exist is 0, so it is the same as `If-Match: "0"`.
 fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.to_str().ok().map(str::trim) == Some("*") {
+            return Ok(Some(0));
+        }
+        return Err(AppError::bad_request("invalid_if_none_match", "only If-None-Match: * (create only) is supported"));
+    }
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
     let bad = || AppError::bad_request("invalid_if_match", "If-Match must be an agent version as returned in ETag, e.g. \"3\"");
     let s = v.to_str().map_err(|_| bad())?.trim();
@@ -56,7 +64,7 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
     tag = "agents",
     params(
         crate::openapi::AgentPath,
-        ("If-Match" = Option<String>, Header, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`)"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(W/)?("[0-9]+"|[0-9]+)$"#, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`)"),
     ),
     request_body = crate::openapi::AgentBody,
     responses(

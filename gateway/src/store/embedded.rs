@@ -174,6 +174,23 @@ impl EmbeddedStore {
             txn.open_table(HOOK_QUEUE).map_err(internal)?;
             txn.open_table(OUTBOX).map_err(internal)?;
             txn.open_table(META).map_err(internal)?;
+            // The file is locked to this process, so a claim lease found here
+            // belongs to a process that died: release it now rather than wait
+            // for it to expire.
+            let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
+            let leased: Vec<(String, u64)> = queue
+                .iter()
+                .map_err(internal)?
+                .filter_map(Result::ok)
+                .filter(|(_, lease)| lease.value() != 0)
+                .map(|(k, _)| {
+                    let (key, seq) = k.value();
+                    (key.to_owned(), seq)
+                })
+                .collect();
+            for (key, seq) in leased {
+                queue.insert((key.as_str(), seq), 0i64).map_err(internal)?;
+            }
         }
         txn.commit().map_err(internal)?;
         let db = Arc::new(db);
