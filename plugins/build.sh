@@ -35,7 +35,8 @@ if [[ ${#components[@]} -eq 0 ]]; then
     exit 1
 fi
 
-rm -rf dist
+# Replace only what this workspace builds: dist/ also holds components built
+# by other toolchains (plugins/js/build.sh).
 mkdir -p dist
 for component in "${components[@]}"; do
     cp "$component" dist/

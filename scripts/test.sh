@@ -13,6 +13,9 @@ source scripts/lib.sh
 ensure_wasm_target
 ensure_venv
 bash plugins/build.sh
+echo "== JavaScript plugin (componentize-qjs, from npm)"
+bash plugins/js/build.sh
+(cd plugins/js && npm test --silent)
 
 start_mongo_wire
 trap stop_services EXIT

@@ -1,6 +1,6 @@
 // metadata-tagger: an example metadata hook written in JavaScript, built into
 // a WebAssembly component (world `gateway:hooks/metadata-plugin@0.1.0`) by
-// ComponentizeJS. See ../README.md.
+// ../../build.sh (QuickJS by default, or StarlingMonkey). See ../../README.md.
 //
 // Configuration (the plugin's `config` table in gateway.toml):
 //
@@ -16,6 +16,7 @@
 // A config it cannot understand denies every change (fail closed) and adds no
 // tags; both log an error. `after-change` does nothing.
 
+import './console.js';
 import { log, config } from 'gateway:hooks/host@0.1.0';
 import { denyReason, parseConfig, reservedKey, tagMetadata } from './tagger.js';
 
@@ -26,9 +27,8 @@ function getSettings() {
   if (settings === undefined) {
     try {
       settings = { ok: true, value: parseConfig(config()) };
-      log('debug', 'config loaded', [
-        { key: 'forbidden_prefix', value: String(settings.value.forbiddenPrefix) },
-      ]);
+      // console.* goes to host.log too (see console.js).
+      console.debug('config loaded:', settings.value);
     } catch (e) {
       settings = { ok: false, error: e.message };
     }
