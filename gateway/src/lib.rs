@@ -86,8 +86,14 @@ pub fn app(state: AppState) -> Router {
     routes::router()
         .fallback(|| async { error::AppError::RouteNotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::guard))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
@@ -100,12 +106,19 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>
         StorageType::Embedded => {
             let path = &config.storage.embedded.path;
             tracing::info!(path = %path.display(), "opening embedded store");
-            Arc::new(store::embedded::EmbeddedStore::open(path).with_context(|| format!("opening {}", path.display()))?)
+            Arc::new(
+                store::embedded::EmbeddedStore::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            )
         }
         StorageType::Mongodb => {
             let m = &config.storage.mongodb;
             tracing::info!(uri = %config::redact_uri(&m.uri), database = %m.database, "connecting to MongoDB");
-            Arc::new(store::mongo::MongoStore::connect(m).await.context("connecting to MongoDB")?)
+            Arc::new(
+                store::mongo::MongoStore::connect(m)
+                    .await
+                    .context("connecting to MongoDB")?,
+            )
         }
     })
 }
@@ -134,7 +147,10 @@ impl Gateway {
         }
         let hooks = Arc::new(HookHost::start(&config, config_path).await?);
         let (stop, stop_rx) = watch::channel(false);
-        let guard = Arc::new(limits::Guard::new(auth::Keys::new(&config.auth), &config.limits));
+        let guard = Arc::new(limits::Guard::new(
+            auth::Keys::new(&config.auth),
+            &config.limits,
+        ));
         let state = AppState {
             store: store.clone(),
             config: Arc::new(config),
@@ -146,10 +162,18 @@ impl Gateway {
             guard,
             metrics: Arc::new(observe::Metrics::default()),
         };
-        let mut tasks = vec![tokio::spawn(events::process(store, hooks.clone(), state.events_wake.clone(), state.outbox_wake.clone(), stop_rx.clone()))];
+        let mut tasks = vec![tokio::spawn(events::process(
+            store,
+            hooks.clone(),
+            state.events_wake.clone(),
+            state.outbox_wake.clone(),
+            stop_rx.clone(),
+        ))];
         if state.store.is_shared() {
             let interval = Duration::from_millis(state.config.server.sse_poll_ms);
-            tasks.push(tokio::spawn(state.hub.clone().poll_shared(interval, stop_rx.clone())));
+            tasks.push(tokio::spawn(
+                state.hub.clone().poll_shared(interval, stop_rx.clone()),
+            ));
         }
         tasks.push(tokio::spawn(sweep(
             state.store.clone(),
@@ -170,13 +194,18 @@ impl Gateway {
     ///
     /// # Errors
     /// When the server fails.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, app(self.state.clone())).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopped_tx.send(());
-        });
+        let server =
+            axum::serve(listener, app(self.state.clone())).with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stopped_tx.send(());
+            });
         let mut server = std::pin::pin!(server.into_future());
         tokio::select! {
             r = &mut server => r?,

@@ -98,7 +98,10 @@ impl Guard {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("buckets lock");
-        let b = buckets.entry(id.to_owned()).or_insert(Bucket { tokens: self.burst, at: now });
+        let b = buckets.entry(id.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
@@ -127,7 +130,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             Ok((id, caller)) => {
                 if let Err(retry_after) = g.take_token(&id) {
                     return AppError::TooManyRequests {
-                        message: format!("rate limit of {} requests/s exceeded for key {id:?}", g.rate),
+                        message: format!(
+                            "rate limit of {} requests/s exceeded for key {id:?}",
+                            g.rate
+                        ),
                         retry_after,
                     }
                     .into_response();
@@ -168,15 +174,29 @@ pub fn json_depth(v: &serde_json::Value) -> usize {
 ///
 /// # Errors
 /// 422 `too_deep` or `too_large`, naming `what`.
-pub fn check_json(what: &str, v: &serde_json::Value, limits: &LimitsConfig, max_bytes: Option<usize>) -> Result<(), AppError> {
+pub fn check_json(
+    what: &str,
+    v: &serde_json::Value,
+    limits: &LimitsConfig,
+    max_bytes: Option<usize>,
+) -> Result<(), AppError> {
     let depth = json_depth(v);
     if depth > limits.max_json_depth {
-        return Err(AppError::unprocessable("too_deep", format!("{what} nests {depth} levels deep; at most {} are allowed", limits.max_json_depth)));
+        return Err(AppError::unprocessable(
+            "too_deep",
+            format!(
+                "{what} nests {depth} levels deep; at most {} are allowed",
+                limits.max_json_depth
+            ),
+        ));
     }
     if let Some(max) = max_bytes {
         let len = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
         if len > max {
-            return Err(AppError::unprocessable("too_large", format!("{what} is {len} bytes; at most {max} are allowed")));
+            return Err(AppError::unprocessable(
+                "too_large",
+                format!("{what} is {len} bytes; at most {max} are allowed"),
+            ));
         }
     }
     Ok(())
@@ -195,7 +215,11 @@ mod tests {
 
     #[test]
     fn token_bucket_refuses_beyond_burst() {
-        let limits = LimitsConfig { rate_limit_per_second: 1.0, rate_limit_burst: 3.0, ..LimitsConfig::default() };
+        let limits = LimitsConfig {
+            rate_limit_per_second: 1.0,
+            rate_limit_burst: 3.0,
+            ..LimitsConfig::default()
+        };
         let g = Guard::new(Keys::new(&crate::auth::AuthConfig::default()), &limits);
         for _ in 0..3 {
             assert!(g.take_token("k").is_ok());

@@ -13,7 +13,13 @@ use tracing_subscriber::EnvFilter;
 #[command(version)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, env = "GATEWAY_CONFIG", default_value = "gateway.toml", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "GATEWAY_CONFIG",
+        default_value = "gateway.toml",
+        global = true
+    )]
     config: PathBuf,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GATEWAY_LOG_JSON", global = true)]
@@ -79,17 +85,25 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_json);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
-        Command::Key { command: KeyCommand::New { tenant, role, id } } => {
+        Command::Key {
+            command: KeyCommand::New { tenant, role, id },
+        } => {
             gateway::auth::validate_tenant(&tenant).map_err(anyhow::Error::msg)?;
             let key = gateway::auth::new_key();
             let id = id.unwrap_or_else(|| format!("{tenant}-{role}"));
             println!("API key (shown once; give it to the client):\n\n  {key}\n");
             println!("Add to gateway.toml (only the hash is stored):\n");
-            println!("[[auth.keys]]\nid = {id:?}\ntenant = {tenant:?}\nrole = {role:?}\nsha256 = {:?}", gateway::auth::hash_key(&key));
+            println!(
+                "[[auth.keys]]\nid = {id:?}\ntenant = {tenant:?}\nrole = {role:?}\nsha256 = {:?}",
+                gateway::auth::hash_key(&key)
+            );
             Ok(())
         }
-        Command::Plugin { command: PluginCommand::Check { file } } => {
-            let report = gateway::hooks::check_plugin(&file).with_context(|| format!("{} is not a valid plugin", file.display()))?;
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => {
+            let report = gateway::hooks::check_plugin(&file)
+                .with_context(|| format!("{} is not a valid plugin", file.display()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -100,11 +114,16 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     let listen = config.server.listen;
     let gw = Gateway::start(config, Some(config_path)).await?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(addr = %listener.local_addr()?, store = gw.state.store.name(), "session gateway listening");
     let hooks = gw.state.hooks.clone();
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading plugins");
             hooks.reload().await;
@@ -114,7 +133,8 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -213,7 +213,9 @@ pub fn event_payload(change: &MetadataChange, applied: &Applied) -> Value {
     for p in &applied.changed {
         values.insert(
             p.clone(),
-            get_path(&applied.metadata, p).cloned().unwrap_or(Value::Null),
+            get_path(&applied.metadata, p)
+                .cloned()
+                .unwrap_or(Value::Null),
         );
     }
     let change_json = match change {
@@ -262,7 +264,10 @@ mod tests {
         let before = obj(json!({"profile": "x"}));
         let change = MetadataChange::Update(vec![("profile.tier".into(), json!(1))]);
         let err = apply(&before, &change).unwrap_err();
-        assert_eq!(err, "cannot set \"profile.tier\": \"profile\" is not an object");
+        assert_eq!(
+            err,
+            "cannot set \"profile.tier\": \"profile\" is not an object"
+        );
     }
 
     #[test]
@@ -285,10 +290,19 @@ mod tests {
         assert_eq!(bad("a..b"), "key \"a..b\" has an empty segment");
         assert_eq!(bad("$set"), "key \"$set\" has a segment starting with '$'");
         assert_eq!(bad("a.$x"), "key \"a.$x\" has a segment starting with '$'");
-        let overlap = MetadataChange::Update(vec![("a".into(), json!(1)), ("a.b".into(), json!(2))]);
-        assert_eq!(overlap.validate().unwrap_err(), "keys \"a\" and \"a.b\" overlap");
+        let overlap =
+            MetadataChange::Update(vec![("a".into(), json!(1)), ("a.b".into(), json!(2))]);
+        assert_eq!(
+            overlap.validate().unwrap_err(),
+            "keys \"a\" and \"a.b\" overlap"
+        );
         let nested = MetadataChange::Update(vec![("a".into(), json!({"$where": 1}))]);
-        assert!(nested.validate().unwrap_err().contains("nested key \"$where\""));
+        assert!(
+            nested
+                .validate()
+                .unwrap_err()
+                .contains("nested key \"$where\"")
+        );
         assert_eq!(
             MetadataChange::Delete(vec![]).validate().unwrap_err(),
             "no keys given"

@@ -246,7 +246,8 @@ impl MessageInput {
 
 fn same_json(a: &RawValue, b: &RawValue) -> bool {
     a.get() == b.get()
-        || serde_json::from_str::<Value>(a.get()).ok() == serde_json::from_str::<Value>(b.get()).ok()
+        || serde_json::from_str::<Value>(a.get()).ok()
+            == serde_json::from_str::<Value>(b.get()).ok()
 }
 
 /// A partial update of a message (`PATCH …/messages/{mid}`). At least one
@@ -254,9 +255,9 @@ fn same_json(a: &RawValue, b: &RawValue) -> bool {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessagePatch {
-    /// New message content (opaque JSON).
+    /// New message content (opaque JSON; null is the same as absent).
     #[serde(default)]
-    #[schema(value_type = Value)]
+    #[schema(schema_with = crate::openapi::non_null_value)]
     pub message: Option<Box<RawValue>>,
     /// New redaction (opaque JSON; null clears it).
     #[serde(default, deserialize_with = "double_option")]

@@ -19,7 +19,9 @@ use tracing::Instrument;
 use crate::AppState;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// A latency histogram.
 #[derive(Default)]
@@ -48,7 +50,11 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -72,7 +78,12 @@ impl Metrics {
         if let Some(r) = self.routes.read().expect("metrics lock").get(&key) {
             return r.clone();
         }
-        self.routes.write().expect("metrics lock").entry(key).or_default().clone()
+        self.routes
+            .write()
+            .expect("metrics lock")
+            .entry(key)
+            .or_default()
+            .clone()
     }
 
     fn record(&self, method: &str, route: &str, status: u16, us: u64) {
@@ -82,12 +93,19 @@ impl Metrics {
             c.fetch_add(1, Relaxed);
             return;
         }
-        r.statuses.write().expect("metrics lock").entry(status).or_default().fetch_add(1, Relaxed);
+        r.statuses
+            .write()
+            .expect("metrics lock")
+            .entry(status)
+            .or_default()
+            .fetch_add(1, Relaxed);
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -128,7 +146,9 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
 /// Renders every metric in the Prometheus text format.
 pub async fn render(state: &AppState) -> String {
     let mut out = String::with_capacity(8192);
-    out.push_str("# HELP gateway_http_request_duration_seconds Time to produce the response, by route.\n");
+    out.push_str(
+        "# HELP gateway_http_request_duration_seconds Time to produce the response, by route.\n",
+    );
     out.push_str("# TYPE gateway_http_request_duration_seconds histogram\n");
     let routes: Vec<_> = state
         .metrics
@@ -140,7 +160,8 @@ pub async fn render(state: &AppState) -> String {
         .collect();
     for ((method, route), r) in &routes {
         let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
-        r.latency.render(&mut out, "gateway_http_request_duration_seconds", &labels);
+        r.latency
+            .render(&mut out, "gateway_http_request_duration_seconds", &labels);
     }
     out.push_str("# HELP gateway_http_responses_total Responses by route and status.\n");
     out.push_str("# TYPE gateway_http_responses_total counter\n");
@@ -158,11 +179,21 @@ pub async fn render(state: &AppState) -> String {
     let plugins = state.hooks.snapshot();
     out.push_str("# HELP gateway_hook_calls_total Hook calls by plugin.\n# TYPE gateway_hook_calls_total counter\n");
     for p in &plugins.plugins {
-        let _ = writeln!(out, "gateway_hook_calls_total{{plugin=\"{}\"}} {}", escape(&p.meta.name), p.meta.stats.calls.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "gateway_hook_calls_total{{plugin=\"{}\"}} {}",
+            escape(&p.meta.name),
+            p.meta.stats.calls.load(Relaxed)
+        );
     }
     out.push_str("# HELP gateway_hook_errors_total Failed hook calls (trap, timeout, limit, bad output) by plugin.\n# TYPE gateway_hook_errors_total counter\n");
     for p in &plugins.plugins {
-        let _ = writeln!(out, "gateway_hook_errors_total{{plugin=\"{}\"}} {}", escape(&p.meta.name), p.meta.stats.errors.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "gateway_hook_errors_total{{plugin=\"{}\"}} {}",
+            escape(&p.meta.name),
+            p.meta.stats.errors.load(Relaxed)
+        );
     }
     out.push_str("# HELP gateway_hook_latency_seconds_sum Total time spent in hook calls by plugin.\n# TYPE gateway_hook_latency_seconds_sum counter\n");
     for p in &plugins.plugins {
@@ -175,7 +206,12 @@ pub async fn render(state: &AppState) -> String {
     }
     out.push_str("# HELP gateway_hook_publish_refused_total publish calls refused for lack of a grant.\n# TYPE gateway_hook_publish_refused_total counter\n");
     for p in &plugins.plugins {
-        let _ = writeln!(out, "gateway_hook_publish_refused_total{{plugin=\"{}\"}} {}", escape(&p.meta.name), p.meta.stats.publish_refused.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "gateway_hook_publish_refused_total{{plugin=\"{}\"}} {}",
+            escape(&p.meta.name),
+            p.meta.stats.publish_refused.load(Relaxed)
+        );
     }
 
     out.push_str("# HELP gateway_sse_feeds Sessions with live SSE subscribers.\n# TYPE gateway_sse_feeds gauge\n");

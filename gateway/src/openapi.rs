@@ -25,8 +25,11 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::link::Link;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
-use utoipa::openapi::schema::{AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Required, Response, ResponseBuilder, Schema};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
@@ -93,15 +96,49 @@ pub struct ApiDoc;
 /// the test checks both agree).
 pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
-/// The document.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document, as served.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    fix_link_keys(&mut doc);
+    doc
 }
 
 /// The document as JSON text, built once.
 pub fn json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| document().to_pretty_json().expect("the OpenAPI document serializes"))
+    JSON.get_or_init(|| {
+        serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes")
+    })
+}
+
+/// utoipa 5.5 serializes a Link Object's fields in snake_case
+/// (`operation_id`); OpenAPI spells them `operationId`, `operationRef` and
+/// `requestBody`.
+fn fix_link_keys(doc: &mut Value) {
+    let responses = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(Value::as_object_mut))
+        .flat_map(|rs| rs.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for link in links.values_mut().filter_map(Value::as_object_mut) {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(v) = link.remove(snake) {
+                    link.insert(camel.to_owned(), v);
+                }
+            }
+        }
+    }
 }
 
 /// This document
@@ -142,13 +179,19 @@ fn string_schema() -> Schema {
 fn request_id_header() -> utoipa::openapi::header::Header {
     HeaderBuilder::new()
         .schema(string_schema())
-        .description(Some("The request's id: the one sent, or a generated one; also in the logs"))
+        .description(Some(
+            "The request's id: the one sent, or a generated one; also in the logs",
+        ))
         .build()
 }
 
 fn retry_after_header() -> utoipa::openapi::header::Header {
     HeaderBuilder::new()
-        .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        )
         .description(Some("Seconds before a retry may succeed"))
         .build()
 }
@@ -156,7 +199,12 @@ fn retry_after_header() -> utoipa::openapi::header::Header {
 fn error_response(description: &str, retry_after: bool) -> Response {
     let mut r = ResponseBuilder::new()
         .description(description)
-        .content("application/json", ContentBuilder::new().schema(Some(ErrorBody::schema_ref())).build())
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(ErrorBody::schema_ref()))
+                .build(),
+        )
         .header("X-Request-Id", request_id_header());
     if retry_after {
         r = r.header("Retry-After", retry_after_header());
@@ -188,14 +236,35 @@ impl Modify for Common {
             ),
         );
         let shared = [
-            ("Unauthorized", error_response("`unauthorized`: no valid API key", false)),
+            (
+                "Unauthorized",
+                error_response("`unauthorized`: no valid API key", false),
+            ),
             (
                 "Forbidden",
-                error_response("`forbidden`: the key's role may not do this (`reader` writes, non-admin on `/v1/admin`)", false),
+                error_response(
+                    "`forbidden`: the key's role may not do this (`reader` writes, non-admin on `/v1/admin`)",
+                    false,
+                ),
             ),
-            ("PayloadTooLarge", error_response("`payload_too_large`: the body is over `server.max_body_bytes`", false)),
-            ("TooManyRequests", error_response("`rate_limited`: the key's rate limit is exceeded", true)),
-            ("Internal", error_response("`internal`: an unexpected failure (the detail is logged, not sent)", false)),
+            (
+                "PayloadTooLarge",
+                error_response(
+                    "`payload_too_large`: the body is over `server.max_body_bytes`",
+                    false,
+                ),
+            ),
+            (
+                "TooManyRequests",
+                error_response("`rate_limited`: the key's rate limit is exceeded", true),
+            ),
+            (
+                "Internal",
+                error_response(
+                    "`internal`: an unexpected failure (the detail is logged, not sent)",
+                    false,
+                ),
+            ),
             (
                 "Unavailable",
                 error_response(
@@ -207,6 +276,11 @@ impl Modify for Common {
         ];
         for (name, r) in shared {
             components.responses.insert(name.into(), RefOr::T(r));
+        }
+        // A message patch must change something. (Set here: utoipa-gen 5.5
+        // renders `#[schema(min_properties = ..)]` as `maxProperties`.)
+        if let Some(RefOr::T(Schema::Object(patch))) = components.schemas.get_mut("MessagePatch") {
+            patch.min_properties = Some(1);
         }
 
         for (path, item) in &mut doc.paths.paths {
@@ -225,6 +299,98 @@ impl Modify for Common {
                 }
             }
         }
+        add_links(doc);
+    }
+}
+
+/// An OpenAPI link: a value of `from`'s response (for each of `statuses`)
+/// feeds the `params` of each of the `targets` operations.
+struct LinkSpec {
+    from: &'static str,
+    statuses: &'static [&'static str],
+    targets: &'static [&'static str],
+    /// Parameter name and runtime expression.
+    params: &'static [(&'static str, &'static str)],
+}
+
+/// The links: a created session, agent or message feeds the operations on it.
+const LINKS: &[LinkSpec] = &[
+    LinkSpec {
+        from: "create_session",
+        statuses: &["201"],
+        targets: &[
+            "get_session",
+            "delete_session",
+            "list_agents",
+            "put_agent",
+            "get_metadata",
+            "patch_metadata",
+            "delete_metadata",
+            "add_feedback",
+            "list_feedbacks",
+            "stream_events",
+        ],
+        params: &[("sid", "$response.body#/session_id")],
+    },
+    LinkSpec {
+        from: "put_agent",
+        statuses: &["200", "201"],
+        targets: &["get_agent", "list_messages", "append_message"],
+        params: &[
+            ("sid", "$request.path.sid"),
+            ("aid", "$response.body#/agent_id"),
+        ],
+    },
+    LinkSpec {
+        from: "append_message",
+        statuses: &["200", "201"],
+        targets: &["get_message", "replace_message", "patch_message"],
+        params: &[
+            ("sid", "$request.path.sid"),
+            ("aid", "$request.path.aid"),
+            ("mid", "$response.body#/message_id"),
+        ],
+    },
+];
+
+fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    for LinkSpec {
+        from,
+        statuses,
+        targets,
+        params,
+    } in LINKS
+    {
+        let op = doc.paths.paths.values_mut().flat_map(|item| {
+            [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let Some(op) = op
+            .into_iter()
+            .find(|op| op.operation_id.as_deref() == Some(from))
+        else {
+            panic!("link source {from} is not an operation");
+        };
+        for status in *statuses {
+            let Some(RefOr::T(resp)) = op.responses.responses.get_mut(*status) else {
+                panic!("link source {from} has no inline {status} response");
+            };
+            for target in *targets {
+                let link = params
+                    .iter()
+                    .fold(Link::builder().operation_id(*target), |l, (name, value)| {
+                        l.parameter(*name, *value)
+                    });
+                resp.links.insert((*target).into(), RefOr::T(link.build()));
+            }
+        }
     }
 }
 
@@ -232,16 +398,15 @@ impl Modify for Common {
 fn complete(op: &mut Operation, public: bool, may_forbid: bool) {
     // An optional body (`Option<T>` in `request_body`) may be left empty; JSON
     // `null` is not accepted, so the schema is `T`, not `oneOf [null, T]`.
-    if let Some(body) = op.request_body.as_mut() {
-        if body.required != Some(Required::True) {
-            for content in body.content.values_mut() {
-                if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
-                    if let [RefOr::T(Schema::Object(null)), inner] = one_of.items.as_slice() {
-                        if null.schema_type == SchemaType::Type(Type::Null) {
-                            content.schema = Some(inner.clone());
-                        }
-                    }
-                }
+    if let Some(body) = op.request_body.as_mut()
+        && body.required != Some(Required::True)
+    {
+        for content in body.content.values_mut() {
+            if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema
+                && let [RefOr::T(Schema::Object(null)), inner] = one_of.items.as_slice()
+                && null.schema_type == SchemaType::Type(Type::Null)
+            {
+                content.schema = Some(inner.clone());
             }
         }
     }
@@ -249,10 +414,16 @@ fn complete(op: &mut Operation, public: bool, may_forbid: bool) {
     for (status, resp) in &mut op.responses.responses {
         if let RefOr::T(resp) = resp {
             if (status.starts_with('4') || status.starts_with('5')) && resp.content.is_empty() {
-                resp.content
-                    .insert("application/json".into(), ContentBuilder::new().schema(Some(ErrorBody::schema_ref())).build());
+                resp.content.insert(
+                    "application/json".into(),
+                    ContentBuilder::new()
+                        .schema(Some(ErrorBody::schema_ref()))
+                        .build(),
+                );
             }
-            resp.headers.entry("X-Request-Id".into()).or_insert_with(request_id_header);
+            resp.headers
+                .entry("X-Request-Id".into())
+                .or_insert_with(request_id_header);
         }
     }
     // The guard's responses.
@@ -289,6 +460,9 @@ fn complete(op: &mut Operation, public: bool, may_forbid: bool) {
 
 // ---------------------------------------------------------------------------
 // Parameters.
+
+/// Pattern of a dotted metadata path: non-empty segments not starting with `$`, no NUL.
+pub const METADATA_PATH: &str = r"^[^.$\x00][^.\x00]*(\.[^.$\x00][^.\x00]*)*$";
 
 /// Pattern of session and agent ids.
 pub const ID_PATTERN: &str = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$";
@@ -364,11 +538,32 @@ fn object() -> ObjectBuilder {
 }
 
 fn date_time() -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
 }
 
 fn count() -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))).minimum(Some(0))
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+}
+
+/// Any JSON value but null.
+pub fn non_null_value() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::Object,
+            Type::Array,
+            Type::String,
+            Type::Number,
+            Type::Boolean,
+        ]))
+        .description(Some(
+            "New message content: any JSON value but null (opaque)",
+        ))
+        .into()
 }
 
 fn free_form(b: ObjectBuilder) -> ObjectBuilder {
@@ -513,6 +708,8 @@ manual_schema!(
              nested object keys contain no `.`, leading `$` or NUL. At most `server.max_patch_keys` (default 100) \
              keys and `limits.max_metadata_bytes` of JSON."
         ))
+        .min_properties(Some(1))
+        .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(METADATA_PATH))))
         .examples([json!({ "status": "active", "profile.tier": "gold" })])
 );
 
@@ -524,7 +721,9 @@ fn rating() -> ObjectBuilder {
 }
 
 fn comment() -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null])).description(Some("Free text"))
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some("Free text"))
 }
 
 manual_schema!(

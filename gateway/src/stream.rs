@@ -68,21 +68,29 @@ impl Feed {
 /// itself keeps only ids, so redactions are honoured). A message that no
 /// longer exists (its session was deleted since) is left out.
 pub async fn enrich(store: &dyn SessionStore, ev: &mut Event) {
-    if !matches!(ev.kind, EventType::MessageAppended | EventType::MessageUpdated) {
+    if !matches!(
+        ev.kind,
+        EventType::MessageAppended | EventType::MessageUpdated
+    ) {
         return;
     }
     let (Some(aid), Some(mid)) = (
-        ev.payload.get("agent_id").and_then(|v| v.as_str()).map(str::to_owned),
-        ev.payload.get("message_id").and_then(serde_json::Value::as_u64),
+        ev.payload
+            .get("agent_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        ev.payload
+            .get("message_id")
+            .and_then(serde_json::Value::as_u64),
     ) else {
         return;
     };
     let t = Tenant(ev.tenant.clone());
-    if let Ok(m) = store.get_message(&t, &ev.session_id, &aid, mid).await {
-        if let (Ok(v), Some(obj)) = (serde_json::to_value(&m), ev.payload.as_object_mut()) {
-            for key in ["message", "redact_message", "event_loop_metrics"] {
-                obj.insert(key.to_owned(), v.get(key).cloned().unwrap_or_default());
-            }
+    if let Ok(m) = store.get_message(&t, &ev.session_id, &aid, mid).await
+        && let (Ok(v), Some(obj)) = (serde_json::to_value(&m), ev.payload.as_object_mut())
+    {
+        for key in ["message", "redact_message", "event_loop_metrics"] {
+            obj.insert(key.to_owned(), v.get(key).cloned().unwrap_or_default());
         }
     }
 }
@@ -146,7 +154,12 @@ impl EventHub {
     /// Tells the hub a change was committed in a session: if anyone follows
     /// it, its feed reads and broadcasts the new events (off the caller's path).
     pub fn committed(self: &Arc<Self>, t: &Tenant, sid: &str) {
-        let feed = self.feeds.lock().expect("feeds lock").get(&key(t, sid)).cloned();
+        let feed = self
+            .feeds
+            .lock()
+            .expect("feeds lock")
+            .get(&key(t, sid))
+            .cloned();
         if let Some(feed) = feed {
             let store = self.store.clone();
             tokio::spawn(async move {

@@ -17,8 +17,18 @@ struct Keys {
 }
 
 fn auth() -> (AuthConfig, Keys) {
-    let k = Keys { a: new_key(), b: new_key(), reader: new_key(), admin: new_key() };
-    let entry = |id: &str, tenant: &str, role, key: &str| KeyConfig { id: id.into(), tenant: tenant.into(), role, sha256: hash_key(key) };
+    let k = Keys {
+        a: new_key(),
+        b: new_key(),
+        reader: new_key(),
+        admin: new_key(),
+    };
+    let entry = |id: &str, tenant: &str, role, key: &str| KeyConfig {
+        id: id.into(),
+        tenant: tenant.into(),
+        role,
+        sha256: hash_key(key),
+    };
     let cfg = AuthConfig {
         mode: AuthMode::Keys,
         keys: vec![
@@ -31,7 +41,13 @@ fn auth() -> (AuthConfig, Keys) {
     (cfg, k)
 }
 
-async fn call(gw: &TestGateway, key: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+async fn call(
+    gw: &TestGateway,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
     let mut req = gw.client.request(method, format!("{}{path}", gw.base));
     if let Some(k) = key {
         req = req.bearer_auth(k);
@@ -44,7 +60,9 @@ async fn call(gw: &TestGateway, key: Option<&str>, method: Method, path: &str, b
 
 async fn tenants_are_isolated(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut cfg) = common::config(b, &dir) else { return };
+    let Some(mut cfg) = common::config(b, &dir) else {
+        return;
+    };
     let (auth, k) = auth();
     cfg.auth = auth;
     let gw = TestGateway::start(cfg).await;
@@ -53,35 +71,138 @@ async fn tenants_are_isolated(b: Backend) {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_error(&v, "unauthorized");
     let _ = h;
-    assert_eq!(call(&gw, Some("sgw_wrong"), Method::GET, "/v1/sessions", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&gw, Some("sgw_wrong"), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
     // Probes need no key.
-    assert_eq!(call(&gw, None, Method::GET, "/healthz", None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&gw, None, Method::GET, "/healthz", None).await.0,
+        StatusCode::OK
+    );
     // The same session id in two tenants: two sessions.
     let body = |t: &str| Some(json!({"session_id": "shared", "metadata": {"owner": t}}));
-    assert_eq!(call(&gw, Some(&k.a), Method::POST, "/v1/sessions", body("a")).await.0, StatusCode::CREATED);
-    assert_eq!(call(&gw, Some(&k.b), Method::POST, "/v1/sessions", body("b")).await.0, StatusCode::CREATED);
-    assert_eq!(call(&gw, Some(&k.a), Method::GET, "/v1/sessions/shared/metadata", None).await.2, json!({"owner": "a"}));
-    assert_eq!(call(&gw, Some(&k.b), Method::GET, "/v1/sessions/shared/metadata", None).await.2, json!({"owner": "b"}));
+    assert_eq!(
+        call(&gw, Some(&k.a), Method::POST, "/v1/sessions", body("a"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(&gw, Some(&k.b), Method::POST, "/v1/sessions", body("b"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Some(&k.a),
+            Method::GET,
+            "/v1/sessions/shared/metadata",
+            None
+        )
+        .await
+        .2,
+        json!({"owner": "a"})
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Some(&k.b),
+            Method::GET,
+            "/v1/sessions/shared/metadata",
+            None
+        )
+        .await
+        .2,
+        json!({"owner": "b"})
+    );
     // Another tenant's session is indistinguishable from a missing one.
-    call(&gw, Some(&k.a), Method::POST, "/v1/sessions", Some(json!({"session_id": "only-a"}))).await;
+    call(
+        &gw,
+        Some(&k.a),
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({"session_id": "only-a"})),
+    )
+    .await;
     let (s, _, v_foreign) = call(&gw, Some(&k.b), Method::GET, "/v1/sessions/only-a", None).await;
     let (s2, _, v_missing) = call(&gw, Some(&k.b), Method::GET, "/v1/sessions/never", None).await;
     assert_eq!((s, s2), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
     assert_eq!(v_foreign["error"]["code"], v_missing["error"]["code"]);
-    assert_eq!(call(&gw, Some(&k.b), Method::DELETE, "/v1/sessions/only-a", None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(call(&gw, Some(&k.b), Method::PATCH, "/v1/sessions/only-a/metadata", Some(json!({"x": 1}))).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&gw, Some(&k.b), Method::DELETE, "/v1/sessions/only-a", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Some(&k.b),
+            Method::PATCH,
+            "/v1/sessions/only-a/metadata",
+            Some(json!({"x": 1}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
     let (_, _, list) = call(&gw, Some(&k.b), Method::GET, "/v1/sessions", None).await;
-    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["session_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["shared"]);
-    let (_, _, batch) = call(&gw, Some(&k.b), Method::POST, "/v1/sessions/batch-get", Some(json!({"ids": ["only-a", "shared"]}))).await;
+    let (_, _, batch) = call(
+        &gw,
+        Some(&k.b),
+        Method::POST,
+        "/v1/sessions/batch-get",
+        Some(json!({"ids": ["only-a", "shared"]})),
+    )
+    .await;
     assert_eq!(batch["missing"], json!(["only-a"]));
     // Roles: a reader reads its tenant but cannot write; admin endpoints need admin.
-    assert_eq!(call(&gw, Some(&k.reader), Method::GET, "/v1/sessions/only-a", None).await.0, StatusCode::OK);
-    let (s, _, v) = call(&gw, Some(&k.reader), Method::PATCH, "/v1/sessions/only-a/metadata", Some(json!({"x": 1}))).await;
+    assert_eq!(
+        call(
+            &gw,
+            Some(&k.reader),
+            Method::GET,
+            "/v1/sessions/only-a",
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, _, v) = call(
+        &gw,
+        Some(&k.reader),
+        Method::PATCH,
+        "/v1/sessions/only-a/metadata",
+        Some(json!({"x": 1})),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_error(&v, "forbidden");
-    assert_eq!(call(&gw, Some(&k.a), Method::GET, "/v1/admin/plugins", None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(call(&gw, Some(&k.admin), Method::GET, "/v1/admin/plugins", None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&gw, Some(&k.a), Method::GET, "/v1/admin/plugins", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&gw, Some(&k.admin), Method::GET, "/v1/admin/plugins", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
 }
 
 on_both_stores!(tenants_are_isolated);
@@ -110,12 +231,27 @@ async fn overload_and_timeout_answer_503() {
     let mut cfg = common::config(Backend::Embedded, &dir).unwrap();
     cfg.limits.max_in_flight = 1;
     cfg.limits.request_timeout_ms = 300;
-    cfg.hooks = vec![hook("slow", "fixture_loop", "before", &["metadata.update"], "timeout_ms = 1000")];
+    cfg.hooks = vec![hook(
+        "slow",
+        "fixture_loop",
+        "before",
+        &["metadata.update"],
+        "timeout_ms = 1000",
+    )];
     let gw = TestGateway::start(cfg).await;
     gw.session("s").await;
     let slow = {
         let (c, base) = (gw.client.clone(), gw.base.clone());
-        tokio::spawn(async move { TestGateway::parts(c.patch(format!("{base}/v1/sessions/s/metadata")).json(&json!({"a": 1})).send().await.unwrap()).await })
+        tokio::spawn(async move {
+            TestGateway::parts(
+                c.patch(format!("{base}/v1/sessions/s/metadata"))
+                    .json(&json!({"a": 1}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (s, h, v) = gw.call(Method::GET, "/v1/sessions/s", None).await;
@@ -126,7 +262,10 @@ async fn overload_and_timeout_answer_503() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_error(&v, "request_timeout");
     // Nothing was written, and the gateway serves again.
-    assert_eq!(gw.get("/v1/sessions/s/metadata").await, (StatusCode::OK, json!({})));
+    assert_eq!(
+        gw.get("/v1/sessions/s/metadata").await,
+        (StatusCode::OK, json!({}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,12 +280,42 @@ async fn size_and_depth_limits_answer_422() {
     gw.session("s").await;
     gw.put("/v1/sessions/s/agents/a", json!({})).await;
     let cases = [
-        (Method::PATCH, "/v1/sessions/s/metadata", json!({"x": "y".repeat(200)}), "too_large"),
-        (Method::PATCH, "/v1/sessions/s/metadata", json!({"x": {"a": {"b": {"c": {}}}}}), "too_deep"),
-        (Method::PATCH, "/v1/sessions/s/metadata", json!({"a": 1, "b": 2, "c": 3}), "too_many_keys"),
-        (Method::POST, "/v1/sessions/s/agents/a/messages", json!({"message": {"text": "z".repeat(100)}}), "message_too_large"),
-        (Method::PUT, "/v1/sessions/s/agents/a", json!({"state": {"a": {"b": {"c": {}}}}}), "too_deep"),
-        (Method::POST, "/v1/sessions", json!({"session_id": "t", "metadata": {"x": "y".repeat(200)}}), "too_large"),
+        (
+            Method::PATCH,
+            "/v1/sessions/s/metadata",
+            json!({"x": "y".repeat(200)}),
+            "too_large",
+        ),
+        (
+            Method::PATCH,
+            "/v1/sessions/s/metadata",
+            json!({"x": {"a": {"b": {"c": {}}}}}),
+            "too_deep",
+        ),
+        (
+            Method::PATCH,
+            "/v1/sessions/s/metadata",
+            json!({"a": 1, "b": 2, "c": 3}),
+            "too_many_keys",
+        ),
+        (
+            Method::POST,
+            "/v1/sessions/s/agents/a/messages",
+            json!({"message": {"text": "z".repeat(100)}}),
+            "message_too_large",
+        ),
+        (
+            Method::PUT,
+            "/v1/sessions/s/agents/a",
+            json!({"state": {"a": {"b": {"c": {}}}}}),
+            "too_deep",
+        ),
+        (
+            Method::POST,
+            "/v1/sessions",
+            json!({"session_id": "t", "metadata": {"x": "y".repeat(200)}}),
+            "too_large",
+        ),
     ];
     for (m, path, body, code) in cases {
         let (s, _, v) = gw.call(m.clone(), path, Some(body)).await;
@@ -154,6 +323,9 @@ async fn size_and_depth_limits_answer_422() {
         assert_error(&v, code);
     }
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
-    assert_eq!(gw.get("/v1/sessions/s/agents/a/messages").await.1["total"], 0);
+    assert_eq!(
+        gw.get("/v1/sessions/s/agents/a/messages").await.1["total"],
+        0
+    );
     assert_eq!(gw.get("/v1/sessions/t").await.0, StatusCode::NOT_FOUND);
 }

@@ -13,19 +13,34 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes a gateway.toml for `backend` into `dir`; `None` when the backend is unavailable.
-fn write_config(dir: &Path, backend: Backend, port: u16, mongo_uri: Option<&str>, db: &str) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    backend: Backend,
+    port: u16,
+    mongo_uri: Option<&str>,
+    db: &str,
+) -> PathBuf {
     let storage = match backend {
-        Backend::Embedded => "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = \"data/gateway.redb\"\n".to_owned(),
+        Backend::Embedded => {
+            "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = \"data/gateway.redb\"\n"
+                .to_owned()
+        }
         Backend::Mongo => format!(
             "[storage]\ntype = \"mongodb\"\n[storage.mongodb]\nuri = {:?}\ndatabase = {db:?}\nserver_selection_timeout_ms = 1000\nconnect_timeout_ms = 1000\n",
             mongo_uri.unwrap()
         ),
     };
-    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{storage}[plugins]\nwatch = false\ncache_dir = \"cache\"\n");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{storage}[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
+    );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -43,7 +58,11 @@ impl Drop for Proc {
 
 async fn spawn_gateway(config: &Path, port: u16) -> Proc {
     let log_path = config.with_file_name("gateway.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--config")
         .arg(config)
@@ -56,10 +75,13 @@ async fn spawn_gateway(config: &Path, port: u16) -> Proc {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
-            if r.status() == StatusCode::OK {
-                return proc;
-            }
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status() == StatusCode::OK
+        {
+            return proc;
         }
         assert!(
             Instant::now() < deadline,
@@ -86,10 +108,23 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
     let config = write_config(dir.path(), backend, port, mongo_uri.as_deref(), &db);
     let gw = spawn_gateway(&config, port).await;
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    client.post(format!("{base}/v1/sessions")).json(&json!({"session_id": "crash"})).send().await.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    client
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"session_id": "crash"}))
+        .send()
+        .await
+        .unwrap();
     for w in 0..4 {
-        let r = client.put(format!("{base}/v1/sessions/crash/agents/w{w}")).json(&json!({})).send().await.unwrap();
+        let r = client
+            .put(format!("{base}/v1/sessions/crash/agents/w{w}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     // Four writers append as fast as they can; each records what was acknowledged.
@@ -100,7 +135,12 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
             let mut acked = Vec::new();
             for i in 0..100_000u64 {
                 let body = json!({"message": {"w": w, "i": i}});
-                match client.post(format!("{base}/v1/sessions/crash/agents/w{w}/messages")).json(&body).send().await {
+                match client
+                    .post(format!("{base}/v1/sessions/crash/agents/w{w}/messages"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == StatusCode::CREATED => {
                         let v: Value = r.json().await.unwrap();
                         acked.push((v["message_id"].as_u64().unwrap(), i));
@@ -120,16 +160,37 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
         acked.push(w.await.unwrap());
     }
     let total: usize = acked.iter().map(Vec::len).sum();
-    assert!(total > 20, "too few writes acknowledged before the kill ({total})");
+    assert!(
+        total > 20,
+        "too few writes acknowledged before the kill ({total})"
+    );
 
     let _gw = spawn_gateway(&config, port).await;
     for (w, acks) in acked.iter().enumerate() {
-        let r = client.get(format!("{base}/v1/sessions/crash/agents/w{w}/messages?limit=1000&offset=0")).send().await.unwrap();
-        let mut stored: Vec<Value> = r.json::<Value>().await.unwrap()["messages"].as_array().unwrap().clone();
+        let r = client
+            .get(format!(
+                "{base}/v1/sessions/crash/agents/w{w}/messages?limit=1000&offset=0"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let mut stored: Vec<Value> = r.json::<Value>().await.unwrap()["messages"]
+            .as_array()
+            .unwrap()
+            .clone();
         let mut offset = stored.len();
         loop {
-            let r = client.get(format!("{base}/v1/sessions/crash/agents/w{w}/messages?limit=1000&offset={offset}")).send().await.unwrap();
-            let page = r.json::<Value>().await.unwrap()["messages"].as_array().unwrap().clone();
+            let r = client
+                .get(format!(
+                    "{base}/v1/sessions/crash/agents/w{w}/messages?limit=1000&offset={offset}"
+                ))
+                .send()
+                .await
+                .unwrap();
+            let page = r.json::<Value>().await.unwrap()["messages"]
+                .as_array()
+                .unwrap()
+                .clone();
             if page.is_empty() {
                 break;
             }
@@ -137,8 +198,14 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
             stored.extend(page);
         }
         for (mid, i) in acks {
-            let m = stored.get(*mid as usize).unwrap_or_else(|| panic!("acknowledged message {mid} of w{w} is lost"));
-            assert_eq!(m["message"], json!({"w": w, "i": i}), "message {mid} of w{w} differs");
+            let m = stored
+                .get(*mid as usize)
+                .unwrap_or_else(|| panic!("acknowledged message {mid} of w{w} is lost"));
+            assert_eq!(
+                m["message"],
+                json!({"w": w, "i": i}),
+                "message {mid} of w{w} differs"
+            );
         }
     }
     eprintln!("{backend:?}: {total} acknowledged appends, all present after SIGKILL + restart");
@@ -162,7 +229,10 @@ fn secantusd() -> Option<PathBuf> {
     ];
     let found = candidates.into_iter().flatten().find(|p| p.exists());
     if found.is_none() {
-        assert!(std::env::var("REQUIRE_MONGODB").as_deref() != Ok("1"), "REQUIRE_MONGODB=1 but no secantusd-py (set SECANTUSD)");
+        assert!(
+            std::env::var("REQUIRE_MONGODB").as_deref() != Ok("1"),
+            "REQUIRE_MONGODB=1 but no secantusd-py (set SECANTUSD)"
+        );
         eprintln!("skipping: no secantusd-py");
     }
     found
@@ -171,7 +241,14 @@ fn secantusd() -> Option<PathBuf> {
 fn start_wire_server(bin: &Path, port: u16, dir: &Path) -> Proc {
     Proc(
         Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--sync-on-commit", "--storage-path"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--sync-on-commit",
+                "--storage-path",
+            ])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -182,7 +259,10 @@ fn start_wire_server(bin: &Path, port: u16, dir: &Path) -> Proc {
 
 async fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "wire server did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -203,16 +283,33 @@ async fn mongodb_outage_fails_fast_and_recovers() {
     let config = write_config(dir.path(), Backend::Mongo, port, Some(&uri), "outage");
     let _gw = spawn_gateway(&config, port).await;
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let r = client.post(format!("{base}/v1/sessions")).json(&json!({"session_id": "o"})).send().await.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"session_id": "o"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
     // Stop the wire server (SIGTERM, then wait: it flushes its data).
     let mut server = server;
-    Command::new("kill").arg("-TERM").arg(server.0.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(server.0.id().to_string())
+        .status()
+        .unwrap();
     server.0.wait().unwrap();
     let started = Instant::now();
-    let r = client.patch(format!("{base}/v1/sessions/o/metadata")).json(&json!({"a": 1})).send().await.unwrap();
+    let r = client
+        .patch(format!("{base}/v1/sessions/o/metadata"))
+        .json(&json!({"a": 1}))
+        .send()
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let v: Value = r.json().await.unwrap();
@@ -221,24 +318,58 @@ async fn mongodb_outage_fails_fast_and_recovers() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let r = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    eprintln!(
+        "outage: a write answered 503 store_unavailable after {} ms",
+        took.as_millis()
+    );
 
     let _server = start_wire_server(&bin, mport, data.path());
     wait_port(mport).await;
+    let back = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = client.patch(format!("{base}/v1/sessions/o/metadata")).json(&json!({"a": 2})).send().await.unwrap();
+        let r = client
+            .patch(format!("{base}/v1/sessions/o/metadata"))
+            .json(&json!({"a": 2}))
+            .send()
+            .await
+            .unwrap();
         match r.status() {
             StatusCode::OK => break,
             // The wire server's own durability is not under test: if it lost
             // the session, create it again; the gateway must serve either way.
             StatusCode::NOT_FOUND => {
-                client.post(format!("{base}/v1/sessions")).json(&json!({"session_id": "o"})).send().await.unwrap();
+                client
+                    .post(format!("{base}/v1/sessions"))
+                    .json(&json!({"session_id": "o"}))
+                    .send()
+                    .await
+                    .unwrap();
             }
             s => assert!(Instant::now() < deadline, "no recovery: {s}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), StatusCode::OK);
-    let v: Value = client.get(format!("{base}/v1/sessions/o/metadata")).send().await.unwrap().json().await.unwrap();
+    eprintln!(
+        "outage: writes succeed again {} ms after the server listens",
+        back.elapsed().as_millis()
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let v: Value = client
+        .get(format!("{base}/v1/sessions/o/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v, json!({"a": 2}));
 }

@@ -29,13 +29,16 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         "\\PC{0,20}".prop_map(Value::from),
     ];
     leaf.prop_recursive(6, 48, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((key.clone(), inner), 0..5).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            prop::collection::vec((key.clone(), inner), 0..5)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
         ]
     })
 }
@@ -49,7 +52,11 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = common::config(common::Backend::Embedded, &dir).unwrap();
         cfg.limits.max_json_depth = 5;
@@ -59,8 +66,20 @@ fn fixture() -> &'static Fixture {
             std::mem::forget(gw); // background tasks live for the whole test binary
             // One session per property, since properties run in parallel.
             for sid in ["md", "fb", "msg", "agent", "raw", "del", "list"] {
-                send(&app, Method::POST, "/v1/sessions", json!({"session_id": sid, "metadata": {"keep": 1}}).to_string()).await;
-                send(&app, Method::PUT, &format!("/v1/sessions/{sid}/agents/a"), "{}".into()).await;
+                send(
+                    &app,
+                    Method::POST,
+                    "/v1/sessions",
+                    json!({"session_id": sid, "metadata": {"keep": 1}}).to_string(),
+                )
+                .await;
+                send(
+                    &app,
+                    Method::PUT,
+                    &format!("/v1/sessions/{sid}/agents/a"),
+                    "{}".into(),
+                )
+                .await;
             }
             app
         });
@@ -69,19 +88,50 @@ fn fixture() -> &'static Fixture {
 }
 
 async fn send(app: &axum::Router, method: Method, path: &str, body: String) -> (u16, Value) {
-    let req = Request::builder().method(method).uri(path).body(Body::from(body)).unwrap();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::from(body))
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Everything a write could change in a fixture session, and the number of sessions.
 async fn snapshot(app: &axum::Router, sid: &str) -> Value {
-    let (_, md) = send(app, Method::GET, &format!("/v1/sessions/{sid}/metadata"), String::new()).await;
-    let (_, msgs) = send(app, Method::GET, &format!("/v1/sessions/{sid}/agents/a/messages?latest=1"), String::new()).await;
-    let (_, fbs) = send(app, Method::GET, &format!("/v1/sessions/{sid}/feedbacks"), String::new()).await;
-    let (_, agent) = send(app, Method::GET, &format!("/v1/sessions/{sid}/agents/a"), String::new()).await;
+    let (_, md) = send(
+        app,
+        Method::GET,
+        &format!("/v1/sessions/{sid}/metadata"),
+        String::new(),
+    )
+    .await;
+    let (_, msgs) = send(
+        app,
+        Method::GET,
+        &format!("/v1/sessions/{sid}/agents/a/messages?latest=1"),
+        String::new(),
+    )
+    .await;
+    let (_, fbs) = send(
+        app,
+        Method::GET,
+        &format!("/v1/sessions/{sid}/feedbacks"),
+        String::new(),
+    )
+    .await;
+    let (_, agent) = send(
+        app,
+        Method::GET,
+        &format!("/v1/sessions/{sid}/agents/a"),
+        String::new(),
+    )
+    .await;
     json!({"md": md, "total": msgs["total"], "fbs": fbs["feedbacks"].as_array().map(Vec::len), "version": agent["version"]})
 }
 
@@ -93,9 +143,19 @@ fn check(sid: &str, method: Method, path: &str, body: String) -> Result<(), Test
         let (status, v) = send(&f.app, method.clone(), path, body.clone()).await;
         prop_assert!(status < 500, "{method} {path} {body:?} -> {status} {v}");
         if status >= 400 {
-            prop_assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "non-uniform error {v}");
+            prop_assert!(
+                v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                "non-uniform error {v}"
+            );
             let after = snapshot(&f.app, sid).await;
-            prop_assert_eq!(before, after, "a refused request changed state: {} {} {:?}", method, path, body);
+            prop_assert_eq!(
+                before,
+                after,
+                "a refused request changed state: {} {} {:?}",
+                method,
+                path,
+                body
+            );
         }
         Ok(())
     })
@@ -160,5 +220,13 @@ proptest! {
 }
 
 fn url_escape(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

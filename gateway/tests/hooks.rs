@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn gw(hooks: Vec<gateway::config::HookConfig>) -> TestGateway {
-    TestGateway::with_hooks(Backend::Embedded, hooks).await.expect("embedded store")
+    TestGateway::with_hooks(Backend::Embedded, hooks)
+        .await
+        .expect("embedded store")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,54 +25,115 @@ async fn validator_denies_with_reason_and_writes_nothing() {
         "config = { required = [\"status\"], types = { status = \"string\" }, max_value_bytes = 64 }",
     )])
     .await;
-    gw.post("/v1/sessions", json!({"session_id": "s", "metadata": {"status": "new"}})).await;
-    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"status": 5})).await;
+    gw.post(
+        "/v1/sessions",
+        json!({"session_id": "s", "metadata": {"status": "new"}}),
+    )
+    .await;
+    let (s, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"status": 5}))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_error(&v, "denied_by_hook");
-    assert_eq!(v["error"]["message"], "validate: value for \"status\" must be a string, got number");
+    assert_eq!(
+        v["error"]["message"],
+        "validate: value for \"status\" must be a string, got number"
+    );
     let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=status").await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("validate: "), "{v}");
-    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"notes": "x".repeat(100)})).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("validate: "),
+        "{v}"
+    );
+    let (s, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"notes": "x".repeat(100)}))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({"status": "new"}));
+    assert_eq!(
+        gw.get("/v1/sessions/s/metadata").await.1,
+        json!({"status": "new"})
+    );
     // A valid change goes through.
-    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"status": "active"})).await;
+    let (s, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"status": "active"}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v, json!({"status": "active"}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redactor_masks_and_hides_on_get_only() {
-    let gw = gw(vec![hook("redact", "metadata_redactor", "get", &["metadata.get"], "config = { mask = [\"api_key\", \"customer.ssn\"], hide = [\"internal\"] }")]).await;
+    let gw = gw(vec![hook(
+        "redact",
+        "metadata_redactor",
+        "get",
+        &["metadata.get"],
+        "config = { mask = [\"api_key\", \"customer.ssn\"], hide = [\"internal\"] }",
+    )])
+    .await;
     gw.post("/v1/sessions", json!({"session_id": "s", "metadata": {"api_key": "sk-123", "internal": {"x": 1}, "customer": {"ssn": "123", "name": "Ann"}}})).await;
     let expect = json!({"api_key": "***", "customer": {"ssn": "***", "name": "Ann"}});
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, expect);
     assert_eq!(gw.get("/v1/sessions/s").await.1["metadata"], expect);
-    let (_, v) = gw.patch("/v1/sessions/s/metadata", json!({"plan": "pro"})).await;
+    let (_, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"plan": "pro"}))
+        .await;
     assert_eq!(v["api_key"], "***");
     assert!(v.get("internal").is_none());
     // The store still holds the secret.
-    let stored = gw.state.store.get_metadata(&gateway::model::Tenant::default_tenant(), "s").await.unwrap();
+    let stored = gw
+        .state
+        .store
+        .get_metadata(&gateway::model::Tenant::default_tenant(), "s")
+        .await
+        .unwrap();
     assert_eq!(stored["api_key"], "sk-123");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_rewrite_is_contained() {
-    let gw = gw(vec![hook("huge", "fixture_huge_rewrite", "before", &["metadata.update"], "memory_mb = 32\ntimeout_ms = 2000")]).await;
+    let gw = gw(vec![hook(
+        "huge",
+        "fixture_huge_rewrite",
+        "before",
+        &["metadata.update"],
+        "memory_mb = 32\ntimeout_ms = 2000",
+    )])
+    .await;
     gw.session("s").await;
     let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_error(&v, "hook_failed");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("huge: "), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("huge: "),
+        "{v}"
+    );
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_and_fail_closed() {
     let gw = gw(vec![
-        hook("trap-open", "fixture_trap", "before", &["metadata.update"], "on_error = \"allow\""),
-        hook("trap-closed", "fixture_trap", "before", &["metadata.delete"], "on_error = \"deny\""),
+        hook(
+            "trap-open",
+            "fixture_trap",
+            "before",
+            &["metadata.update"],
+            "on_error = \"allow\"",
+        ),
+        hook(
+            "trap-closed",
+            "fixture_trap",
+            "before",
+            &["metadata.delete"],
+            "on_error = \"deny\"",
+        ),
     ])
     .await;
     gw.session("s").await;
@@ -79,10 +142,21 @@ async fn fail_open_and_fail_closed() {
     let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=a").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_error(&v, "hook_failed");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("trap-closed: trapped"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("trap-closed: trapped"),
+        "{v}"
+    );
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({"a": 1}));
     let (_, plugins) = gw.get("/v1/admin/plugins").await;
-    let open = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "trap-open").unwrap();
+    let open = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "trap-open")
+        .unwrap();
     assert_eq!(open["errors"], 1);
 }
 
@@ -91,8 +165,20 @@ async fn fail_open_and_fail_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_are_contained() {
     let gw = gw(vec![
-        hook("loop", "fixture_loop", "before", &["metadata.update"], "timeout_ms = 50"),
-        hook("bomb", "fixture_membomb", "before", &["metadata.delete"], "memory_mb = 16\ntimeout_ms = 5000"),
+        hook(
+            "loop",
+            "fixture_loop",
+            "before",
+            &["metadata.update"],
+            "timeout_ms = 50",
+        ),
+        hook(
+            "bomb",
+            "fixture_membomb",
+            "before",
+            &["metadata.delete"],
+            "memory_mb = 16\ntimeout_ms = 5000",
+        ),
     ])
     .await;
     gw.session("s").await;
@@ -103,9 +189,18 @@ async fn hostile_plugins_are_contained() {
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             for _ in 0..5 {
-                let r = c.patch(format!("{base}/v1/sessions/s/metadata")).json(&json!({"a": 1})).send().await.unwrap();
+                let r = c
+                    .patch(format!("{base}/v1/sessions/s/metadata"))
+                    .json(&json!({"a": 1}))
+                    .send()
+                    .await
+                    .unwrap();
                 statuses.push(r.status());
-                let r = c.delete(format!("{base}/v1/sessions/s/metadata?keys=a")).send().await.unwrap();
+                let r = c
+                    .delete(format!("{base}/v1/sessions/s/metadata?keys=a"))
+                    .send()
+                    .await
+                    .unwrap();
                 statuses.push(r.status());
             }
             statuses
@@ -119,7 +214,12 @@ async fn hostile_plugins_are_contained() {
         served += 1;
     }
     let statuses = hostile.await.unwrap();
-    assert!(statuses.iter().all(|s| *s == StatusCode::SERVICE_UNAVAILABLE), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
     assert!(served > 0);
     // Five 50 ms timeouts plus five memory bombs: bounded well below what an
     // unbounded loop would take. (Not a latency assertion: a containment check.)
@@ -137,22 +237,49 @@ async fn hostile_plugins_are_contained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_and_per_call_instances() {
     let gw = gw(vec![
-        hook("reuse", "fixture_allow", "before", &["metadata.update"], "instance = \"reuse\""),
-        hook("fresh", "fixture_allow", "before", &["metadata.update"], "instance = \"per-call\""),
+        hook(
+            "reuse",
+            "fixture_allow",
+            "before",
+            &["metadata.update"],
+            "instance = \"reuse\"",
+        ),
+        hook(
+            "fresh",
+            "fixture_allow",
+            "before",
+            &["metadata.update"],
+            "instance = \"per-call\"",
+        ),
     ])
     .await;
     gw.session("s").await;
     for i in 0..10 {
-        assert_eq!(gw.patch("/v1/sessions/s/metadata", json!({"i": i})).await.0, StatusCode::OK);
+        assert_eq!(
+            gw.patch("/v1/sessions/s/metadata", json!({"i": i})).await.0,
+            StatusCode::OK
+        );
     }
     let (_, plugins) = gw.get("/v1/admin/plugins").await;
-    let by = |n: &str| plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == n).unwrap().clone();
+    let by = |n: &str| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by("reuse")["calls"], 10);
     assert_eq!(by("reuse")["instantiations"], 1);
     assert_eq!(by("fresh")["instantiations"], 10);
 }
 
-fn write_config(dir: &std::path::Path, wasm: &std::path::Path, pin: Option<&str>) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    wasm: &std::path::Path,
+    pin: Option<&str>,
+) -> std::path::PathBuf {
     let pin = pin.map(|p| format!("sha256 = {p:?}\n")).unwrap_or_default();
     let text = format!(
         "[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\ncache_dir = \"cache\"\nwatch = false\n\n[[hooks]]\nname = \"swap\"\nwasm = {:?}\n{pin}events = [\"metadata.get\"]\nphase = \"get\"\n",
@@ -181,12 +308,22 @@ async fn hot_swap_under_load() {
     for _ in 0..4 {
         let (c, base, stop) = (gw.client.clone(), gw.base.clone(), stop.clone());
         load.push(tokio::spawn(async move {
-            let (mut ok, mut failed, mut versions) = (0u32, 0u32, std::collections::BTreeSet::new());
+            let (mut ok, mut failed, mut versions) =
+                (0u32, 0u32, std::collections::BTreeSet::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = c.get(format!("{base}/v1/sessions/s/metadata")).send().await.unwrap();
+                let r = c
+                    .get(format!("{base}/v1/sessions/s/metadata"))
+                    .send()
+                    .await
+                    .unwrap();
                 if r.status() == StatusCode::OK {
                     ok += 1;
-                    versions.insert(r.json::<Value>().await.unwrap()["fixture"].as_str().unwrap_or("").to_owned());
+                    versions.insert(
+                        r.json::<Value>().await.unwrap()["fixture"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned(),
+                    );
                 } else {
                     failed += 1;
                 }
@@ -210,7 +347,10 @@ async fn hot_swap_under_load() {
     }
     assert_eq!(failed, 0, "requests failed across the swap");
     assert!(ok > 0);
-    assert!(versions.contains("v1") && versions.contains("v2"), "{versions:?}");
+    assert!(
+        versions.contains("v1") && versions.contains("v2"),
+        "{versions:?}"
+    );
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v2");
 
     // A broken replacement: the old version keeps serving; the report says why.
@@ -225,7 +365,13 @@ async fn hot_swap_under_load() {
     std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
     write_config(dir.path(), &wasm, Some(&"0".repeat(64)));
     let (_, report) = gw.post("/v1/admin/reload", json!({})).await;
-    assert!(report["reload"]["failed"][0][1].as_str().unwrap().contains("pins"), "{report}");
+    assert!(
+        report["reload"]["failed"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("pins"),
+        "{report}"
+    );
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v2");
     gw.stop().await;
 }
@@ -257,32 +403,69 @@ async fn watcher_reloads_changed_plugin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_hooks_publish_to_granted_targets_only() {
     let gw = gw(vec![
-        hook("router", "feedback_router", "after", &["feedback.add"], "grants = { publish = [\"good\", \"bad\"] }"),
-        hook("audit", "audit_log", "after", &["feedback.add", "metadata.update"], ""),
+        hook(
+            "router",
+            "feedback_router",
+            "after",
+            &["feedback.add"],
+            "grants = { publish = [\"good\", \"bad\"] }",
+        ),
+        hook(
+            "audit",
+            "audit_log",
+            "after",
+            &["feedback.add", "metadata.update"],
+            "",
+        ),
     ])
     .await;
     gw.session("s").await;
-    gw.post("/v1/sessions/s/feedbacks", json!({"rating": "up", "comment": "nice"})).await;
-    gw.post("/v1/sessions/s/feedbacks", json!({"rating": "down"})).await;
-    gw.post("/v1/sessions/s/feedbacks", json!({"rating": null})).await; // "neutral" is not granted
+    gw.post(
+        "/v1/sessions/s/feedbacks",
+        json!({"rating": "up", "comment": "nice"}),
+    )
+    .await;
+    gw.post("/v1/sessions/s/feedbacks", json!({"rating": "down"}))
+        .await;
+    gw.post("/v1/sessions/s/feedbacks", json!({"rating": null}))
+        .await; // "neutral" is not granted
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, plugins) = gw.get("/v1/admin/plugins").await;
-        let router = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "router").unwrap().clone();
+        let router = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "router")
+            .unwrap()
+            .clone();
         if router["calls"] == 3 {
             assert_eq!(router["publish_refused"], 1, "{router}");
             break;
         }
-        assert!(Instant::now() < deadline, "after-hooks did not run: {plugins}");
+        assert!(
+            Instant::now() < deadline,
+            "after-hooks did not run: {plugins}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (s, v) = gw.get("/v1/admin/outbox").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["pending"], 2, "{v}");
-    let mut targets: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["target"].as_str().unwrap()).collect();
+    let mut targets: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["target"].as_str().unwrap())
+        .collect();
     targets.sort_unstable();
     assert_eq!(targets, ["bad", "good"]);
-    let good = v["items"].as_array().unwrap().iter().find(|i| i["target"] == "good").unwrap();
+    let good = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["target"] == "good")
+        .unwrap();
     assert_eq!(good["payload"]["feedback"]["comment"], "nice");
     assert_eq!(good["payload"]["session_id"], "s");
     assert_eq!(good["plugin"], "router");
@@ -291,8 +474,19 @@ async fn after_hooks_publish_to_granted_targets_only() {
 #[test]
 fn plugin_check_reports_exports() {
     let report = gateway::hooks::check_plugin(&common::plugin("audit_log")).unwrap();
-    let exports: Vec<&str> = report["exports"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-    assert_eq!(exports, ["gateway:hooks/metadata-hook@0.1.0", "gateway:hooks/feedback-hook@0.1.0"]);
+    let exports: Vec<&str> = report["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        exports,
+        [
+            "gateway:hooks/metadata-hook@0.1.0",
+            "gateway:hooks/feedback-hook@0.1.0"
+        ]
+    );
     let err = gateway::hooks::check_plugin(std::path::Path::new("Cargo.toml")).unwrap_err();
     assert!(!format!("{err:#}").is_empty());
 }
@@ -301,20 +495,51 @@ fn plugin_check_reports_exports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrites_are_chained_and_stored() {
     let gw = gw(vec![
-        hook("rewrite", "fixture_rewrite", "before", &["metadata.update", "metadata.delete", "feedback.add"], ""),
+        hook(
+            "rewrite",
+            "fixture_rewrite",
+            "before",
+            &["metadata.update", "metadata.delete", "feedback.add"],
+            "",
+        ),
         // Runs second: sees the rewritten change (a lower-cased status passes the enum check).
-        hook("validate", "metadata_validator", "before", &["metadata.update"], "config = { types = { status = \"string\", rewritten_by = \"string\" } }"),
+        hook(
+            "validate",
+            "metadata_validator",
+            "before",
+            &["metadata.update"],
+            "config = { types = { status = \"string\", rewritten_by = \"string\" } }",
+        ),
     ])
     .await;
-    gw.post("/v1/sessions", json!({"session_id": "s", "metadata": {"protected": 1, "tmp": 2}})).await;
-    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"status": "ACTIVE"})).await;
+    gw.post(
+        "/v1/sessions",
+        json!({"session_id": "s", "metadata": {"protected": 1, "tmp": 2}}),
+    )
+    .await;
+    let (s, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"status": "ACTIVE"}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v, json!({"protected": 1, "tmp": 2, "status": "active", "rewritten_by": "fixture"}));
-    let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=protected,tmp").await;
+    assert_eq!(
+        v,
+        json!({"protected": 1, "tmp": 2, "status": "active", "rewritten_by": "fixture"})
+    );
+    let (s, v) = gw
+        .delete("/v1/sessions/s/metadata?keys=protected,tmp")
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v, json!({"protected": 1, "status": "active", "rewritten_by": "fixture"}));
-    let (s, v) = gw.post("/v1/sessions/s/feedbacks", json!({"rating": "up"})).await;
+    assert_eq!(
+        v,
+        json!({"protected": 1, "status": "active", "rewritten_by": "fixture"})
+    );
+    let (s, v) = gw
+        .post("/v1/sessions/s/feedbacks", json!({"rating": "up"}))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["tagged"], true);
-    assert_eq!(gw.get("/v1/sessions/s/feedbacks").await.1["feedbacks"][0]["tagged"], true);
+    assert_eq!(
+        gw.get("/v1/sessions/s/feedbacks").await.1["feedbacks"][0]["tagged"],
+        true
+    );
 }

@@ -22,7 +22,13 @@ async fn ordinary_load(gw: &TestGateway, secs: u64) -> Vec<u128> {
             let mut lat = Vec::new();
             while Instant::now() < end {
                 let t = Instant::now();
-                let r = c.get(format!("{base}/v1/sessions/ok/agents/bot/messages?latest=20")).send().await.unwrap();
+                let r = c
+                    .get(format!(
+                        "{base}/v1/sessions/ok/agents/bot/messages?latest=20"
+                    ))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), StatusCode::OK);
                 let _ = r.bytes().await;
                 lat.push(t.elapsed().as_micros());
@@ -45,15 +51,42 @@ fn pct(v: &[u128], p: f64) -> u128 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run explicitly (see module docs)"]
 async fn hostile_plugins_p99() {
-    let secs: u64 = std::env::var("HOSTILE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("HOSTILE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let gw = TestGateway::with_hooks(
         Backend::Embedded,
         vec![
             // Each hostile request meets two: the first fails open, so the second runs too.
-            hook("loop", "fixture_loop", "before", &["metadata.update"], "timeout_ms = 50\non_error = \"allow\""),
-            hook("huge", "fixture_huge_rewrite", "before", &["metadata.update"], "memory_mb = 128\ntimeout_ms = 1000"),
-            hook("trap", "fixture_trap", "before", &["metadata.delete"], "on_error = \"allow\""),
-            hook("bomb", "fixture_membomb", "before", &["metadata.delete"], "memory_mb = 64\ntimeout_ms = 1000"),
+            hook(
+                "loop",
+                "fixture_loop",
+                "before",
+                &["metadata.update"],
+                "timeout_ms = 50\non_error = \"allow\"",
+            ),
+            hook(
+                "huge",
+                "fixture_huge_rewrite",
+                "before",
+                &["metadata.update"],
+                "memory_mb = 128\ntimeout_ms = 1000",
+            ),
+            hook(
+                "trap",
+                "fixture_trap",
+                "before",
+                &["metadata.delete"],
+                "on_error = \"allow\"",
+            ),
+            hook(
+                "bomb",
+                "fixture_membomb",
+                "before",
+                &["metadata.delete"],
+                "memory_mb = 64\ntimeout_ms = 1000",
+            ),
         ],
     )
     .await
@@ -62,7 +95,11 @@ async fn hostile_plugins_p99() {
     gw.session("evil").await;
     gw.put("/v1/sessions/ok/agents/bot", json!({})).await;
     for i in 0..50 {
-        gw.post("/v1/sessions/ok/agents/bot/messages", json!({"message": {"i": i}})).await;
+        gw.post(
+            "/v1/sessions/ok/agents/bot/messages",
+            json!({"message": {"i": i}}),
+        )
+        .await;
     }
     let baseline = ordinary_load(&gw, secs).await;
 
@@ -73,8 +110,17 @@ async fn hostile_plugins_p99() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = match n % 2 {
-                    0 => c.patch(format!("{base}/v1/sessions/evil/metadata")).json(&json!({"a": 1})).send().await,
-                    _ => c.delete(format!("{base}/v1/sessions/evil/metadata?keys=a")).send().await,
+                    0 => {
+                        c.patch(format!("{base}/v1/sessions/evil/metadata"))
+                            .json(&json!({"a": 1}))
+                            .send()
+                            .await
+                    }
+                    _ => {
+                        c.delete(format!("{base}/v1/sessions/evil/metadata?keys=a"))
+                            .send()
+                            .await
+                    }
                 }
                 .unwrap();
                 assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

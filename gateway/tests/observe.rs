@@ -8,19 +8,51 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_and_metrics() {
-    let gw = TestGateway::with_hooks(Backend::Embedded, vec![hook("allow", "fixture_allow", "before", &["metadata.update"], "")]).await.unwrap();
+    let gw = TestGateway::with_hooks(
+        Backend::Embedded,
+        vec![hook(
+            "allow",
+            "fixture_allow",
+            "before",
+            &["metadata.update"],
+            "",
+        )],
+    )
+    .await
+    .unwrap();
     gw.session("s").await;
     gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
     gw.get("/v1/sessions/missing").await;
     // A given request id comes back; otherwise one is generated.
-    let r = gw.client.get(format!("{}/v1/sessions/s", gw.base)).header("X-Request-Id", "req-123").send().await.unwrap();
+    let r = gw
+        .client
+        .get(format!("{}/v1/sessions/s", gw.base))
+        .header("X-Request-Id", "req-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-123");
-    let r = gw.client.get(format!("{}/v1/sessions/s", gw.base)).send().await.unwrap();
+    let r = gw
+        .client
+        .get(format!("{}/v1/sessions/s", gw.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"].len(), 32);
 
-    let r = gw.client.get(format!("{}/metrics", gw.base)).send().await.unwrap();
+    let r = gw
+        .client
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = r.text().await.unwrap();
     for needle in [
         "gateway_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/sessions/{sid}\",le=\"+Inf\"} 3",

@@ -26,7 +26,9 @@ const ROUTE_FILES: &[(&str, &str)] = &[
     ("sessions.rs", include_str!("../src/routes/sessions.rs")),
 ];
 
-const METHODS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options", "trace"];
+const METHODS: &[&str] = &[
+    "get", "post", "put", "patch", "delete", "head", "options", "trace",
+];
 
 /// `(method, path)` of every `.route(...)` call in `src`.
 fn routes_in(file: &str, src: &str) -> Vec<(String, String)> {
@@ -35,13 +37,21 @@ fn routes_in(file: &str, src: &str) -> Vec<(String, String)> {
     while let Some(at) = rest.find(".route(") {
         rest = &rest[at + ".route(".len()..];
         let args = balanced(rest).unwrap_or_else(|| panic!("{file}: unbalanced .route( call"));
-        let open = args.find('"').unwrap_or_else(|| panic!("{file}: .route( without a path literal"));
+        let open = args
+            .find('"')
+            .unwrap_or_else(|| panic!("{file}: .route( without a path literal"));
         let close = open + 1 + args[open + 1..].find('"').expect("closing quote");
         let path = &args[open + 1..close];
         let after = &args[close + 1..];
-        let chain = after.trim_start().strip_prefix(',').unwrap_or_else(|| panic!("{file}: no method router for {path}"));
+        let chain = after
+            .trim_start()
+            .strip_prefix(',')
+            .unwrap_or_else(|| panic!("{file}: no method router for {path}"));
         let methods = chain_methods(chain);
-        assert!(!methods.is_empty(), "{file}: no get/post/put/patch/delete in the method router of {path}: {chain}");
+        assert!(
+            !methods.is_empty(),
+            "{file}: no get/post/put/patch/delete in the method router of {path}: {chain}"
+        );
         out.extend(methods.into_iter().map(|m| (m, path.to_owned())));
         rest = &rest[args.len()..];
     }
@@ -76,10 +86,14 @@ fn chain_methods(chain: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = chain.trim();
     while !rest.is_empty() {
-        let name_len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')).unwrap_or(rest.len());
+        let name_len = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(rest.len());
         let name = &rest[..name_len];
         let after = rest[name_len..].trim_start();
-        let Some(inner) = after.strip_prefix('(') else { break };
+        let Some(inner) = after.strip_prefix('(') else {
+            break;
+        };
         let args = balanced(inner).expect("balanced method call");
         let method = name.rsplit("::").next().unwrap_or(name);
         if METHODS.contains(&method) {
@@ -95,7 +109,10 @@ fn source_routes() -> BTreeSet<(String, String)> {
     let mut all = BTreeSet::new();
     for (file, src) in ROUTE_FILES {
         for r in routes_in(file, src) {
-            assert!(all.insert(r.clone()), "{file}: route {r:?} is declared twice");
+            assert!(
+                all.insert(r.clone()),
+                "{file}: route {r:?} is declared twice"
+            );
         }
     }
     all
@@ -127,15 +144,29 @@ fn route_parser_reads_chains() {
         )
         .route("/b", axum::routing::delete(x(1, "(")).get(crate::y::serve))"#;
     let got = routes_in("t.rs", src);
-    let want = [("get", "/a"), ("post", "/a"), ("get", "/a/{id}"), ("put", "/a/{id}"), ("patch", "/a/{id}"), ("delete", "/b"), ("get", "/b")];
-    let want: Vec<(String, String)> = want.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    let want = [
+        ("get", "/a"),
+        ("post", "/a"),
+        ("get", "/a/{id}"),
+        ("put", "/a/{id}"),
+        ("patch", "/a/{id}"),
+        ("delete", "/b"),
+        ("get", "/b"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
     assert_eq!(got, want);
 }
 
 #[test]
 fn every_route_is_documented_and_nothing_else() {
     let source = source_routes();
-    assert!(source.len() >= 27, "suspiciously few routes parsed: {source:?}");
+    assert!(
+        source.len() >= 27,
+        "suspiciously few routes parsed: {source:?}"
+    );
     let doc = doc_routes(&document());
     let undocumented: Vec<_> = source.difference(&doc).collect();
     let unrouted: Vec<_> = doc.difference(&source).collect();
@@ -149,12 +180,18 @@ fn every_route_is_documented_and_nothing_else() {
 #[test]
 fn document_is_openapi_3_1_and_complete() {
     let doc = document();
+    assert_eq!(doc, gateway::openapi::document());
     let version = doc["openapi"].as_str().expect("openapi version");
     assert!(version.starts_with("3.1."), "not OpenAPI 3.1: {version}");
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    let responses = doc["components"]["responses"].as_object().expect("shared responses");
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let responses = doc["components"]["responses"]
+        .as_object()
+        .expect("shared responses");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 
     // Every $ref resolves.
     fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
@@ -172,7 +209,10 @@ fn document_is_openapi_3_1_and_complete() {
     let mut all_refs = Vec::new();
     refs(&doc, &mut all_refs);
     for r in all_refs {
-        let target = r.strip_prefix("#/").map(|p| p.split('/').fold(&doc, |v, seg| &v[seg])).unwrap_or(&Value::Null);
+        let target = r
+            .strip_prefix("#/")
+            .map(|p| p.split('/').fold(&doc, |v, seg| &v[seg]))
+            .unwrap_or(&Value::Null);
         assert!(!target.is_null(), "dangling $ref {r}");
     }
 
@@ -184,28 +224,67 @@ fn document_is_openapi_3_1_and_complete() {
     };
     let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let templated: BTreeSet<&str> = path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).collect();
+        let templated: BTreeSet<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
         for (method, op) in item.as_object().unwrap() {
             let at = format!("{} {path}", method.to_uppercase());
-            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{at}: no operationId"));
-            assert!(ids.insert(id.to_owned()), "{at}: duplicate operationId {id}");
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: no operationId"));
+            assert!(
+                ids.insert(id.to_owned()),
+                "{at}: duplicate operationId {id}"
+            );
             assert!(op["summary"].is_string(), "{at}: no summary");
-            assert!(op["tags"].as_array().is_some_and(|t| !t.is_empty()), "{at}: no tag");
+            assert!(
+                op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+                "{at}: no tag"
+            );
             let params = op["parameters"].as_array().cloned().unwrap_or_default();
-            let path_params: BTreeSet<&str> =
-                params.iter().filter(|p| p["in"] == "path").map(|p| p["name"].as_str().unwrap()).collect();
-            assert_eq!(path_params, templated, "{at}: path parameters do not match the template");
-            assert!(params.iter().any(|p| p["in"] == "header" && p["name"] == "X-Request-Id"), "{at}: no X-Request-Id");
+            let path_params: BTreeSet<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                path_params, templated,
+                "{at}: path parameters do not match the template"
+            );
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["in"] == "header" && p["name"] == "X-Request-Id"),
+                "{at}: no X-Request-Id"
+            );
             let public = gateway::openapi::PUBLIC_PATHS.contains(&path.as_str());
             let security = &op["security"];
             if public {
-                assert_eq!(*security, serde_json::json!([{}]), "{at}: public operations need no key");
+                assert_eq!(
+                    *security,
+                    serde_json::json!([{}]),
+                    "{at}: public operations need no key"
+                );
             } else {
-                assert_eq!(*security, serde_json::json!([{ "bearer": [] }]), "{at}: needs the bearer scheme");
+                assert_eq!(
+                    *security,
+                    serde_json::json!([{ "bearer": [] }]),
+                    "{at}: needs the bearer scheme"
+                );
             }
-            let rs = op["responses"].as_object().unwrap_or_else(|| panic!("{at}: no responses"));
-            assert!(rs.keys().any(|s| s.starts_with('2')), "{at}: no success response");
-            for status in ["500", "503"].into_iter().chain((!public).then_some("401")).chain((!public).then_some("429")) {
+            let rs = op["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: no responses"));
+            assert!(
+                rs.keys().any(|s| s.starts_with('2')),
+                "{at}: no success response"
+            );
+            for status in ["500", "503"]
+                .into_iter()
+                .chain((!public).then_some("401"))
+                .chain((!public).then_some("429"))
+            {
                 assert!(rs.contains_key(status), "{at}: no {status} response");
             }
             if op.get("requestBody").is_some() {
@@ -213,10 +292,14 @@ fn document_is_openapi_3_1_and_complete() {
             }
             for (status, r) in rs {
                 let r = resolve(r);
-                assert!(r["headers"]["X-Request-Id"].is_object(), "{at} {status}: no X-Request-Id header");
+                assert!(
+                    r["headers"]["X-Request-Id"].is_object(),
+                    "{at} {status}: no X-Request-Id header"
+                );
                 if status.starts_with('4') || status.starts_with('5') {
                     assert_eq!(
-                        r["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
                         "{at} {status}: error responses use the uniform error body"
                     );
                 }
@@ -225,30 +308,120 @@ fn document_is_openapi_3_1_and_complete() {
     }
     // Pieces the task names explicitly.
     let op = |m: &str, p: &str| doc["paths"][p][m].clone();
-    assert!(op("get", "/v1/sessions/{sid}/events")["responses"]["200"]["content"]["text/event-stream"].is_object());
-    let has_header = |o: &Value, name: &str| o["parameters"].as_array().unwrap().iter().any(|p| p["in"] == "header" && p["name"] == name);
-    assert!(has_header(&op("get", "/v1/sessions/{sid}/events"), "Last-Event-ID"));
-    assert!(has_header(&op("put", "/v1/sessions/{sid}/agents/{aid}"), "If-Match"));
-    assert!(op("put", "/v1/sessions/{sid}/agents/{aid}")["responses"]["201"]["headers"]["ETag"].is_object());
-    assert!(op("get", "/v1/sessions/{sid}/agents/{aid}")["responses"]["200"]["headers"]["ETag"].is_object());
+    assert!(
+        op("get", "/v1/sessions/{sid}/events")["responses"]["200"]["content"]["text/event-stream"]
+            .is_object()
+    );
+    let has_header = |o: &Value, name: &str| {
+        o["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["in"] == "header" && p["name"] == name)
+    };
+    assert!(has_header(
+        &op("get", "/v1/sessions/{sid}/events"),
+        "Last-Event-ID"
+    ));
+    assert!(has_header(
+        &op("put", "/v1/sessions/{sid}/agents/{aid}"),
+        "If-Match"
+    ));
+    assert!(
+        op("put", "/v1/sessions/{sid}/agents/{aid}")["responses"]["201"]["headers"]["ETag"]
+            .is_object()
+    );
+    assert!(
+        op("get", "/v1/sessions/{sid}/agents/{aid}")["responses"]["200"]["headers"]["ETag"]
+            .is_object()
+    );
     assert!(responses["Unavailable"]["headers"]["Retry-After"].is_object());
     assert!(responses["TooManyRequests"]["headers"]["Retry-After"].is_object());
     let list = op("get", "/v1/sessions");
-    let md = list["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "metadata").expect("metadata filter").clone();
-    assert_eq!((md["style"].as_str(), md["explode"].as_bool()), (Some("form"), Some(true)));
-    assert!(op("get", "/metrics")["responses"]["200"]["content"].as_object().unwrap().keys().all(|k| k.starts_with("text/plain")));
-    for name in ["ErrorBody", "Session", "Message", "MessageInput", "MessagePatch", "Agent", "Metadata", "Feedback"] {
+    let md = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metadata")
+        .expect("metadata filter")
+        .clone();
+    assert_eq!(
+        (md["style"].as_str(), md["explode"].as_bool()),
+        (Some("form"), Some(true))
+    );
+    assert!(
+        op("get", "/metrics")["responses"]["200"]["content"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.starts_with("text/plain"))
+    );
+    for name in [
+        "ErrorBody",
+        "Session",
+        "Message",
+        "MessageInput",
+        "MessagePatch",
+        "Agent",
+        "Metadata",
+        "Feedback",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
     // Opaque message content: any JSON value.
-    for (schema, field) in [("MessageInput", "message"), ("MessageInput", "redact_message"), ("Message", "message"), ("Message", "redact_message")] {
+    for (schema, field) in [
+        ("MessageInput", "message"),
+        ("MessageInput", "redact_message"),
+        ("Message", "message"),
+        ("Message", "redact_message"),
+    ] {
         let s = &schemas[schema]["properties"][field];
-        assert!(s.is_object() && s.get("type").is_none() && s.get("$ref").is_none(), "{schema}.{field} must be any JSON: {s}");
+        assert!(
+            s.is_object() && s.get("type").is_none() && s.get("$ref").is_none(),
+            "{schema}.{field} must be any JSON: {s}"
+        );
     }
+    // Every link names an existing operation and only its parameters.
+    let mut links = 0;
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            for r in op["responses"].as_object().unwrap().values() {
+                for (name, link) in r["links"].as_object().into_iter().flatten() {
+                    let target = link["operationId"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("link {name} without operationId"));
+                    let (path, _) = doc["paths"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .find(|(_, i)| {
+                            i.as_object()
+                                .unwrap()
+                                .values()
+                                .any(|o| o["operationId"] == target)
+                        })
+                        .unwrap_or_else(|| panic!("link {name} names no operation"));
+                    for p in link["parameters"].as_object().unwrap().keys() {
+                        assert!(
+                            path.contains(&format!("{{{p}}}")),
+                            "link {name}: {path} has no parameter {p}"
+                        );
+                    }
+                    links += 1;
+                }
+            }
+        }
+    }
+    assert!(links > 10, "the create → read links are missing");
+    assert_eq!(schemas["MessagePatch"]["minProperties"], 1);
+    assert!(schemas["MessagePatch"].get("maxProperties").is_none());
     // An optional body may be empty, but JSON null is not accepted.
     let create = &op("post", "/v1/sessions")["requestBody"];
     assert_ne!(create["required"], true);
-    assert_eq!(create["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/NewSession");
+    assert_eq!(
+        create["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/NewSession"
+    );
 }
 
 /// `GET /openapi.json` serves exactly this document, without a key even when
@@ -267,9 +440,19 @@ async fn served_document_is_the_generated_one_and_public() {
     }];
     let gw = TestGateway::start(cfg).await;
 
-    let resp = gw.client.get(format!("{}/openapi.json", gw.base)).send().await.unwrap();
+    let resp = gw
+        .client
+        .get(format!("{}/openapi.json", gw.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     assert!(ct.starts_with("application/json"), "content type {ct}");
     let served: Value = resp.json().await.unwrap();
     assert_eq!(served, document());
@@ -280,9 +463,31 @@ async fn served_document_is_the_generated_one_and_public() {
         let (s, _) = gw.get(path).await;
         assert_eq!(s, StatusCode::OK, "{path} is documented as public");
     }
-    let (s, v) = gw.get("/v1/sessions").await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    common::assert_error(&v, "unauthorized");
+    for (path, item) in served["paths"].as_object().unwrap() {
+        let concrete = path.replace("{mid}", "0").replace(['{', '}'], "");
+        for (method, op) in item.as_object().unwrap() {
+            if op["security"] == serde_json::json!([{}]) {
+                continue;
+            }
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (s, _, v) = gw.call(m, &concrete, None).await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} is documented as needing a key"
+            );
+            common::assert_error(&v, "unauthorized");
+        }
+    }
+
+    // A method the document does not list for a path: 405 with `Allow` and the uniform error body.
+    let (s, headers, v) = gw.call(reqwest::Method::DELETE, "/healthz", None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET,HEAD")
+    );
+    common::assert_error(&v, "method_not_allowed");
     gw.stop().await;
 }
 

@@ -13,22 +13,36 @@ use serde_json::{Value, json};
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_mixed_load() {
-    let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let plugins = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
          [retention]\nevents = \"30s\"\nsweep_interval_ms = 5000\n\
          [[hooks]]\nname = \"validate\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\nconfig = {{ types = {{ status = \"string\" }} }}\n\
          [[hooks]]\nname = \"audit\"\nwasm = {:?}\nevents = [\"metadata.update\", \"feedback.add\"]\nphase = \"after\"\n",
-        plugins.join("metadata_validator.wasm").display().to_string(),
+        plugins
+            .join("metadata_validator.wasm")
+            .display()
+            .to_string(),
         plugins.join("audit_log.wasm").display().to_string(),
     );
     std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
@@ -42,7 +56,10 @@ async fn soak_mixed_load() {
         .unwrap();
     let pid = child.id();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(Instant::now() < deadline, "gateway did not start");
@@ -62,13 +79,37 @@ async fn soak_mixed_load() {
                 // A fresh session every 200 operations, deleted afterwards: a bounded working set.
                 let sid = format!("soak-{w}-{}", n / 200);
                 let ops: Vec<(reqwest::Method, String, Option<Value>)> = vec![
-                    (reqwest::Method::POST, "/v1/sessions".into(), Some(json!({"session_id": sid}))),
-                    (reqwest::Method::PUT, format!("/v1/sessions/{sid}/agents/bot"), Some(json!({"state": {"n": n}}))),
-                    (reqwest::Method::POST, format!("/v1/sessions/{sid}/agents/bot/messages"), Some(json!({"message": {"role": "user", "content": [{"text": "hello"}]}}))),
-                    (reqwest::Method::GET, format!("/v1/sessions/{sid}/agents/bot/messages?latest=20"), None),
-                    (reqwest::Method::PATCH, format!("/v1/sessions/{sid}/metadata"), Some(json!({"status": "active", "n": n}))),
+                    (
+                        reqwest::Method::POST,
+                        "/v1/sessions".into(),
+                        Some(json!({"session_id": sid})),
+                    ),
+                    (
+                        reqwest::Method::PUT,
+                        format!("/v1/sessions/{sid}/agents/bot"),
+                        Some(json!({"state": {"n": n}})),
+                    ),
+                    (
+                        reqwest::Method::POST,
+                        format!("/v1/sessions/{sid}/agents/bot/messages"),
+                        Some(json!({"message": {"role": "user", "content": [{"text": "hello"}]}})),
+                    ),
+                    (
+                        reqwest::Method::GET,
+                        format!("/v1/sessions/{sid}/agents/bot/messages?latest=20"),
+                        None,
+                    ),
+                    (
+                        reqwest::Method::PATCH,
+                        format!("/v1/sessions/{sid}/metadata"),
+                        Some(json!({"status": "active", "n": n})),
+                    ),
                     (reqwest::Method::GET, format!("/v1/sessions/{sid}"), None),
-                    (reqwest::Method::POST, format!("/v1/sessions/{sid}/feedbacks"), Some(json!({"rating": "up"}))),
+                    (
+                        reqwest::Method::POST,
+                        format!("/v1/sessions/{sid}/feedbacks"),
+                        Some(json!({"rating": "up"})),
+                    ),
                 ];
                 for (m, path, body) in ops {
                     let mut req = client.request(m, format!("{base}{path}"));
@@ -77,14 +118,22 @@ async fn soak_mixed_load() {
                     }
                     match req.send().await {
                         // 409: the session of this block already exists (created by an earlier round).
-                        Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => ok.fetch_add(1, Relaxed),
+                        Ok(r)
+                            if r.status().is_success()
+                                || r.status() == reqwest::StatusCode::CONFLICT =>
+                        {
+                            ok.fetch_add(1, Relaxed)
+                        }
                         _ => failed.fetch_add(1, Relaxed),
                     };
                 }
                 n += 7;
                 if n % 200 < 7 {
                     let old = format!("soak-{w}-{}", n / 200 - 1);
-                    let _ = client.delete(format!("{base}/v1/sessions/{old}")).send().await;
+                    let _ = client
+                        .delete(format!("{base}/v1/sessions/{old}"))
+                        .send()
+                        .await;
                 }
             }
         }));

@@ -11,7 +11,11 @@ use serde_json::json;
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -21,8 +25,14 @@ async fn thousand_idle_subscribers() {
     const SUBSCRIBERS: usize = 1_000;
     const SESSIONS: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
+    );
     std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--config")
@@ -33,21 +43,33 @@ async fn thousand_idle_subscribers() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for s in 0..SESSIONS {
-        client.post(format!("{base}/v1/sessions")).json(&json!({"session_id": format!("s{s}")})).send().await.unwrap();
+        client
+            .post(format!("{base}/v1/sessions"))
+            .json(&json!({"session_id": format!("s{s}")}))
+            .send()
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kb(child.id());
     let mut streams = Vec::with_capacity(SUBSCRIBERS);
     for i in 0..SUBSCRIBERS {
         let c = reqwest::Client::new(); // one connection each, like real subscribers
-        let r = c.get(format!("{base}/v1/sessions/s{}/events", i % SESSIONS)).send().await.unwrap();
+        let r = c
+            .get(format!("{base}/v1/sessions/s{}/events", i % SESSIONS))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         streams.push((c, r));
     }
@@ -55,7 +77,12 @@ async fn thousand_idle_subscribers() {
     let after = rss_kb(child.id());
     // Every subscriber still gets the next change of its session.
     for s in 0..SESSIONS {
-        client.patch(format!("{base}/v1/sessions/s{s}/metadata")).json(&json!({"n": s})).send().await.unwrap();
+        client
+            .patch(format!("{base}/v1/sessions/s{s}/metadata"))
+            .json(&json!({"n": s}))
+            .send()
+            .await
+            .unwrap();
     }
     let mut delivered = 0;
     for (_, r) in &mut streams {

@@ -146,7 +146,12 @@ impl HookHost {
     /// A plugin that fails to load keeps its previous version serving.
     pub async fn reload(&self) -> ReloadReport {
         let Some(path) = &self.config_path else {
-            let hooks: Vec<HookConfig> = self.snapshot().plugins.iter().map(|p| p.config.clone()).collect();
+            let hooks: Vec<HookConfig> = self
+                .snapshot()
+                .plugins
+                .iter()
+                .map(|p| p.config.clone())
+                .collect();
             return self.apply(&hooks).await;
         };
         match Config::load(path) {
@@ -173,7 +178,11 @@ impl HookHost {
         };
         let mut next = Vec::with_capacity(hooks.len());
         for hc in hooks {
-            let previous = old.plugins.iter().find(|p| p.config.name == hc.name).cloned();
+            let previous = old
+                .plugins
+                .iter()
+                .find(|p| p.config.name == hc.name)
+                .cloned();
             match self.load_one(hc, previous.as_deref()).await {
                 Ok(None) => {
                     report.unchanged.push(hc.name.clone());
@@ -205,17 +214,25 @@ impl HookHost {
     }
 
     /// Loads one plugin; `Ok(None)` when `previous` already is this file with this config.
-    async fn load_one(&self, hc: &HookConfig, previous: Option<&Plugin>) -> anyhow::Result<Option<Plugin>> {
+    async fn load_one(
+        &self,
+        hc: &HookConfig,
+        previous: Option<&Plugin>,
+    ) -> anyhow::Result<Option<Plugin>> {
         let (bytes, sha) = runtime::read_wasm(&hc.wasm)?;
-        if let Some(pin) = &hc.sha256 {
-            if !pin.eq_ignore_ascii_case(&sha) {
-                anyhow::bail!("sha256 of {} is {sha}, but the config pins {pin}", hc.wasm.display());
-            }
+        if let Some(pin) = &hc.sha256
+            && !pin.eq_ignore_ascii_case(&sha)
+        {
+            anyhow::bail!(
+                "sha256 of {} is {sha}, but the config pins {pin}",
+                hc.wasm.display()
+            );
         }
-        if let Some(p) = previous {
-            if p.sha256 == sha && same_config(&p.config, hc) {
-                return Ok(None);
-            }
+        if let Some(p) = previous
+            && p.sha256 == sha
+            && same_config(&p.config, hc)
+        {
+            return Ok(None);
         }
         let started = std::time::Instant::now();
         tracing::info!(plugin = %hc.name, file = %hc.wasm.display(), "compiling plugin");
@@ -225,13 +242,24 @@ impl HookHost {
         let prepared = self.runtime.prepare(&component)?;
         let needs = |iface: &str| prepared.exports().contains(&iface);
         for e in &hc.events {
-            let iface = if e.starts_with("feedback.") { v1::FEEDBACK_EXPORT } else { v1::METADATA_EXPORT };
+            let iface = if e.starts_with("feedback.") {
+                v1::FEEDBACK_EXPORT
+            } else {
+                v1::METADATA_EXPORT
+            };
             if !needs(iface) {
                 anyhow::bail!("event {e:?} needs the component to export {iface}");
             }
         }
         tracing::info!(plugin = %hc.name, ms = started.elapsed().as_millis() as u64, "plugin compiled");
-        Ok(Some(Plugin::new(&self.runtime, hc.clone(), sha, prepared)))
+        let plugin = Plugin::new(&self.runtime, hc.clone(), sha, prepared);
+        // A component that cannot even start is refused here, before the
+        // swap, so the previous version keeps serving.
+        plugin
+            .prewarm()
+            .await
+            .map_err(|e| anyhow::anyhow!("the component fails to instantiate: {e:#}"))?;
+        Ok(Some(plugin))
     }
 
     /// Runs the before-chain of a metadata change; returns the change to store.
@@ -296,7 +324,8 @@ impl HookHost {
                 Ok(v1::FeedbackVerdict::Deny(reason)) => return Err(denied(p, &reason)),
                 Ok(v1::FeedbackVerdict::Rewrite(text)) => {
                     let checked = v1::object_from_wit("feedback rewrite", &text).and_then(|fb| {
-                        crate::model::validate_feedback(&fb).map_err(|e| format!("feedback rewrite: {e}"))?;
+                        crate::model::validate_feedback(&fb)
+                            .map_err(|e| format!("feedback rewrite: {e}"))?;
                         Ok(fb)
                     });
                     match checked {
@@ -314,7 +343,13 @@ impl HookHost {
     ///
     /// # Errors
     /// 503 `hook_failed` for a failing fail-closed plugin.
-    pub async fn show_metadata(&self, t: &Tenant, sid: &str, session_type: &str, metadata: JsonObject) -> Result<JsonObject, AppError> {
+    pub async fn show_metadata(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        session_type: &str,
+        metadata: JsonObject,
+    ) -> Result<JsonObject, AppError> {
         let chain = self.snapshot().chain(HookPhase::Get, "metadata.get");
         if chain.is_empty() {
             return Ok(metadata);
@@ -338,9 +373,15 @@ impl HookHost {
     ///
     /// # Errors
     /// As [`HookHost::show_metadata`].
-    pub async fn redact_session(&self, t: &Tenant, mut session: Session) -> Result<Session, AppError> {
+    pub async fn redact_session(
+        &self,
+        t: &Tenant,
+        mut session: Session,
+    ) -> Result<Session, AppError> {
         let md = std::mem::take(&mut session.metadata);
-        session.metadata = self.show_metadata(t, &session.session_id, &session.session_type, md).await?;
+        session.metadata = self
+            .show_metadata(t, &session.session_id, &session.session_type, md)
+            .await?;
         Ok(session)
     }
 
@@ -349,12 +390,23 @@ impl HookHost {
     ///
     /// # Errors
     /// As [`HookHost::show_metadata`], or a store error.
-    pub async fn redact_metadata(&self, store: &dyn SessionStore, t: &Tenant, sid: &str, metadata: JsonObject) -> Result<JsonObject, AppError> {
-        if self.snapshot().chain(HookPhase::Get, "metadata.get").is_empty() {
+    pub async fn redact_metadata(
+        &self,
+        store: &dyn SessionStore,
+        t: &Tenant,
+        sid: &str,
+        metadata: JsonObject,
+    ) -> Result<JsonObject, AppError> {
+        if self
+            .snapshot()
+            .chain(HookPhase::Get, "metadata.get")
+            .is_empty()
+        {
             return Ok(metadata);
         }
         let session = store.get_session(t, sid).await?;
-        self.show_metadata(t, sid, &session.session_type, metadata).await
+        self.show_metadata(t, sid, &session.session_type, metadata)
+            .await
     }
 
     /// Runs the after-chain for one committed event and returns the
@@ -385,10 +437,22 @@ impl HookHost {
         for p in &chain {
             let result = if is_metadata {
                 let (change, changed, values) = metadata_from_payload(&ev.payload);
-                p.after_change(&sref, &v1::change_to_wit(&change), &changed, &values, info.clone(), key.clone())
-                    .await
+                p.after_change(
+                    &sref,
+                    &v1::change_to_wit(&change),
+                    &changed,
+                    &values,
+                    info.clone(),
+                    key.clone(),
+                )
+                .await
             } else {
-                let fb = ev.payload.get("feedback").cloned().unwrap_or(Value::Null).to_string();
+                let fb = ev
+                    .payload
+                    .get("feedback")
+                    .cloned()
+                    .unwrap_or(Value::Null)
+                    .to_string();
                 p.after_add(&sref, &fb, info.clone(), key.clone()).await
             };
             match result {
@@ -408,7 +472,9 @@ impl HookHost {
                         last_error: None,
                     }));
                 }
-                Err(e) => tracing::warn!(plugin = %p.meta.name, seq = ev.seq, session_id = %ev.session_id, error = %e, "after-hook failed"),
+                Err(e) => {
+                    tracing::warn!(plugin = %p.meta.name, seq = ev.seq, session_id = %ev.session_id, error = %e, "after-hook failed")
+                }
             }
         }
         out
@@ -440,7 +506,7 @@ impl HookHost {
                     "errors": s.errors.load(Relaxed),
                     "instantiations": s.instantiations.load(Relaxed),
                     "publish_refused": s.publish_refused.load(Relaxed),
-                    "latency_us_avg": if calls == 0 { 0 } else { total / calls },
+                    "latency_us_avg": total.checked_div(calls).unwrap_or(0),
                     "latency_us_max": s.latency_us_max.load(Relaxed),
                     "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
                 })
@@ -451,7 +517,11 @@ impl HookHost {
 
     /// Polls the config file and plugin files and reloads when one changes.
     /// Returns when `stop` resolves.
-    pub async fn watch(self: Arc<Self>, interval: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut stop = stop;
         let mut seen = self.fingerprint();
         loop {
@@ -472,16 +542,31 @@ impl HookHost {
 
     fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         let mut paths: Vec<PathBuf> = self.config_path.iter().cloned().collect();
-        if let Some(cfg) = self.config_path.as_deref().and_then(|p| Config::load(p).ok()) {
+        if let Some(cfg) = self
+            .config_path
+            .as_deref()
+            .and_then(|p| Config::load(p).ok())
+        {
             paths.extend(cfg.hooks.into_iter().map(|h| h.wasm));
         } else {
-            paths.extend(self.snapshot().plugins.iter().map(|p| p.config.wasm.clone()));
+            paths.extend(
+                self.snapshot()
+                    .plugins
+                    .iter()
+                    .map(|p| p.config.wasm.clone()),
+            );
         }
-        paths.into_iter().map(|p| {
-            let m = std::fs::metadata(&p).ok();
-            let (mtime, len) = (m.as_ref().and_then(|m| m.modified().ok()), m.map_or(0, |m| m.len()));
-            (p, mtime, len)
-        }).collect()
+        paths
+            .into_iter()
+            .map(|p| {
+                let m = std::fs::metadata(&p).ok();
+                let (mtime, len) = (
+                    m.as_ref().and_then(|m| m.modified().ok()),
+                    m.map_or(0, |m| m.len()),
+                );
+                (p, mtime, len)
+            })
+            .collect()
     }
 }
 
@@ -492,19 +577,34 @@ fn same_config(a: &HookConfig, b: &HookConfig) -> bool {
 /// Recovers the change, the changed paths and their values (as JSON text)
 /// from a metadata event payload (see [`crate::metadata::event_payload`]).
 fn metadata_from_payload(payload: &Value) -> (MetadataChange, Vec<String>, String) {
-    let change = match (payload.get("action").and_then(Value::as_str), payload.get("change")) {
-        (Some("delete"), Some(Value::Array(keys))) => {
-            MetadataChange::Delete(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+    let change = match (
+        payload.get("action").and_then(Value::as_str),
+        payload.get("change"),
+    ) {
+        (Some("delete"), Some(Value::Array(keys))) => MetadataChange::Delete(
+            keys.iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        (_, Some(Value::Object(m))) => {
+            MetadataChange::Update(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         }
-        (_, Some(Value::Object(m))) => MetadataChange::Update(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
         _ => MetadataChange::Update(Vec::new()),
     };
     let changed = payload
         .get("changed")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    let values = payload.get("values").cloned().unwrap_or_else(|| json!({})).to_string();
+    let values = payload
+        .get("values")
+        .cloned()
+        .unwrap_or_else(|| json!({}))
+        .to_string();
     (change, changed, values)
 }
 

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::v0_1_0 as v1;
@@ -39,6 +42,8 @@ const MAX_WARM: usize = 16;
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Most notifications one hook call may publish.
 const MAX_PUBLISH_PER_CALL: usize = 64;
+/// Least time an instance's start-up may take before it is stopped.
+const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 /// Epoch tick.
 const TICK: Duration = Duration::from_millis(1);
 
@@ -76,10 +81,16 @@ impl Runtime {
             .total_stacks(1000)
             .max_memory_size(1 << 30);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&cfg).map_err(anyhow::Error::from).context("creating the wasm engine")?;
+        let engine = Engine::new(&cfg)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasm engine")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
-        v1::add_to_linker(&mut linker).map_err(anyhow::Error::from).context("linking gateway:hooks@0.1.0")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        v1::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking gateway:hooks@0.1.0")?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
@@ -173,7 +184,11 @@ impl Runtime {
                 v1::FEEDBACK_EXPORT
             ));
         }
-        Ok(Prepared { pre, metadata, feedback })
+        Ok(Prepared {
+            pre,
+            metadata,
+            feedback,
+        })
     }
 }
 
@@ -252,13 +267,22 @@ impl HostState {
         &self.meta.config_json
     }
 
-    pub(crate) fn publish_checked(&mut self, target: String, payload: String) -> Result<String, PublishRefusal> {
+    pub(crate) fn publish_checked(
+        &mut self,
+        target: String,
+        payload: String,
+    ) -> Result<String, PublishRefusal> {
         if !self.meta.grants.iter().any(|g| g == &target) {
-            self.meta.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+            self.meta
+                .stats
+                .publish_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(plugin = %self.meta.name, target, "publish refused: target not granted");
             return Err(PublishRefusal::NotGranted);
         }
-        if payload.len() > MAX_OUTPUT_BYTES || serde_json::from_str::<serde::de::IgnoredAny>(&payload).is_err() {
+        if payload.len() > MAX_OUTPUT_BYTES
+            || serde_json::from_str::<serde::de::IgnoredAny>(&payload).is_err()
+        {
             return Err(PublishRefusal::InvalidPayload);
         }
         let Some(key) = &self.publish_key else {
@@ -269,7 +293,11 @@ impl HostState {
         }
         let seed = format!("{key}/{}/{}", self.meta.name, self.published.len());
         let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
-        self.published.push(Published { id: id.clone(), target, payload });
+        self.published.push(Published {
+            id: id.clone(),
+            target,
+            payload,
+        });
         Ok(id)
     }
 }
@@ -352,10 +380,10 @@ pub struct Plugin {
 impl Plugin {
     /// Wraps a prepared component with its configuration.
     pub fn new(rt: &Runtime, config: HookConfig, sha256: String, prepared: Prepared) -> Self {
-        let config_json = config
-            .config
-            .as_ref()
-            .map_or_else(|| "{}".to_owned(), |t| serde_json::to_string(t).unwrap_or_else(|_| "{}".into()));
+        let config_json = config.config.as_ref().map_or_else(
+            || "{}".to_owned(),
+            |t| serde_json::to_string(t).unwrap_or_else(|_| "{}".into()),
+        );
         Self {
             meta: Arc::new(PluginMeta {
                 name: config.name.clone(),
@@ -380,7 +408,10 @@ impl Plugin {
 
     async fn instantiate(&self) -> anyhow::Result<Warm> {
         let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(self.config.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX))
+            .memory_size(
+                usize::try_from(self.config.memory_mb.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            )
             .instances(64)
             .tables(64)
             .memories(32)
@@ -391,7 +422,11 @@ impl Plugin {
             limits,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            deadline: Instant::now() + Duration::from_millis(self.config.timeout_ms),
+            // Start-up code gets its own budget, at least INSTANTIATE_BUDGET:
+            // a cold instance must not fail a call on a busy machine, and a
+            // plugin that loops at start-up is still stopped.
+            deadline: Instant::now()
+                + Duration::from_millis(self.config.timeout_ms).max(INSTANTIATE_BUDGET),
             publish_key: None,
             published: Vec::new(),
         };
@@ -406,11 +441,30 @@ impl Plugin {
         });
         store.set_epoch_deadline(1);
         store.set_fuel(u64::MAX)?;
+        // Counted as attempted, so `instantiations` is the number of fresh
+        // instances calls needed, whether or not their start-up succeeded.
+        self.meta
+            .stats
+            .instantiations
+            .fetch_add(1, Ordering::Relaxed);
         let instance = self.prepared.pre.instantiate_async(&mut store).await?;
-        let metadata = self.prepared.metadata.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
-        let feedback = self.prepared.feedback.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
-        self.meta.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        Ok(Warm { store, metadata, feedback })
+        let metadata = self
+            .prepared
+            .metadata
+            .as_ref()
+            .map(|i| i.load(&mut store, &instance))
+            .transpose()?;
+        let feedback = self
+            .prepared
+            .feedback
+            .as_ref()
+            .map(|i| i.load(&mut store, &instance))
+            .transpose()?;
+        Ok(Warm {
+            store,
+            metadata,
+            feedback,
+        })
     }
 
     async fn checkout(&self, publish_key: Option<String>) -> Result<Warm, CallError> {
@@ -422,7 +476,9 @@ impl Plugin {
             Some(w) => w,
             None => {
                 // Instantiation runs guest start-up code: it gets the same budget.
-                self.instantiate().await.map_err(|e| CallError::Trap(format!("instantiation failed: {e:#}")))?
+                self.instantiate()
+                    .await
+                    .map_err(|e| CallError::Trap(format!("instantiation failed: {e:#}")))?
             }
         };
         let data = w.store.data_mut();
@@ -434,6 +490,19 @@ impl Plugin {
             .set_fuel(self.config.fuel.unwrap_or(u64::MAX))
             .map_err(|e| CallError::Trap(e.to_string()))?;
         Ok(w)
+    }
+
+    /// Readies one warm instance ahead of the first call (reuse mode), so a
+    /// freshly loaded or swapped plugin does not make its first callers wait.
+    ///
+    /// # Errors
+    /// When the component fails to instantiate.
+    pub async fn prewarm(&self) -> anyhow::Result<()> {
+        if self.config.instance == InstanceMode::Reuse {
+            let w = self.instantiate().await?;
+            self.checkin(w);
+        }
+        Ok(())
     }
 
     fn checkin(&self, w: Warm) {
@@ -487,12 +556,22 @@ impl Plugin {
     ///
     /// # Errors
     /// When the call fails or answers an invalid rewrite.
-    pub async fn before_change(&self, session: &v1::SessionRef, change: &v1::WitChange) -> Result<v1::MetadataVerdict, CallError> {
+    pub async fn before_change(
+        &self,
+        session: &v1::SessionRef,
+        change: &v1::WitChange,
+    ) -> Result<v1::MetadataVerdict, CallError> {
         let (session, change) = (session.clone(), change.clone());
         self.call(None, move |w| {
             Box::pin(async move {
-                let g = w.metadata.clone().ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
-                let verdict = g.call_before_change(&mut w.store, &session, &change).await.map_err(trap)?;
+                let g = w
+                    .metadata
+                    .clone()
+                    .ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
+                let verdict = g
+                    .call_before_change(&mut w.store, &session, &change)
+                    .await
+                    .map_err(trap)?;
                 check_verdict_size(&verdict)?;
                 Ok(verdict)
             })
@@ -514,10 +593,18 @@ impl Plugin {
         info: v1::CommitInfo,
         publish_key: String,
     ) -> Result<Vec<Published>, CallError> {
-        let (session, change, changed, values) = (session.clone(), change.clone(), changed.to_vec(), values.to_owned());
+        let (session, change, changed, values) = (
+            session.clone(),
+            change.clone(),
+            changed.to_vec(),
+            values.to_owned(),
+        );
         self.call(Some(publish_key), move |w| {
             Box::pin(async move {
-                let g = w.metadata.clone().ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
+                let g = w
+                    .metadata
+                    .clone()
+                    .ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
                 g.call_after_change(&mut w.store, &session, &change, &changed, &values, &info)
                     .await
                     .map_err(trap)
@@ -531,12 +618,22 @@ impl Plugin {
     ///
     /// # Errors
     /// When the call fails or answers something that is not a JSON object.
-    pub async fn on_get(&self, session: &v1::SessionRef, metadata: &str) -> Result<String, CallError> {
+    pub async fn on_get(
+        &self,
+        session: &v1::SessionRef,
+        metadata: &str,
+    ) -> Result<String, CallError> {
         let (session, metadata) = (session.clone(), metadata.to_owned());
         self.call(None, move |w| {
             Box::pin(async move {
-                let g = w.metadata.clone().ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
-                let out = g.call_on_get(&mut w.store, &session, &metadata).await.map_err(trap)?;
+                let g = w
+                    .metadata
+                    .clone()
+                    .ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
+                let out = g
+                    .call_on_get(&mut w.store, &session, &metadata)
+                    .await
+                    .map_err(trap)?;
                 check_len("on-get result", out.len())?;
                 Ok(out)
             })
@@ -549,12 +646,22 @@ impl Plugin {
     ///
     /// # Errors
     /// When the call fails.
-    pub async fn before_add(&self, session: &v1::SessionRef, feedback: &str) -> Result<v1::FeedbackVerdict, CallError> {
+    pub async fn before_add(
+        &self,
+        session: &v1::SessionRef,
+        feedback: &str,
+    ) -> Result<v1::FeedbackVerdict, CallError> {
         let (session, feedback) = (session.clone(), feedback.to_owned());
         self.call(None, move |w| {
             Box::pin(async move {
-                let g = w.feedback.clone().ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
-                let v = g.call_before_add(&mut w.store, &session, &feedback).await.map_err(trap)?;
+                let g = w
+                    .feedback
+                    .clone()
+                    .ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
+                let v = g
+                    .call_before_add(&mut w.store, &session, &feedback)
+                    .await
+                    .map_err(trap)?;
                 if let v1::FeedbackVerdict::Rewrite(s) | v1::FeedbackVerdict::Deny(s) = &v {
                     check_len("verdict", s.len())?;
                 }
@@ -569,12 +676,23 @@ impl Plugin {
     ///
     /// # Errors
     /// When the call fails.
-    pub async fn after_add(&self, session: &v1::SessionRef, feedback: &str, info: v1::CommitInfo, publish_key: String) -> Result<Vec<Published>, CallError> {
+    pub async fn after_add(
+        &self,
+        session: &v1::SessionRef,
+        feedback: &str,
+        info: v1::CommitInfo,
+        publish_key: String,
+    ) -> Result<Vec<Published>, CallError> {
         let (session, feedback) = (session.clone(), feedback.to_owned());
         self.call(Some(publish_key), move |w| {
             Box::pin(async move {
-                let g = w.feedback.clone().ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
-                g.call_after_add(&mut w.store, &session, &feedback, &info).await.map_err(trap)
+                let g = w
+                    .feedback
+                    .clone()
+                    .ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
+                g.call_after_add(&mut w.store, &session, &feedback, &info)
+                    .await
+                    .map_err(trap)
             })
         })
         .await
@@ -594,7 +712,9 @@ fn trap(e: wasmtime::Error) -> CallError {
 
 fn check_len(what: &str, len: usize) -> Result<(), CallError> {
     if len > MAX_OUTPUT_BYTES {
-        return Err(CallError::BadOutput(format!("{what} is {len} bytes, over the {MAX_OUTPUT_BYTES}-byte limit")));
+        return Err(CallError::BadOutput(format!(
+            "{what} is {len} bytes, over the {MAX_OUTPUT_BYTES}-byte limit"
+        )));
     }
     Ok(())
 }
@@ -603,7 +723,9 @@ fn check_verdict_size(v: &v1::MetadataVerdict) -> Result<(), CallError> {
     let len = match v {
         v1::MetadataVerdict::Allow => 0,
         v1::MetadataVerdict::Deny(r) => r.len(),
-        v1::MetadataVerdict::Rewrite(v1::WitChange::Update(a)) => a.iter().map(|x| x.path.len() + x.value.len()).sum(),
+        v1::MetadataVerdict::Rewrite(v1::WitChange::Update(a)) => {
+            a.iter().map(|x| x.path.len() + x.value.len()).sum()
+        }
         v1::MetadataVerdict::Rewrite(v1::WitChange::Delete(k)) => k.iter().map(String::len).sum(),
     };
     check_len("verdict", len)

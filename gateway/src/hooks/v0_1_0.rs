@@ -25,9 +25,9 @@ mod bindings {
     });
 }
 
-use bindings::gateway;
 pub use bindings::exports::gateway::hooks::feedback_hook;
 pub use bindings::exports::gateway::hooks::metadata_hook;
+use bindings::gateway;
 use gateway::hooks::host::PublishError;
 pub use gateway::hooks::types::{
     Assignment, CommitInfo, FeedbackVerdict, Level, MetadataChange as WitChange, MetadataVerdict,

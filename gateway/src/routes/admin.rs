@@ -92,16 +92,28 @@ fn item_json(i: &OutboxItem) -> Value {
         (status = 400, description = "`invalid_query`"),
     )
 )]
-async fn outbox(State(state): State<AppState>, caller: Caller, q: Query) -> AppResult<axum::Json<Value>> {
+async fn outbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Query,
+) -> AppResult<axum::Json<Value>> {
     caller.require_admin()?;
     q.only(&["state", "limit"])?;
     let filter = match q.get("state")? {
         None => None,
         Some("pending") => Some(OutboxState::Pending),
         Some("dead") => Some(OutboxState::Dead),
-        Some(other) => return Err(AppError::bad_request("invalid_query", format!("state must be pending or dead, got {other:?}"))),
+        Some(other) => {
+            return Err(AppError::bad_request(
+                "invalid_query",
+                format!("state must be pending or dead, got {other:?}"),
+            ));
+        }
     };
-    let limit = q.get_u64("limit")?.unwrap_or(100).min(state.config.server.max_page_size as u64) as usize;
+    let limit = q
+        .get_u64("limit")?
+        .unwrap_or(100)
+        .min(state.config.server.max_page_size as u64) as usize;
     let items = state.store.list_outbox(filter, limit).await?;
     let (pending, dead) = state.store.outbox_counts().await?;
     let items: Vec<Value> = items.iter().map(item_json).collect();
@@ -129,7 +141,11 @@ async fn outbox(State(state): State<AppState>, caller: Caller, q: Query) -> AppR
         (status = 404, description = "`not_found`: no such outbox item"),
     )
 )]
-async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<axum::Json<Value>> {
+async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<axum::Json<Value>> {
     caller.require_admin()?;
     let item = state.store.retry_outbox(&id, now_ms()).await?;
     state.outbox_wake.notify_one();

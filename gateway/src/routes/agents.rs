@@ -39,13 +39,26 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
         if v.to_str().ok().map(str::trim) == Some("*") {
             return Ok(Some(0));
         }
-        return Err(AppError::bad_request("invalid_if_none_match", "only If-None-Match: * (create only) is supported"));
+        return Err(AppError::bad_request(
+            "invalid_if_none_match",
+            "only If-None-Match: * (create only) is supported",
+        ));
     }
-    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let bad = || AppError::bad_request("invalid_if_match", "If-Match must be an agent version as returned in ETag, e.g. \"3\"");
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        AppError::bad_request(
+            "invalid_if_match",
+            "If-Match must be an agent version as returned in ETag, e.g. \"3\"",
+        )
+    };
     let s = v.to_str().map_err(|_| bad())?.trim();
     let s = s.strip_prefix("W/").unwrap_or(s);
-    let s = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+    let s = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
     s.parse::<u64>().map(Some).map_err(|_| bad())
 }
 
@@ -56,7 +69,8 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
 /// verbatim); the server-owned fields `agent_id`, `created_at`, `updated_at`,
 /// `version` and `message_count` are ignored, except that a body `agent_id`
 /// must equal the path's. With `If-Match` the write succeeds only while the
-/// stored version is the one named.
+/// stored version is the one named; with `If-None-Match: *` only when the
+/// agent does not exist yet.
 #[utoipa::path(
     put,
     path = "/v1/sessions/{sid}/agents/{aid}",
@@ -65,6 +79,7 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
     params(
         crate::openapi::AgentPath,
         ("If-Match" = Option<String>, Header, pattern = r#"^(W/)?("[0-9]+"|[0-9]+)$"#, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`)"),
+        ("If-None-Match" = Option<String>, Header, pattern = r"^\*$", description = "`*`: create only, fail with 412 if the agent exists (the same as `If-Match: \"0\"`); takes precedence over `If-Match`"),
     ),
     request_body = crate::openapi::AgentBody,
     responses(
@@ -72,9 +87,9 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
             headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"1\"`"))),
         (status = 200, description = "The agent was replaced", body = crate::openapi::AgentView,
             headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"2\"`"))),
-        (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_if_match`, `invalid_session_id` or `invalid_agent_id`"),
+        (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_if_match`, `invalid_if_none_match`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session"),
-        (status = 412, description = "`version_mismatch`: `If-Match` names a version that is not current"),
+        (status = 412, description = "`version_mismatch`: `If-Match` names a version that is not current, or `If-None-Match: *` and the agent exists"),
         (status = 422, description = "`agent_id_mismatch` or `too_deep`"),
     )
 )]
@@ -90,18 +105,34 @@ async fn put(
     check_aid(&aid)?;
     crate::limits::check_json("agent", &body, &state.config.limits, None)?;
     let Value::Object(mut body) = body else {
-        return Err(AppError::bad_request("invalid_body", "an agent must be a JSON object"));
+        return Err(AppError::bad_request(
+            "invalid_body",
+            "an agent must be a JSON object",
+        ));
     };
-    if let Some(given) = body.get("agent_id") {
-        if given.as_str() != Some(aid.as_str()) {
-            return Err(AppError::unprocessable("agent_id_mismatch", format!("body agent_id {given} does not match the path's {aid:?}")));
-        }
+    if let Some(given) = body.get("agent_id")
+        && given.as_str() != Some(aid.as_str())
+    {
+        return Err(AppError::unprocessable(
+            "agent_id_mismatch",
+            format!("body agent_id {given} does not match the path's {aid:?}"),
+        ));
     }
     body.retain(|k, _| !AGENT_SERVER_FIELDS.contains(&k.as_str()));
     let version = if_match(&headers)?;
-    let (agent, created) = state.store.put_agent(&caller.tenant, &sid, &aid, body as JsonObject, version).await?;
+    let (agent, created) = state
+        .store
+        .put_agent(&caller.tenant, &sid, &aid, body as JsonObject, version)
+        .await?;
     state.committed(&caller.tenant, &sid);
-    Ok(with_etag(if created { StatusCode::CREATED } else { StatusCode::OK }, &agent))
+    Ok(with_etag(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &agent,
+    ))
 }
 
 /// Get an agent
@@ -118,7 +149,11 @@ async fn put(
         (status = 404, description = "`not_found`: no such session or agent"),
     )
 )]
-async fn read(State(state): State<AppState>, caller: Caller, Path((sid, aid)): Path<(String, String)>) -> AppResult<Response> {
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((sid, aid)): Path<(String, String)>,
+) -> AppResult<Response> {
     check_sid(&sid)?;
     check_aid(&aid)?;
     let agent = state.store.get_agent(&caller.tenant, &sid, &aid).await?;
@@ -138,7 +173,11 @@ async fn read(State(state): State<AppState>, caller: Caller, Path((sid, aid)): P
         (status = 404, description = "`not_found`: no such session"),
     )
 )]
-async fn list(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+) -> AppResult<axum::Json<Value>> {
     check_sid(&sid)?;
     let agents = state.store.list_agents(&caller.tenant, &sid).await?;
     let agents: Vec<Value> = agents.iter().map(Agent::to_json).collect();

@@ -47,7 +47,10 @@ fn to_sse(ev: &Event) -> SseEvent {
         "session_id": ev.session_id,
         "payload": ev.payload,
     });
-    SseEvent::default().id(ev.seq.to_string()).event(ev.kind.as_str()).data(data.to_string())
+    SseEvent::default()
+        .id(ev.seq.to_string())
+        .event(ev.kind.as_str())
+        .data(data.to_string())
 }
 
 /// Releases the session's feed when the last subscriber goes away.
@@ -110,9 +113,19 @@ async fn events(
 ) -> AppResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     check_sid(&sid)?;
     q.only(&["after"])?;
-    let bad = || AppError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id (a non-negative integer)");
+    let bad = || {
+        AppError::bad_request(
+            "invalid_last_event_id",
+            "Last-Event-ID must be an event id (a non-negative integer)",
+        )
+    };
     let resume = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(bad)?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(bad)?,
+        ),
         None => q.get_u64("after")?,
     };
     // 404 for a missing session (or another tenant's).
@@ -124,14 +137,23 @@ async fn events(
     let last_sent = match resume {
         None => latest,
         Some(after) if after > latest => {
-            pending.push_back(reset(format!("event {after} does not exist; the latest is {latest}"), latest));
+            pending.push_back(reset(
+                format!("event {after} does not exist; the latest is {latest}"),
+                latest,
+            ));
             latest
         }
         Some(after) => {
-            let first = state.store.events_after(&caller.tenant, &sid, after, 1).await?;
+            let first = state
+                .store
+                .events_after(&caller.tenant, &sid, after, 1)
+                .await?;
             match first.first() {
                 Some(ev) if ev.seq > after + 1 => {
-                    pending.push_back(reset(format!("events {} to {} have expired", after + 1, ev.seq - 1), ev.seq - 1));
+                    pending.push_back(reset(
+                        format!("events {} to {} have expired", after + 1, ev.seq - 1),
+                        ev.seq - 1,
+                    ));
                     ev.seq - 1
                 }
                 Some(_) => after,
@@ -152,7 +174,11 @@ async fn events(
         pending,
         queued: VecDeque::new(),
         done: false,
-        sub: Subscription { hub: state.hub.clone(), tenant: caller.tenant.clone(), sid },
+        sub: Subscription {
+            hub: state.hub.clone(),
+            tenant: caller.tenant.clone(),
+            sid,
+        },
     };
     let stream = futures::stream::unfold(st, |mut st| async move {
         let ev = next(&mut st).await?;
@@ -163,7 +189,9 @@ async fn events(
 }
 
 fn reset(reason: String, resume_after: u64) -> SseEvent {
-    SseEvent::default().event("reset").data(json!({ "reason": reason, "resume_after": resume_after }).to_string())
+    SseEvent::default()
+        .event("reset")
+        .data(json!({ "reason": reason, "resume_after": resume_after }).to_string())
 }
 
 /// The next SSE event, or `None` when the stream ends.
@@ -191,7 +219,11 @@ async fn next(st: &mut StreamState) -> Option<SseEvent> {
         }
         if st.backfilling {
             let (t, sid) = (st.sub.tenant.clone(), st.sub.sid.clone());
-            match st.store.events_after(&t, &sid, st.last_sent, BACKFILL).await {
+            match st
+                .store
+                .events_after(&t, &sid, st.last_sent, BACKFILL)
+                .await
+            {
                 Ok(evs) => {
                     st.backfilling = evs.len() == BACKFILL;
                     for mut ev in evs {

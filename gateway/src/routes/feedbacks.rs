@@ -38,19 +38,35 @@ pub fn router() -> Router<AppState> {
         (status = 422, description = "`invalid_rating`, `invalid_feedback`, `denied_by_hook`, `too_deep` or `too_large`"),
     )
 )]
-async fn add(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>, Json(body): Json<Value>) -> AppResult<impl IntoResponse> {
+async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+    Json(body): Json<Value>,
+) -> AppResult<impl IntoResponse> {
     caller.require_write()?;
     check_sid(&sid)?;
     let Value::Object(mut body) = body else {
-        return Err(AppError::bad_request("invalid_body", "a feedback must be a JSON object"));
+        return Err(AppError::bad_request(
+            "invalid_body",
+            "a feedback must be a JSON object",
+        ));
     };
     body.shift_remove("created_at");
     validate_feedback(&body).map_err(|m| AppError::unprocessable("invalid_rating", m))?;
     let limits = &state.config.limits;
-    crate::limits::check_json("feedback", &Value::Object(body.clone()), limits, Some(limits.max_metadata_bytes))?;
+    crate::limits::check_json(
+        "feedback",
+        &Value::Object(body.clone()),
+        limits,
+        Some(limits.max_metadata_bytes),
+    )?;
     crate::metadata::validate_value(&Value::Object(body.clone()))
         .map_err(|m| AppError::unprocessable("invalid_feedback", m))?;
-    let body = state.hooks.before_feedback(&*state.store, &caller.tenant, &sid, body).await?;
+    let body = state
+        .hooks
+        .before_feedback(&*state.store, &caller.tenant, &sid, body)
+        .await?;
     let fb = state.store.add_feedback(&caller.tenant, &sid, body).await?;
     state.committed(&caller.tenant, &sid);
     Ok((StatusCode::CREATED, axum::Json(fb.body)))
@@ -69,7 +85,11 @@ async fn add(State(state): State<AppState>, caller: Caller, Path(sid): Path<Stri
         (status = 404, description = "`not_found`: no such session"),
     )
 )]
-async fn list(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+) -> AppResult<axum::Json<Value>> {
     check_sid(&sid)?;
     let fbs = state.store.list_feedbacks(&caller.tenant, &sid).await?;
     let fbs: Vec<_> = fbs.into_iter().map(|f| f.body).collect();

@@ -48,7 +48,9 @@ async fn healthz() -> axum::Json<Value> {
 )]
 async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<Value>> {
     state.store.ping().await?;
-    Ok(axum::Json(json!({ "status": "ready", "store": state.store.name() })))
+    Ok(axum::Json(
+        json!({ "status": "ready", "store": state.store.name() }),
+    ))
 }
 
 /// Prometheus metrics
@@ -64,7 +66,10 @@ async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<Value>> {
 )]
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         crate::observe::render(&state).await,
     )
 }

@@ -18,7 +18,10 @@ use crate::store::Appended;
 /// Message routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/sessions/{sid}/agents/{aid}/messages", get(list).post(append))
+        .route(
+            "/v1/sessions/{sid}/agents/{aid}/messages",
+            get(list).post(append),
+        )
         .route(
             "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
             get(read).put(replace).patch(patch),
@@ -33,7 +36,10 @@ fn check(sid: &str, aid: &str) -> AppResult<()> {
 fn check_size(state: &AppState, input_len: usize) -> AppResult<()> {
     let max = state.config.server.max_message_bytes;
     if input_len > max {
-        return Err(AppError::unprocessable("message_too_large", format!("a message may be at most {max} bytes")));
+        return Err(AppError::unprocessable(
+            "message_too_large",
+            format!("a message may be at most {max} bytes"),
+        ));
     }
     Ok(())
 }
@@ -68,7 +74,11 @@ async fn append(
     caller.require_write()?;
     check(&sid, &aid)?;
     check_size(&state, input.message.get().len())?;
-    match state.store.append_message(&caller.tenant, &sid, &aid, input).await? {
+    match state
+        .store
+        .append_message(&caller.tenant, &sid, &aid, input)
+        .await?
+    {
         Appended::Created(m) => {
             state.committed(&caller.tenant, &sid);
             Ok((StatusCode::CREATED, axum::Json(m)))
@@ -108,17 +118,32 @@ async fn list(
     check(&sid, &aid)?;
     q.only(&["limit", "offset", "latest"])?;
     let max = state.config.server.max_page_size as u64;
-    let too_big = |name: &str| AppError::bad_request("invalid_query", format!("{name} must be at most {max}"));
-    let range = match (q.get_u64("latest")?, q.get_u64("limit")?, q.get_u64("offset")?) {
+    let too_big = |name: &str| {
+        AppError::bad_request("invalid_query", format!("{name} must be at most {max}"))
+    };
+    let range = match (
+        q.get_u64("latest")?,
+        q.get_u64("limit")?,
+        q.get_u64("offset")?,
+    ) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return Err(AppError::bad_request("invalid_query", "latest cannot be combined with limit or offset"));
+            return Err(AppError::bad_request(
+                "invalid_query",
+                "latest cannot be combined with limit or offset",
+            ));
         }
         (Some(n), None, None) if n > max => return Err(too_big("latest")),
         (Some(n), None, None) => MessageRange::Latest(n),
         (None, Some(l), _) if l > max => return Err(too_big("limit")),
-        (None, limit, offset) => MessageRange::Page { limit: limit.unwrap_or(max), offset: offset.unwrap_or(0) },
+        (None, limit, offset) => MessageRange::Page {
+            limit: limit.unwrap_or(max),
+            offset: offset.unwrap_or(0),
+        },
     };
-    let (messages, total) = state.store.list_messages(&caller.tenant, &sid, &aid, range).await?;
+    let (messages, total) = state
+        .store
+        .list_messages(&caller.tenant, &sid, &aid, range)
+        .await?;
     Ok(axum::Json(json!({ "messages": messages, "total": total })))
 }
 
@@ -141,7 +166,12 @@ async fn read(
     Path((sid, aid, mid)): Path<(String, String, u64)>,
 ) -> AppResult<axum::Json<Message>> {
     check(&sid, &aid)?;
-    Ok(axum::Json(state.store.get_message(&caller.tenant, &sid, &aid, mid).await?))
+    Ok(axum::Json(
+        state
+            .store
+            .get_message(&caller.tenant, &sid, &aid, mid)
+            .await?,
+    ))
 }
 
 /// Replace a message
@@ -173,7 +203,10 @@ async fn replace(
     check(&sid, &aid)?;
     check_size(&state, input.message.get().len())?;
     if input.message_id.is_some_and(|id| id != mid) {
-        return Err(AppError::unprocessable("message_id_mismatch", format!("body message_id does not match the path's {mid}")));
+        return Err(AppError::unprocessable(
+            "message_id_mismatch",
+            format!("body message_id does not match the path's {mid}"),
+        ));
     }
     let patch = MessagePatch {
         message: Some(input.message),
@@ -210,7 +243,10 @@ async fn patch(
     caller.require_write()?;
     check(&sid, &aid)?;
     if patch.is_empty() {
-        return Err(AppError::bad_request("invalid_body", "nothing to change: give message, redact_message or event_loop_metrics"));
+        return Err(AppError::bad_request(
+            "invalid_body",
+            "nothing to change: give message, redact_message or event_loop_metrics",
+        ));
     }
     if let Some(m) = &patch.message {
         check_size(&state, m.get().len())?;
@@ -218,8 +254,18 @@ async fn patch(
     update(state, caller, sid, aid, mid, patch).await
 }
 
-async fn update(state: AppState, caller: Caller, sid: String, aid: String, mid: u64, patch: MessagePatch) -> AppResult<axum::Json<Message>> {
-    let m = state.store.update_message(&caller.tenant, &sid, &aid, mid, patch).await?;
+async fn update(
+    state: AppState,
+    caller: Caller,
+    sid: String,
+    aid: String,
+    mid: u64,
+    patch: MessagePatch,
+) -> AppResult<axum::Json<Message>> {
+    let m = state
+        .store
+        .update_message(&caller.tenant, &sid, &aid, mid, patch)
+        .await?;
     state.committed(&caller.tenant, &sid);
     Ok(axum::Json(m))
 }

@@ -16,7 +16,10 @@ use crate::model::JsonObject;
 
 /// Metadata routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/sessions/{sid}/metadata", get(read).patch(patch).delete(delete))
+    Router::new().route(
+        "/v1/sessions/{sid}/metadata",
+        get(read).patch(patch).delete(delete),
+    )
 }
 
 fn bad_key(m: String) -> AppError {
@@ -28,7 +31,9 @@ fn bad_key(m: String) -> AppError {
 pub(crate) fn check_initial(md: &JsonObject) -> AppResult<()> {
     for (k, v) in md {
         if k.contains('.') {
-            return Err(bad_key(format!("key {k:?} must not contain '.' at creation; use PATCH with dotted keys")));
+            return Err(bad_key(format!(
+                "key {k:?} must not contain '.' at creation; use PATCH with dotted keys"
+            )));
         }
         crate::metadata::validate_path(k).map_err(bad_key)?;
         crate::metadata::validate_value(v).map_err(|e| bad_key(format!("value for {k:?}: {e}")))?;
@@ -51,7 +56,11 @@ pub(crate) fn check_initial(md: &JsonObject) -> AppResult<()> {
         (status = 404, description = "`not_found`: no such session"),
     )
 )]
-async fn read(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<JsonObject>> {
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+) -> AppResult<axum::Json<JsonObject>> {
     check_sid(&sid)?;
     let session = state.store.get_session(&caller.tenant, &sid).await?;
     let session = state.hooks.redact_session(&caller.tenant, session).await?;
@@ -77,18 +86,34 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(sid): Path<Str
         (status = 422, description = "`metadata_path_conflict`, `denied_by_hook`, `too_many_keys`, `too_deep` or `too_large`"),
     )
 )]
-async fn patch(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>, Json(body): Json<Value>) -> AppResult<axum::Json<JsonObject>> {
+async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+    Json(body): Json<Value>,
+) -> AppResult<axum::Json<JsonObject>> {
     caller.require_write()?;
     check_sid(&sid)?;
     let Value::Object(body) = body else {
-        return Err(AppError::bad_request("invalid_body", "metadata patch must be a JSON object of dotted keys to values"));
+        return Err(AppError::bad_request(
+            "invalid_body",
+            "metadata patch must be a JSON object of dotted keys to values",
+        ));
     };
     let max_keys = state.config.server.max_patch_keys;
     if body.len() > max_keys {
-        return Err(AppError::unprocessable("too_many_keys", format!("at most {max_keys} keys per patch")));
+        return Err(AppError::unprocessable(
+            "too_many_keys",
+            format!("at most {max_keys} keys per patch"),
+        ));
     }
     let limits = &state.config.limits;
-    crate::limits::check_json("metadata patch", &Value::Object(body.clone()), limits, Some(limits.max_metadata_bytes))?;
+    crate::limits::check_json(
+        "metadata patch",
+        &Value::Object(body.clone()),
+        limits,
+        Some(limits.max_metadata_bytes),
+    )?;
     let change = MetadataChange::Update(body.into_iter().collect());
     apply(state, caller, sid, change).await
 }
@@ -104,7 +129,8 @@ async fn patch(State(state): State<AppState>, caller: Caller, Path(sid): Path<St
     tag = "metadata",
     params(
         crate::openapi::SessionPath,
-        ("keys" = String, Query, description = "Comma-separated dotted paths to remove, e.g. `status,profile.tier`"),
+        ("keys" = String, Query, pattern = r"^[^.,$\x00][^.,\x00]*(\.[^.,$\x00][^.,\x00]*)*(,[^.,$\x00][^.,\x00]*(\.[^.,$\x00][^.,\x00]*)*)*$",
+            description = "Comma-separated dotted paths to remove, e.g. `status,profile.tier` (segments non-empty, not starting with `$`)"),
     ),
     responses(
         (status = 200, description = "The full metadata after the change (after get-hooks)", body = crate::openapi::Metadata),
@@ -113,22 +139,44 @@ async fn patch(State(state): State<AppState>, caller: Caller, Path(sid): Path<St
         (status = 422, description = "`denied_by_hook` or `metadata_path_conflict`"),
     )
 )]
-async fn delete(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>, q: Query) -> AppResult<axum::Json<JsonObject>> {
+async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+    q: Query,
+) -> AppResult<axum::Json<JsonObject>> {
     caller.require_write()?;
     check_sid(&sid)?;
     q.only(&["keys"])?;
-    let keys = q
-        .get("keys")?
-        .ok_or_else(|| AppError::bad_request("invalid_query", "keys is required, e.g. ?keys=status,profile.tier"))?;
+    let keys = q.get("keys")?.ok_or_else(|| {
+        AppError::bad_request(
+            "invalid_query",
+            "keys is required, e.g. ?keys=status,profile.tier",
+        )
+    })?;
     let change = MetadataChange::Delete(keys.split(',').map(str::to_owned).collect());
     apply(state, caller, sid, change).await
 }
 
-async fn apply(state: AppState, caller: Caller, sid: String, change: MetadataChange) -> AppResult<axum::Json<JsonObject>> {
+async fn apply(
+    state: AppState,
+    caller: Caller,
+    sid: String,
+    change: MetadataChange,
+) -> AppResult<axum::Json<JsonObject>> {
     change.validate().map_err(bad_key)?;
-    let change = state.hooks.before_metadata(&*state.store, &caller.tenant, &sid, change).await?;
-    let result = state.store.change_metadata(&caller.tenant, &sid, &change).await?;
+    let change = state
+        .hooks
+        .before_metadata(&*state.store, &caller.tenant, &sid, change)
+        .await?;
+    let result = state
+        .store
+        .change_metadata(&caller.tenant, &sid, &change)
+        .await?;
     state.committed(&caller.tenant, &sid);
-    let shown = state.hooks.redact_metadata(&*state.store, &caller.tenant, &sid, result.metadata).await?;
+    let shown = state
+        .hooks
+        .redact_metadata(&*state.store, &caller.tenant, &sid, result.metadata)
+        .await?;
     Ok(axum::Json(shown))
 }

@@ -34,4 +34,16 @@ pub fn router() -> axum::Router<AppState> {
         .merge(events::router())
         .merge(health::router())
         .merge(admin::router())
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// 405 with the uniform error body (axum's default has an empty body); axum
+/// still adds the `Allow` header.
+async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> impl axum::response::IntoResponse {
+    let message = format!("{method} is not allowed on {}", uri.path());
+    let body = serde_json::json!({ "error": { "code": "method_not_allowed", "message": message } });
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
 }

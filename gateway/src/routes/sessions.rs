@@ -46,25 +46,42 @@ const MAX_TYPE_LEN: usize = 64;
         (status = 422, description = "`invalid_session_type`, `too_deep` or `too_large` (metadata)"),
     )
 )]
-async fn create(State(state): State<AppState>, caller: Caller, OptionalJson(new): OptionalJson<NewSession>) -> AppResult<impl IntoResponse> {
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    OptionalJson(new): OptionalJson<NewSession>,
+) -> AppResult<impl IntoResponse> {
     caller.require_write()?;
     // An empty body means "all defaults".
-    let new = new.unwrap_or(NewSession { session_id: None, session_type: None, metadata: None });
+    let new = new.unwrap_or(NewSession {
+        session_id: None,
+        session_type: None,
+        metadata: None,
+    });
     if let Some(sid) = &new.session_id {
         check_sid(sid)?;
     }
-    if let Some(t) = &new.session_type {
-        if t.is_empty() || t.len() > MAX_TYPE_LEN || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(AppError::unprocessable(
-                "invalid_session_type",
-                format!("session_type must be 1 to {MAX_TYPE_LEN} characters from [A-Za-z0-9_-]"),
-            ));
-        }
+    if let Some(t) = &new.session_type
+        && (t.is_empty()
+            || t.len() > MAX_TYPE_LEN
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(AppError::unprocessable(
+            "invalid_session_type",
+            format!("session_type must be 1 to {MAX_TYPE_LEN} characters from [A-Za-z0-9_-]"),
+        ));
     }
     if let Some(md) = &new.metadata {
         crate::routes::metadata::check_initial(md)?;
         let limits = &state.config.limits;
-        crate::limits::check_json("metadata", &serde_json::Value::Object(md.clone()), limits, Some(limits.max_metadata_bytes))?;
+        crate::limits::check_json(
+            "metadata",
+            &serde_json::Value::Object(md.clone()),
+            limits,
+            Some(limits.max_metadata_bytes),
+        )?;
     }
     let session = state.store.create_session(&caller.tenant, new).await?;
     state.committed(&caller.tenant, &session.session_id);
@@ -87,10 +104,16 @@ async fn create(State(state): State<AppState>, caller: Caller, OptionalJson(new)
         (status = 404, description = "`not_found`: no such session"),
     )
 )]
-async fn read(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<axum::Json<Session>> {
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+) -> AppResult<axum::Json<Session>> {
     check_sid(&sid)?;
     let session = state.store.get_session(&caller.tenant, &sid).await?;
-    Ok(axum::Json(state.hooks.redact_session(&caller.tenant, session).await?))
+    Ok(axum::Json(
+        state.hooks.redact_session(&caller.tenant, session).await?,
+    ))
 }
 
 /// Delete a session
@@ -108,7 +131,11 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(sid): Path<Str
         (status = 404, description = "`not_found`: no such session"),
     )
 )]
-async fn delete(State(state): State<AppState>, caller: Caller, Path(sid): Path<String>) -> AppResult<StatusCode> {
+async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sid): Path<String>,
+) -> AppResult<StatusCode> {
     caller.require_write()?;
     check_sid(&sid)?;
     state.store.delete_session(&caller.tenant, &sid).await?;
@@ -131,7 +158,8 @@ async fn delete(State(state): State<AppState>, caller: Caller, Path(sid): Path<S
     tag = "sessions",
     params(
         ("limit" = Option<u64>, Query, minimum = 1, description = "Page size: default 50, at most `server.max_page_size` (default 1000)"),
-        ("cursor" = Option<String>, Query, description = "Start after this session id: the `next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$",
+            description = "Start after this session id: the `next_cursor` of the previous page"),
         ("updated_after" = Option<String>, Query, format = DateTime, description = "Only sessions changed after this RFC 3339 time"),
         ("session_type" = Option<String>, Query, description = "Only sessions of this type"),
         ("metadata" = Option<crate::openapi::MetadataFilter>, Query, style = Form, explode,
@@ -142,33 +170,60 @@ async fn delete(State(state): State<AppState>, caller: Caller, Path(sid): Path<S
         (status = 400, description = "`invalid_query`: unknown or repeated parameter, bad limit, cursor, time or metadata path"),
     )
 )]
-async fn list(State(state): State<AppState>, caller: Caller, q: Query) -> AppResult<axum::Json<Value>> {
-    q.only(&["limit", "cursor", "updated_after", "session_type", "metadata."])?;
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Query,
+) -> AppResult<axum::Json<Value>> {
+    q.only(&[
+        "limit",
+        "cursor",
+        "updated_after",
+        "session_type",
+        "metadata.",
+    ])?;
     let max = state.config.server.max_page_size;
     let limit = match q.get_u64("limit")? {
         None => DEFAULT_LIMIT.min(max),
-        Some(0) => return Err(AppError::bad_request("invalid_query", "limit must be at least 1")),
+        Some(0) => {
+            return Err(AppError::bad_request(
+                "invalid_query",
+                "limit must be at least 1",
+            ));
+        }
         Some(n) if n as usize > max => {
-            return Err(AppError::bad_request("invalid_query", format!("limit must be at most {max}")));
+            return Err(AppError::bad_request(
+                "invalid_query",
+                format!("limit must be at most {max}"),
+            ));
         }
         Some(n) => n as usize,
     };
     let after = q.get("cursor")?.map(str::to_owned);
     if let Some(c) = &after {
-        check_sid(c).map_err(|_| AppError::bad_request("invalid_query", "cursor is not a value returned as next_cursor"))?;
+        check_sid(c).map_err(|_| {
+            AppError::bad_request(
+                "invalid_query",
+                "cursor is not a value returned as next_cursor",
+            )
+        })?;
     }
     let updated_after = q
         .get("updated_after")?
         .map(|v| {
             parse_rfc3339_ms(v).ok_or_else(|| {
-                AppError::bad_request("invalid_query", format!("updated_after must be an RFC 3339 timestamp, got {v:?}"))
+                AppError::bad_request(
+                    "invalid_query",
+                    format!("updated_after must be an RFC 3339 timestamp, got {v:?}"),
+                )
             })
         })
         .transpose()?;
     let mut metadata = Vec::new();
     for (k, v) in &q.0 {
         if let Some(path) = k.strip_prefix("metadata.") {
-            crate::metadata::validate_path(path).map_err(|m| AppError::bad_request("invalid_query", m))?;
+            crate::metadata::validate_path(path)
+                .map_err(|m| AppError::bad_request("invalid_query", m))?;
             metadata.push((path.to_owned(), filter_value(v)));
         }
     }
@@ -184,7 +239,9 @@ async fn list(State(state): State<AppState>, caller: Caller, q: Query) -> AppRes
     for s in page.sessions {
         sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
     }
-    Ok(axum::Json(json!({ "sessions": sessions, "next_cursor": page.next_cursor })))
+    Ok(axum::Json(
+        json!({ "sessions": sessions, "next_cursor": page.next_cursor }),
+    ))
 }
 
 /// A metadata filter value: JSON when it parses as a JSON scalar (`5`, `true`,
@@ -222,20 +279,35 @@ struct BatchGet {
         (status = 422, description = "`too_many_ids`"),
     )
 )]
-
-async fn batch_get(State(state): State<AppState>, caller: Caller, Json(body): Json<BatchGet>) -> AppResult<axum::Json<Value>> {
+async fn batch_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<BatchGet>,
+) -> AppResult<axum::Json<Value>> {
     let max = state.config.server.max_batch_ids;
     if body.ids.len() > max {
-        return Err(AppError::unprocessable("too_many_ids", format!("at most {max} ids per batch-get")));
+        return Err(AppError::unprocessable(
+            "too_many_ids",
+            format!("at most {max} ids per batch-get"),
+        ));
     }
     for id in &body.ids {
         check_sid(id)?;
     }
-    let found = state.store.batch_get_sessions(&caller.tenant, &body.ids).await?;
-    let missing: Vec<&String> = body.ids.iter().filter(|id| !found.iter().any(|s| &&s.session_id == id)).collect();
+    let found = state
+        .store
+        .batch_get_sessions(&caller.tenant, &body.ids)
+        .await?;
+    let missing: Vec<&String> = body
+        .ids
+        .iter()
+        .filter(|id| !found.iter().any(|s| &&s.session_id == id))
+        .collect();
     let mut sessions = Vec::with_capacity(found.len());
     for s in found {
         sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
     }
-    Ok(axum::Json(json!({ "sessions": sessions, "missing": missing })))
+    Ok(axum::Json(
+        json!({ "sessions": sessions, "missing": missing }),
+    ))
 }

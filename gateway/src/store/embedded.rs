@@ -157,9 +157,8 @@ impl EmbeddedStore {
     /// When the file cannot be opened or is not a redb database.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                internal(format!("cannot create directory {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| internal(format!("cannot create directory {}: {e}", dir.display())))?;
         }
         let db = Database::create(path)
             .map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;
@@ -300,7 +299,8 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
 fn load_session(txn: &WriteTransaction, key: &str) -> StoreResult<Option<SessionRecord>> {
     let table = txn.open_table(SESSIONS).map_err(internal)?;
     let got = table.get(key).map_err(internal)?;
-    got.map(|v| from_json::<SessionRecord>(v.value())).transpose()
+    got.map(|v| from_json::<SessionRecord>(v.value()))
+        .transpose()
 }
 
 fn live_session(
@@ -319,7 +319,9 @@ fn live_session(
 
 fn save_session(txn: &WriteTransaction, key: &str, rec: &SessionRecord) -> StoreResult<()> {
     let mut table = txn.open_table(SESSIONS).map_err(internal)?;
-    table.insert(key, to_json(rec)?.as_slice()).map_err(internal)?;
+    table
+        .insert(key, to_json(rec)?.as_slice())
+        .map_err(internal)?;
     Ok(())
 }
 
@@ -373,7 +375,12 @@ fn next_uid(txn: &WriteTransaction) -> StoreResult<u64> {
     Ok(uid)
 }
 
-fn read_message_w(txn: &WriteTransaction, uid: u64, aid: &str, mid: u64) -> StoreResult<Option<Message>> {
+fn read_message_w(
+    txn: &WriteTransaction,
+    uid: u64,
+    aid: &str,
+    mid: u64,
+) -> StoreResult<Option<Message>> {
     let table = txn.open_table(MESSAGES).map_err(internal)?;
     let got = table.get((uid, aid, mid)).map_err(internal)?;
     got.map(|v| from_json::<Message>(v.value())).transpose()
@@ -405,7 +412,10 @@ fn read_session(
 ) -> StoreResult<Option<SessionRecord>> {
     let table = open_read(txn, SESSIONS)?;
     let got = table.get(key).map_err(internal)?;
-    match got.map(|v| from_json::<SessionRecord>(v.value())).transpose()? {
+    match got
+        .map(|v| from_json::<SessionRecord>(v.value()))
+        .transpose()?
+    {
         Some(r) if !r.deleted && !ret.session_expired(&r.session_type, r.updated_at, now_ms()) => {
             Ok(Some(r))
         }
@@ -420,7 +430,11 @@ fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn.open_table(def).map_err(|e: TableError| internal(e))
 }
 
-fn read_agent(txn: &redb::ReadTransaction, rec: &SessionRecord, aid: &str) -> StoreResult<Option<Agent>> {
+fn read_agent(
+    txn: &redb::ReadTransaction,
+    rec: &SessionRecord,
+    aid: &str,
+) -> StoreResult<Option<Agent>> {
     let Some(summary) = rec.agents.get(aid) else {
         return Ok(None);
     };
@@ -443,8 +457,7 @@ fn matches_query(rec: &SessionRecord, q: &ListQuery) -> bool {
         && q.session_type
             .as_ref()
             .is_none_or(|ty| &rec.session_type == ty)
-        && q
-            .metadata
+        && q.metadata
             .iter()
             .all(|(p, v)| metadata::get_path(&rec.metadata, p) == Some(v))
 }
@@ -499,7 +512,15 @@ impl SessionStore for EmbeddedStore {
                 "session_type": rec.session_type,
                 "metadata": rec.metadata,
             });
-            record_event(txn, &t, &key, &mut rec, EventType::SessionCreated, now, payload)?;
+            record_event(
+                txn,
+                &t,
+                &key,
+                &mut rec,
+                EventType::SessionCreated,
+                now,
+                payload,
+            )?;
             Ok(rec.to_session())
         })
         .await
@@ -545,7 +566,10 @@ impl SessionStore for EmbeddedStore {
             let table = open_read(txn, SESSIONS)?;
             let mut out = Vec::new();
             let mut more = false;
-            for row in table.range(start.as_str()..end.as_str()).map_err(internal)? {
+            for row in table
+                .range(start.as_str()..end.as_str())
+                .map_err(internal)?
+            {
                 let (k, v) = row.map_err(internal)?;
                 if q.after.is_some() && k.value() == start {
                     continue;
@@ -645,7 +669,15 @@ impl SessionStore for EmbeddedStore {
             let payload = serde_json::json!({
                 "agent_id": aid, "version": summary.version, "created": prior.is_none(),
             });
-            record_event(txn, &t, &key, &mut rec, EventType::AgentUpdated, now, payload)?;
+            record_event(
+                txn,
+                &t,
+                &key,
+                &mut rec,
+                EventType::AgentUpdated,
+                now,
+                payload,
+            )?;
             Ok((
                 Agent {
                     agent_id: aid,
@@ -666,7 +698,8 @@ impl SessionStore for EmbeddedStore {
         let key = skey(t, sid);
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
         self.read(move |txn| {
-            let rec = read_session(txn, &key, &ret)?.ok_or_else(|| StoreError::session_not_found(&sid))?;
+            let rec = read_session(txn, &key, &ret)?
+                .ok_or_else(|| StoreError::session_not_found(&sid))?;
             read_agent(txn, &rec, &aid)?.ok_or_else(|| StoreError::agent_not_found(&sid, &aid))
         })
         .await
@@ -677,7 +710,8 @@ impl SessionStore for EmbeddedStore {
         let key = skey(t, sid);
         let sid = sid.to_owned();
         self.read(move |txn| {
-            let rec = read_session(txn, &key, &ret)?.ok_or_else(|| StoreError::session_not_found(&sid))?;
+            let rec = read_session(txn, &key, &ret)?
+                .ok_or_else(|| StoreError::session_not_found(&sid))?;
             let mut out = Vec::with_capacity(rec.agents.len());
             for aid in rec.agents.keys() {
                 if let Some(a) = read_agent(txn, &rec, aid)? {
@@ -735,7 +769,15 @@ impl SessionStore for EmbeddedStore {
             summary.message_count += 1;
             rec.agents.insert(aid.clone(), summary);
             let payload = message_event_payload(&aid, &msg);
-            record_event(txn, &t, &key, &mut rec, EventType::MessageAppended, now, payload)?;
+            record_event(
+                txn,
+                &t,
+                &key,
+                &mut rec,
+                EventType::MessageAppended,
+                now,
+                payload,
+            )?;
             Ok(Appended::Created(msg))
         })
         .await
@@ -752,7 +794,8 @@ impl SessionStore for EmbeddedStore {
         let key = skey(t, sid);
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
         self.read(move |txn| {
-            let rec = read_session(txn, &key, &ret)?.ok_or_else(|| StoreError::session_not_found(&sid))?;
+            let rec = read_session(txn, &key, &ret)?
+                .ok_or_else(|| StoreError::session_not_found(&sid))?;
             let total = rec
                 .agents
                 .get(&aid)
@@ -778,12 +821,19 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn get_message(&self, t: &Tenant, sid: &str, aid: &str, mid: u64) -> StoreResult<Message> {
+    async fn get_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+    ) -> StoreResult<Message> {
         let ret = self.retention();
         let key = skey(t, sid);
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
         self.read(move |txn| {
-            let rec = read_session(txn, &key, &ret)?.ok_or_else(|| StoreError::session_not_found(&sid))?;
+            let rec = read_session(txn, &key, &ret)?
+                .ok_or_else(|| StoreError::session_not_found(&sid))?;
             if !rec.agents.contains_key(&aid) {
                 return Err(StoreError::agent_not_found(&sid, &aid));
             }
@@ -822,7 +872,15 @@ impl SessionStore for EmbeddedStore {
                 .insert((rec.uid, aid.as_str(), mid), to_json(&msg)?.as_slice())
                 .map_err(internal)?;
             let payload = message_event_payload(&aid, &msg);
-            record_event(txn, &t, &key, &mut rec, EventType::MessageUpdated, now, payload)?;
+            record_event(
+                txn,
+                &t,
+                &key,
+                &mut rec,
+                EventType::MessageUpdated,
+                now,
+                payload,
+            )?;
             Ok(msg)
         })
         .await
@@ -853,12 +911,11 @@ impl SessionStore for EmbeddedStore {
         self.write(move |txn| {
             let key = skey(&t, &sid);
             let mut rec = live_session(txn, &key, &sid, &ret)?;
-            let applied = metadata::apply(&rec.metadata, &change).map_err(|message| {
-                StoreError::Invalid {
+            let applied =
+                metadata::apply(&rec.metadata, &change).map_err(|message| StoreError::Invalid {
                     code: "metadata_path_conflict",
                     message,
-                }
-            })?;
+                })?;
             let payload = metadata::event_payload(&change, &applied);
             rec.metadata = applied.metadata.clone();
             let kind = match change {
@@ -891,7 +948,15 @@ impl SessionStore for EmbeddedStore {
                 .map_err(internal)?;
             rec.feedbacks += 1;
             let payload = serde_json::json!({ "feedback": body });
-            record_event(txn, &t, &key, &mut rec, EventType::FeedbackAdded, now, payload)?;
+            record_event(
+                txn,
+                &t,
+                &key,
+                &mut rec,
+                EventType::FeedbackAdded,
+                now,
+                payload,
+            )?;
             Ok(Feedback { body })
         })
         .await
@@ -902,7 +967,8 @@ impl SessionStore for EmbeddedStore {
         let key = skey(t, sid);
         let sid = sid.to_owned();
         self.read(move |txn| {
-            let rec = read_session(txn, &key, &ret)?.ok_or_else(|| StoreError::session_not_found(&sid))?;
+            let rec = read_session(txn, &key, &ret)?
+                .ok_or_else(|| StoreError::session_not_found(&sid))?;
             let table = open_read(txn, FEEDBACKS)?;
             let mut out = Vec::new();
             for row in table
@@ -1014,7 +1080,15 @@ impl SessionStore for EmbeddedStore {
                 rec.metadata = JsonObject::new();
                 rec.agents.clear();
                 let payload = serde_json::json!({ "reason": "expired" });
-                record_event(txn, &tenant, &key, &mut rec, EventType::SessionDeleted, now, payload)?;
+                record_event(
+                    txn,
+                    &tenant,
+                    &key,
+                    &mut rec,
+                    EventType::SessionDeleted,
+                    now,
+                    payload,
+                )?;
                 report.sessions += 1;
             }
             {
@@ -1029,7 +1103,11 @@ impl SessionStore for EmbeddedStore {
                 let mut old = Vec::new();
                 {
                     let index = txn.open_table(EVENTS_BY_TS).map_err(internal)?;
-                    for row in index.range(..(cutoff, "", 0)).map_err(internal)?.take(limit * 10) {
+                    for row in index
+                        .range(..(cutoff, "", 0))
+                        .map_err(internal)?
+                        .take(limit * 10)
+                    {
                         let (k, _) = row.map_err(internal)?;
                         let (ts, key, seq) = k.value();
                         old.push((ts, key.to_owned(), seq));

@@ -174,7 +174,10 @@ pub struct Retention {
 impl Retention {
     /// The lifetime of a session of this type, if it has one.
     pub fn session_ttl(&self, session_type: &str) -> Option<i64> {
-        self.sessions.get(session_type).copied().or(self.default_session_ms)
+        self.sessions
+            .get(session_type)
+            .copied()
+            .or(self.default_session_ms)
     }
 
     /// Whether a session last changed at `updated_at` has expired at `now`.
@@ -347,8 +350,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Claims up to `limit` pending outbox items due at `now`, leasing them
     /// (pushing `next_attempt_at` to `now + lease_ms`).
-    async fn claim_outbox(&self, now: i64, lease_ms: i64, limit: usize)
-    -> StoreResult<Vec<OutboxItem>>;
+    async fn claim_outbox(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxItem>>;
 
     /// Removes a delivered item.
     async fn outbox_delivered(&self, id: &str) -> StoreResult<()>;

@@ -165,7 +165,10 @@ impl PoolStats {
     fn render(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let (created, closed) = (self.created.load(Relaxed), self.closed.load(Relaxed));
-        let (out, back) = (self.checked_out.load(Relaxed), self.checked_in.load(Relaxed));
+        let (out, back) = (
+            self.checked_out.load(Relaxed),
+            self.checked_in.load(Relaxed),
+        );
         let open = created.saturating_sub(closed);
         let in_use = out.saturating_sub(back);
         format!(
@@ -238,6 +241,20 @@ fn error_message(e: &MongoError) -> String {
         ErrorKind::Write(WriteFailure::WriteConcernError(w)) => w.message.clone(),
         other => other.to_string(),
     }
+}
+
+/// The server cannot be reached at all. The driver already waited up to the
+/// server selection timeout, so retrying the transaction would only make a
+/// client wait longer for the same 503.
+fn is_connectivity(e: &MongoError) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+            | ErrorKind::Shutdown
+    )
 }
 
 fn is_unavailable(e: &MongoError) -> bool {
@@ -732,7 +749,10 @@ impl MongoStore {
         let started = std::time::Instant::now();
         tracing::info!("creating MongoDB indexes (idempotent)");
         store.create_indexes(cfg).await?;
-        tracing::info!(ms = started.elapsed().as_millis() as u64, "MongoDB indexes ready");
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "MongoDB indexes ready"
+        );
         tokio::spawn(sweep_purges(store.c.clone()));
         Ok(store)
     }
@@ -860,7 +880,10 @@ impl MongoStore {
             let why = match res {
                 Ok(Step::Commit(v)) => match commit_with_retry(&mut s).await {
                     Ok(()) => return Ok(v),
-                    Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                    Err(e)
+                        if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                            && !is_connectivity(&e) =>
+                    {
                         abort_quietly(&mut s).await;
                         error_message(&e)
                     }
@@ -880,7 +903,7 @@ impl MongoStore {
                 }
                 Err(TxErr::Mongo(e)) => {
                     abort_quietly(&mut s).await;
-                    if !e.contains_label(TRANSIENT_TRANSACTION_ERROR) {
+                    if !e.contains_label(TRANSIENT_TRANSACTION_ERROR) || is_connectivity(&e) {
                         return Err(mongo_err(op, &e));
                     }
                     error_message(&e)
