@@ -16,7 +16,10 @@
 # Environment: MONGODB_URI (use this server instead), BENCH_SERVER_LABEL (what
 # it is), BENCH_VENV (peer venv; default target/bench-venv), BENCH_TOOLS (where
 # --install-secantus installs; default target/bench-tools), SECANTUS_RS (path
-# of a secantusd-rs binary), BENCH_GATEWAY_LOG (the gateways' RUST_LOG, default info).
+# of a secantusd-rs binary), BENCH_GATEWAY_LOG (the gateways' RUST_LOG, default info),
+# BENCH_SKIP_BUILD=1 (use what is built), BENCH_GATEWAY_BIN / BENCH_BIN (binaries
+# to run, e.g. copies that a concurrent build cannot replace mid-run),
+# BENCH_GATEWAY_WRAPPER (prefix for the gateway command, e.g. a profiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,10 +39,14 @@ for a in "$@"; do
   esac
 done
 
-ensure_wasm_target
-bash plugins/build.sh
-echo "== building the gateway and the harness (release)"
-cargo build --release --locked -p session-gateway --bin gateway -p bench
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  ensure_wasm_target
+  bash plugins/build.sh
+  echo "== building the gateway and the harness (release)"
+  cargo build --release --locked -p session-gateway -p bench --bin gateway --bin bench
+fi
+GATEWAY_BIN="${BENCH_GATEWAY_BIN:-$CARGO_TARGET_DIR/release/gateway}"
+BENCH_BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/bench}"
 
 if ! "$BENCH_VENV/bin/python" -c 'import strands_mongodb_session_manager' 2>/dev/null; then
   echo "== creating $BENCH_VENV (strands-mongodb-session-manager, the Python peer)"
@@ -84,11 +91,12 @@ else
     export BENCH_SERVER_LABEL="SecantusDB secantusd-py (Python, in-memory) — fallback"
   fi
   export MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}"
+  export BENCH_SERVER_PID="${SERVICE_PIDS[-1]}"   # CPU time per operation of the server
 fi
 
 mkdir -p "$CARGO_TARGET_DIR/bench"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out="$CARGO_TARGET_DIR/bench/bench-$stamp"
-"$CARGO_TARGET_DIR/release/bench" --gateway-bin "$CARGO_TARGET_DIR/release/gateway" \
+"$BENCH_BIN" --gateway-bin "$GATEWAY_BIN" \
   --python "$BENCH_PYTHON" --json-out "$out.json" "${args[@]}" | tee "$out.md"
 echo "== results: $out.md, $out.json"

@@ -51,7 +51,13 @@ pub struct Hook {
 
 impl Hook {
     /// A hook with defaults for the rest.
-    pub fn new(name: &str, wasm: &Path, phase: &'static str, events: &[&'static str], instance: &'static str) -> Self {
+    pub fn new(
+        name: &str,
+        wasm: &Path,
+        phase: &'static str,
+        events: &[&'static str],
+        instance: &'static str,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             wasm: wasm.to_owned(),
@@ -105,10 +111,17 @@ impl Gateway {
         let dir = tempfile::Builder::new().prefix("gw-bench-").tempdir()?;
         let port = free_port()?;
         let mut toml = String::new();
-        writeln!(toml, "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 2000\nmax_page_size = 1000")?;
+        writeln!(
+            toml,
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 2000\nmax_page_size = 1000"
+        )?;
         match &spec.store {
             Store::Embedded => {
-                writeln!(toml, "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = {}", q(&dir.path().join("gateway.redb")))?;
+                writeln!(
+                    toml,
+                    "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = {}",
+                    q(&dir.path().join("gateway.redb"))
+                )?;
             }
             Store::Mongo { uri, db } => {
                 writeln!(
@@ -117,8 +130,15 @@ impl Gateway {
                 )?;
             }
         }
-        writeln!(toml, "[plugins]\ncache_dir = {}\nwatch = false", q(cache_dir))?;
-        writeln!(toml, "[limits]\nmax_in_flight = 100000\nrequest_timeout_ms = 60000")?;
+        writeln!(
+            toml,
+            "[plugins]\ncache_dir = {}\nwatch = false",
+            q(cache_dir)
+        )?;
+        writeln!(
+            toml,
+            "[limits]\nmax_in_flight = 100000\nrequest_timeout_ms = 60000"
+        )?;
         for h in &spec.hooks {
             let events: Vec<String> = h.events.iter().map(|e| format!("{e:?}")).collect();
             writeln!(
@@ -135,20 +155,43 @@ impl Gateway {
         let cfg = dir.path().join("gateway.toml");
         std::fs::write(&cfg, &toml)?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-        let mut cmd = Command::new(bin);
+        // BENCH_GATEWAY_WRAPPER prefixes the command, e.g. "valgrind --tool=callgrind".
+        let wrapper: Vec<String> = std::env::var("BENCH_GATEWAY_WRAPPER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("--config")
             .arg(&cfg)
             .env_remove("MONGODB_URI")
             .env_remove("GATEWAY_CONFIG")
-            .env("RUST_LOG", std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("no pid")?;
-        let mut gw = Self { base: format!("http://127.0.0.1:{port}"), pid, child, dir };
-        gw.wait_ready(Duration::from_secs(120)).await?;
+        let mut gw = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            pid,
+            child,
+            dir,
+        };
+        gw.wait_ready(Duration::from_secs(300)).await?;
         Ok(gw)
     }
 
@@ -156,16 +199,26 @@ impl Gateway {
         let c = reqwest::Client::new();
         let t = Instant::now();
         loop {
-            if let Ok(r) = c.get(format!("{}/readyz", self.base)).timeout(Duration::from_secs(2)).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = c
+                .get(format!("{}/readyz", self.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             if t.elapsed() > limit {
-                bail!("gateway not ready after {limit:?}; log:\n{}", self.log_tail());
+                bail!(
+                    "gateway not ready after {limit:?}; log:\n{}",
+                    self.log_tail()
+                );
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                bail!("gateway exited with {st} before becoming ready; log:\n{}", self.log_tail());
+                bail!(
+                    "gateway exited with {st} before becoming ready; log:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -183,9 +236,38 @@ impl Gateway {
         rss_kb(self.pid)
     }
 
-    /// Stops the gateway (SIGKILL; the benchmark needs no graceful drain).
+    /// Stops the gateway: SIGTERM (so a profiler wrapping it can write its
+    /// output), then SIGKILL after 20 s.
     pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        // Under a wrapper (a profiler), signal the gateway itself first: the
+        // wrapper finishes its output when its workload exits.
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
+            .unwrap_or_default();
+        let children: Vec<&str> = children.split_whitespace().collect();
+        if !children.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .args(&children)
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 }
 

@@ -20,7 +20,8 @@ pub fn assistant_message(i: u64) -> String {
 }
 
 /// Event-loop metrics attached to assistant messages.
-pub const METRICS: &str = r#"{"latencyMs":842,"inputTokens":1210,"outputTokens":187,"totalTokens":1397,"cycleCount":2}"#;
+pub const METRICS: &str =
+    r#"{"latencyMs":842,"inputTokens":1210,"outputTokens":187,"totalTokens":1397,"cycleCount":2}"#;
 
 /// An agent body (Strands `SessionAgent` fields).
 pub fn agent_body(aid: &str, turn: u64) -> String {
@@ -47,11 +48,20 @@ impl Http {
             .tcp_nodelay(true)
             .build()
             .expect("http client");
-        Self { c, base: base.to_owned() }
+        Self {
+            c,
+            base: base.to_owned(),
+        }
     }
 
     /// Sends a request; fails unless the status is one of `expect`. Returns the body.
-    pub async fn req(&self, m: Method, path: &str, body: Option<String>, expect: &[u16]) -> anyhow::Result<bytes_body::Body> {
+    pub async fn req(
+        &self,
+        m: Method,
+        path: &str,
+        body: Option<String>,
+        expect: &[u16],
+    ) -> anyhow::Result<bytes_body::Body> {
         let mut r = self.c.request(m, format!("{}{path}", self.base));
         if let Some(b) = body {
             r = r.header("content-type", "application/json").body(b);
@@ -60,62 +70,122 @@ impl Http {
         let st = resp.status().as_u16();
         let bytes = resp.bytes().await?;
         if !expect.contains(&st) {
-            bail!("HTTP {st}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]));
+            bail!(
+                "HTTP {st}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            );
         }
         Ok(bytes_body::Body(bytes.to_vec()))
     }
 
     /// `POST /v1/sessions`.
     pub async fn create_session(&self, sid: &str) -> anyhow::Result<bytes_body::Body> {
-        let b = format!(r#"{{"session_id":"{sid}","session_type":"AGENT","metadata":{{"status":"new","user":{{"id":"u-{sid}","tier":"gold"}},"channel":"web"}}}}"#);
-        self.req(Method::POST, "/v1/sessions", Some(b), &[201]).await
+        let b = format!(
+            r#"{{"session_id":"{sid}","session_type":"AGENT","metadata":{{"status":"new","user":{{"id":"u-{sid}","tier":"gold"}},"channel":"web"}}}}"#
+        );
+        self.req(Method::POST, "/v1/sessions", Some(b), &[201])
+            .await
     }
 
     /// `PUT …/agents/{aid}` (create 201 or update 200).
-    pub async fn put_agent(&self, sid: &str, aid: &str, turn: u64) -> anyhow::Result<bytes_body::Body> {
-        self.req(Method::PUT, &format!("/v1/sessions/{sid}/agents/{aid}"), Some(agent_body(aid, turn)), &[200, 201]).await
+    pub async fn put_agent(
+        &self,
+        sid: &str,
+        aid: &str,
+        turn: u64,
+    ) -> anyhow::Result<bytes_body::Body> {
+        self.req(
+            Method::PUT,
+            &format!("/v1/sessions/{sid}/agents/{aid}"),
+            Some(agent_body(aid, turn)),
+            &[200, 201],
+        )
+        .await
     }
 
     /// `POST …/messages` without an explicit id (user turns) or with metrics (assistant turns).
     pub async fn append(&self, sid: &str, aid: &str, i: u64) -> anyhow::Result<bytes_body::Body> {
-        let b = if i % 2 == 0 {
+        let b = if i.is_multiple_of(2) {
             format!(r#"{{"message":{}}}"#, user_message(i))
         } else {
-            format!(r#"{{"message":{},"event_loop_metrics":{METRICS}}}"#, assistant_message(i))
+            format!(
+                r#"{{"message":{},"event_loop_metrics":{METRICS}}}"#,
+                assistant_message(i)
+            )
         };
-        self.req(Method::POST, &format!("/v1/sessions/{sid}/agents/{aid}/messages"), Some(b), &[201]).await
+        self.req(
+            Method::POST,
+            &format!("/v1/sessions/{sid}/agents/{aid}/messages"),
+            Some(b),
+            &[201],
+        )
+        .await
     }
 
     /// `GET …/messages?latest=N`.
-    pub async fn list_latest(&self, sid: &str, aid: &str, n: u32) -> anyhow::Result<bytes_body::Body> {
-        self.req(Method::GET, &format!("/v1/sessions/{sid}/agents/{aid}/messages?latest={n}"), None, &[200]).await
+    pub async fn list_latest(
+        &self,
+        sid: &str,
+        aid: &str,
+        n: u32,
+    ) -> anyhow::Result<bytes_body::Body> {
+        self.req(
+            Method::GET,
+            &format!("/v1/sessions/{sid}/agents/{aid}/messages?latest={n}"),
+            None,
+            &[200],
+        )
+        .await
     }
 
     /// `PATCH /v1/sessions/{sid}/metadata`.
     pub async fn patch_metadata(&self, sid: &str, i: u64) -> anyhow::Result<bytes_body::Body> {
-        let b = format!(r#"{{"status":"active","turns":{i},"user.last_seen":"2026-11-24T10:00:{:02}Z"}}"#, i % 60);
-        self.req(Method::PATCH, &format!("/v1/sessions/{sid}/metadata"), Some(b), &[200]).await
+        let b = format!(
+            r#"{{"status":"active","turns":{i},"user.last_seen":"2026-11-24T10:00:{:02}Z"}}"#,
+            i % 60
+        );
+        self.req(
+            Method::PATCH,
+            &format!("/v1/sessions/{sid}/metadata"),
+            Some(b),
+            &[200],
+        )
+        .await
     }
 
     /// `GET /v1/sessions/{sid}/metadata`.
     pub async fn get_metadata(&self, sid: &str) -> anyhow::Result<bytes_body::Body> {
-        self.req(Method::GET, &format!("/v1/sessions/{sid}/metadata"), None, &[200]).await
+        self.req(
+            Method::GET,
+            &format!("/v1/sessions/{sid}/metadata"),
+            None,
+            &[200],
+        )
+        .await
     }
 
     /// `GET /v1/sessions/{sid}`.
     pub async fn get_session(&self, sid: &str) -> anyhow::Result<bytes_body::Body> {
-        self.req(Method::GET, &format!("/v1/sessions/{sid}"), None, &[200]).await
+        self.req(Method::GET, &format!("/v1/sessions/{sid}"), None, &[200])
+            .await
     }
 
     /// `POST /v1/sessions/{sid}/feedbacks`.
     pub async fn add_feedback(&self, sid: &str) -> anyhow::Result<bytes_body::Body> {
         let b = r#"{"rating":"up","comment":"helpful, found the SLA breach quickly"}"#.to_owned();
-        self.req(Method::POST, &format!("/v1/sessions/{sid}/feedbacks"), Some(b), &[201]).await
+        self.req(
+            Method::POST,
+            &format!("/v1/sessions/{sid}/feedbacks"),
+            Some(b),
+            &[201],
+        )
+        .await
     }
 
     /// `POST /v1/admin/reload`.
     pub async fn reload(&self) -> anyhow::Result<bytes_body::Body> {
-        self.req(Method::POST, "/v1/admin/reload", None, &[200]).await
+        self.req(Method::POST, "/v1/admin/reload", None, &[200])
+            .await
     }
 }
 

@@ -50,7 +50,11 @@ struct Args {
     #[arg(long, env = "MONGODB_URI")]
     mongodb_uri: Option<String>,
     /// What the MongoDB server is (printed with the figures).
-    #[arg(long, env = "BENCH_SERVER_LABEL", default_value = "unknown MongoDB-wire server")]
+    #[arg(
+        long,
+        env = "BENCH_SERVER_LABEL",
+        default_value = "unknown MongoDB-wire server"
+    )]
     server_label: String,
     /// The gateway binary.
     #[arg(long, default_value = "target/release/gateway")]
@@ -62,7 +66,11 @@ struct Args {
     #[arg(long, default_value = "target/bench-plugin-cache")]
     cache_dir: PathBuf,
     /// Python with `strands-mongodb-session-manager` installed (peer phase).
-    #[arg(long, env = "BENCH_PYTHON", default_value = "/work/.venv-bench/bin/python")]
+    #[arg(
+        long,
+        env = "BENCH_PYTHON",
+        default_value = "/work/.venv-bench/bin/python"
+    )]
     python: PathBuf,
     /// The peer script.
     #[arg(long, default_value = "examples/bench/peer/peer.py")]
@@ -112,6 +120,76 @@ struct MixRow {
     target: String,
     mix: String,
     summary: Summary,
+    /// CPU time per operation (µs) of the gateway, the MongoDB server and this
+    /// process (the load generator, and for raw the driver), from /proc.
+    cpu_us_per_op: Option<[f64; 3]>,
+}
+
+/// utime + stime of a process, in clock ticks (0 when unknown).
+fn cpu_ticks(pid: Option<u32>) -> u64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// cutime + cstime of this process (waited-for children, e.g. the peer), in clock ticks.
+fn child_cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// CPU ticks of (gateway, server, self).
+fn cpu3(gw: Option<u32>, server: Option<u32>) -> [u64; 3] {
+    [
+        gw.map_or(0, |p| cpu_ticks(Some(p))),
+        server.map_or(0, |p| cpu_ticks(Some(p))),
+        cpu_ticks(None),
+    ]
+}
+
+/// CPU µs per op between two `cpu3` readings (clock ticks of 10 ms).
+fn cpu_per_op(a: [u64; 3], b: [u64; 3], ops: u64) -> Option<[f64; 3]> {
+    if ops == 0 {
+        return None;
+    }
+    let f = |i: usize| (b[i].saturating_sub(a[i])) as f64 * 10_000.0 / ops as f64;
+    Some([f(0), f(1), f(2)])
+}
+
+fn server_pid() -> Option<u32> {
+    std::env::var("BENCH_SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+}
+
+async fn run_measured(
+    d: &Driver,
+    mix: Mix,
+    c: usize,
+    caps: Caps,
+    tag: &str,
+    gw: Option<u32>,
+) -> (Summary, Option<[f64; 3]>) {
+    let a = cpu3(gw, server_pid());
+    let s = load::run(d, mix, c, caps, tag).await;
+    let b = cpu3(gw, server_pid());
+    let cpu = cpu_per_op(a, b, s.ops);
+    (s, cpu)
 }
 
 #[derive(Serialize, Clone)]
@@ -158,16 +236,34 @@ impl Ctx {
 
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
     let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kb: u64 = mem.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let date = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let mem_kb: u64 = mem
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     json!({ "cpu": model, "cores": cores, "ram_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0, "date": date, "loadavg_start": loadavg() })
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print_mix_table(title: &str, rows: &[MixRow]) {
@@ -189,6 +285,35 @@ fn print_mix_table(title: &str, rows: &[MixRow]) {
     }
 }
 
+fn print_cpu(title: &str, rows: &[MixRow]) {
+    if rows.iter().all(|r| r.cpu_us_per_op.is_none()) {
+        return;
+    }
+    println!("\n### {title}: CPU time per operation (from /proc/<pid>/stat, 10 ms ticks)\n");
+    println!(
+        "| target | c | gateway | MongoDB server | load generator (+ driver for raw) | total |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        if let Some([g, sv, cl]) = r.cpu_us_per_op {
+            let sv_s = if server_pid().is_some() {
+                us(sv)
+            } else {
+                "n/a".into()
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                r.target,
+                r.summary.concurrency,
+                us(g),
+                sv_s,
+                us(cl),
+                us(g + sv + cl)
+            );
+        }
+    }
+}
+
 fn print_per_op(title: &str, rows: &[MixRow]) {
     println!("\n### {title}: per operation (p50 / p95 / p99)\n");
     let mut ops: Vec<String> = Vec::new();
@@ -205,16 +330,31 @@ fn print_per_op(title: &str, rows: &[MixRow]) {
         let cells: Vec<String> = ops
             .iter()
             .map(|o| {
-                r.summary.per_op.get(o).map_or("–".into(), |p| format!("{} / {} / {}", us(f64::from(p.p50)), us(f64::from(p.p95)), us(f64::from(p.p99))))
+                r.summary.per_op.get(o).map_or("–".into(), |p| {
+                    format!(
+                        "{} / {} / {}",
+                        us(f64::from(p.p50)),
+                        us(f64::from(p.p95)),
+                        us(f64::from(p.p99))
+                    )
+                })
             })
             .collect();
-        println!("| {} | {} | {} |", r.target, r.summary.concurrency, cells.join(" | "));
+        println!(
+            "| {} | {} | {} |",
+            r.target,
+            r.summary.concurrency,
+            cells.join(" | ")
+        );
     }
 }
 
 fn note_errors(ctx: &mut Ctx, what: &str, s: &Summary) {
     if s.errors > 0 {
-        let n = format!("{what}: {} failed operations, e.g. {:?}", s.errors, s.error_samples);
+        let n = format!(
+            "{what}: {} failed operations, e.g. {:?}",
+            s.errors, s.error_samples
+        );
         eprintln!("!! {n}");
         ctx.r.notes.push(n);
     }
@@ -237,22 +377,42 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
         load::run(&d, Mix::Full, 4, Caps::new(0.5, 2000), "warm").await;
         let mut rows = Vec::new();
         for &c in &levels {
-            let s = load::run(&d, Mix::Full, c, caps, &format!("emb-c{c}")).await;
+            let (s, cpu) =
+                run_measured(&d, Mix::Full, c, caps, &format!("emb-c{c}"), Some(gw.pid)).await;
             note_errors(ctx, &format!("gateway-embedded c={c}"), &s);
-            eprintln!("gateway-embedded c={c}: {:.0} ops/s p50 {} µs", s.ops_per_s, s.all.p50);
-            rows.push(MixRow { target: "gateway (embedded)".into(), mix: "full".into(), summary: s });
+            eprintln!(
+                "gateway-embedded c={c}: {:.0} ops/s p50 {} µs",
+                s.ops_per_s, s.all.p50
+            );
+            rows.push(MixRow {
+                target: "gateway (embedded)".into(),
+                mix: "full".into(),
+                summary: s,
+                cpu_us_per_op: cpu,
+            });
         }
         print_mix_table("Request mix, embedded store", &rows);
+        print_cpu("Request mix, embedded store", &rows);
         print_per_op("Request mix, embedded store", &rows);
         ctx.r.mix.extend(rows);
         gw.stop().await;
     }
     let Some(uri) = ctx.mongo().filter(|_| ctx.want("mongodb")) else {
-        ctx.r.notes.push("mix: no MongoDB URI, so no MongoDB gateway figures and no P1/P2".into());
+        ctx.r
+            .notes
+            .push("mix: no MongoDB URI, so no MongoDB gateway figures and no P1/P2".into());
         return Ok(());
     };
     let gdb = ctx.db("gw");
-    let gw = ctx.start(Store::Mongo { uri: uri.clone(), db: gdb.clone() }, vec![]).await?;
+    let gw = ctx
+        .start(
+            Store::Mongo {
+                uri: uri.clone(),
+                db: gdb.clone(),
+            },
+            vec![],
+        )
+        .await?;
     let raw = Raw::connect(&uri, &ctx.db("raw")).await?;
     let dg = Driver::Http(Http::new(&gw.base, 64));
     let dr = Driver::Raw(raw.clone());
@@ -261,22 +421,56 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     // Interleaved per level, so background noise hits both alike.
     for &c in &levels {
-        let s = load::run(&dg, Mix::Full, c, caps, &format!("mgw-c{c}")).await;
+        let (s, cpu) =
+            run_measured(&dg, Mix::Full, c, caps, &format!("mgw-c{c}"), Some(gw.pid)).await;
         note_errors(ctx, &format!("gateway-mongodb c={c}"), &s);
-        eprintln!("gateway-mongodb c={c}: {:.0} ops/s p50 {} µs", s.ops_per_s, s.all.p50);
-        rows.push(MixRow { target: "gateway (mongodb)".into(), mix: "full".into(), summary: s });
-        let s = load::run(&dr, Mix::Full, c, caps, &format!("raw-c{c}")).await;
+        eprintln!(
+            "gateway-mongodb c={c}: {:.0} ops/s p50 {} µs",
+            s.ops_per_s, s.all.p50
+        );
+        rows.push(MixRow {
+            target: "gateway (mongodb)".into(),
+            mix: "full".into(),
+            summary: s,
+            cpu_us_per_op: cpu,
+        });
+        let (s, cpu) = run_measured(&dr, Mix::Full, c, caps, &format!("raw-c{c}"), None).await;
         note_errors(ctx, &format!("raw c={c}"), &s);
         eprintln!("raw c={c}: {:.0} ops/s p50 {} µs", s.ops_per_s, s.all.p50);
-        rows.push(MixRow { target: "raw driver".into(), mix: "full".into(), summary: s });
+        rows.push(MixRow {
+            target: "raw driver".into(),
+            mix: "full".into(),
+            summary: s,
+            cpu_us_per_op: cpu,
+        });
     }
-    print_mix_table(&format!("Request mix, MongoDB ({}) — gateway vs raw driver", ctx.a.server_label), &rows);
+    print_mix_table(
+        &format!(
+            "Request mix, MongoDB ({}) — gateway vs raw driver",
+            ctx.a.server_label
+        ),
+        &rows,
+    );
+    print_cpu("Request mix, MongoDB", &rows);
     print_per_op("Request mix, MongoDB", &rows);
-    let find = |t: &str, c: usize| rows.iter().find(|r| r.target == t && r.summary.concurrency == c).map(|r| r.summary.clone());
-    let p1_c = if levels.contains(&32) { 32 } else { *levels.iter().max().unwrap_or(&1) };
+    let find = |t: &str, c: usize| {
+        rows.iter()
+            .find(|r| r.target == t && r.summary.concurrency == c)
+            .map(|r| r.summary.clone())
+    };
+    let p1_c = if levels.contains(&32) {
+        32
+    } else {
+        *levels.iter().max().unwrap_or(&1)
+    };
     if let (Some(g), Some(r)) = (find("gateway (mongodb)", p1_c), find("raw driver", p1_c)) {
         ctx.r.p1 = Some(g.ops_per_s / r.ops_per_s);
-        println!("\nP1 = gateway/raw throughput at c={p1_c}: {:.0} / {:.0} = {:.2}", g.ops_per_s, r.ops_per_s, g.ops_per_s / r.ops_per_s);
+        println!(
+            "\nP1 = gateway/raw throughput at c={p1_c}: {:.0} / {:.0} = {:.2}",
+            g.ops_per_s,
+            r.ops_per_s,
+            g.ops_per_s / r.ops_per_s
+        );
     }
     if let (Some(g), Some(r)) = (find("gateway (mongodb)", 1), find("raw driver", 1)) {
         let mut total = 0.0;
@@ -287,7 +481,12 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
         for (op, gp) in &g.per_op {
             if let Some(rp) = r.per_op.get(op) {
                 let add = f64::from(gp.p50) - f64::from(rp.p50);
-                println!("| {op} | {} | {} | {} |", us(f64::from(gp.p50)), us(f64::from(rp.p50)), us(add));
+                println!(
+                    "| {op} | {} | {} | {} |",
+                    us(f64::from(gp.p50)),
+                    us(f64::from(rp.p50)),
+                    us(add)
+                );
                 ctx.r.p2_by_op.insert(op.clone(), add);
                 total += add * gp.n as f64;
                 weight += gp.n as f64;
@@ -295,7 +494,10 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
         }
         if weight > 0.0 {
             ctx.r.p2_us = Some(total / weight);
-            println!("\nP2 = mix-weighted added p50 at c=1: {}", us(total / weight));
+            println!(
+                "\nP2 = mix-weighted added p50 at c=1: {}",
+                us(total / weight)
+            );
         }
     }
     ctx.r.mix.extend(rows);
@@ -307,15 +509,34 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- hooks (P3)
 
-async fn phase_hooks(ctx: &mut Ctx) -> anyhow::Result<()> {
+/// Median of `xs` (unsorted).
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// Starts one gateway per hook configuration, then sends `op` to each in turn
+/// (c=1, round robin, so drift and background noise spread evenly over the
+/// configurations) until the time cap. Returns per-config summaries, the
+/// median of the paired differences to config 0, and `/v1/admin/plugins`.
+async fn hooks_round_robin(
+    ctx: &Ctx,
+    phase: &'static str,
+    event: &'static str,
+    op: &'static str,
+    secs: f64,
+) -> anyhow::Result<Vec<(String, Summary, f64, Value)>> {
     let allow = ctx.plugin("fixture_allow");
     let hooks = |n: usize, inst: &'static str| -> Vec<Hook> {
-        let mut v = Vec::new();
-        for i in 0..n {
-            v.push(Hook::new(&format!("allow-{i}"), &allow, "before", &["metadata.update"], inst).extra("on_error = \"deny\""));
-            v.push(Hook::new(&format!("get-{i}"), &allow, "get", &["metadata.get"], inst).extra("on_error = \"deny\""));
-        }
-        v
+        (0..n)
+            .map(|i| {
+                Hook::new(&format!("allow-{i}"), &allow, phase, &[event], inst)
+                    .extra("on_error = \"deny\"")
+            })
+            .collect()
     };
     let configs: Vec<(&str, Vec<Hook>)> = vec![
         ("0 hooks", vec![]),
@@ -326,82 +547,125 @@ async fn phase_hooks(ctx: &mut Ctx) -> anyhow::Result<()> {
     ];
     let mut gws = Vec::new();
     for (name, h) in &configs {
-        let gw = ctx.start(Store::Embedded, h.clone()).await.with_context(|| format!("starting gateway with {name}"))?;
+        let gw = ctx
+            .start(Store::Embedded, h.clone())
+            .await
+            .with_context(|| format!("starting gateway with {name}"))?;
         let c = Http::new(&gw.base, 2);
         c.create_session("hooks").await?;
         gws.push((name.to_string(), gw, c));
     }
-    // Round robin at c=1: request i goes to every gateway in turn, so drift
-    // and background noise spread evenly over the configurations.
-    let mut patch: Vec<Rec> = vec![Rec::default(); gws.len()];
-    let mut get: Vec<Rec> = vec![Rec::default(); gws.len()];
+    let call = |c: &Http, i: u64| {
+        let c = c.clone();
+        async move {
+            match op {
+                "patch_metadata" => c.patch_metadata("hooks", i).await.map(|_| ()),
+                _ => c.get_metadata("hooks").await.map(|_| ()),
+            }
+        }
+    };
     for (_, _, c) in &gws {
         for i in 0..50 {
-            c.patch_metadata("hooks", i).await?;
-            c.get_metadata("hooks").await?;
+            call(c, i).await?;
         }
     }
-    let (psecs, gsecs) = if ctx.a.quick { (4.0, 1.5) } else { (14.0, 6.0) };
+    let mut recs: Vec<Rec> = vec![Rec::default(); gws.len()];
+    let mut diffs: Vec<Vec<f64>> = vec![Vec::new(); gws.len()];
     let t0 = Instant::now();
     let mut i = 0u64;
-    while t0.elapsed().as_secs_f64() < psecs && i < 20_000 {
+    while t0.elapsed().as_secs_f64() < secs && i < 50_000 {
+        let mut lat = Vec::with_capacity(gws.len());
         for (k, (_, _, c)) in gws.iter().enumerate() {
-            stats::timed(&mut patch[k], "patch_metadata", c.patch_metadata("hooks", i)).await;
+            let t = Instant::now();
+            match call(c, i).await {
+                Ok(()) => {
+                    recs[k].add(op, t.elapsed());
+                    lat.push(Some(t.elapsed().as_micros() as f64));
+                }
+                Err(e) => {
+                    recs[k].fail(e.to_string());
+                    lat.push(None);
+                }
+            }
+        }
+        if let Some(b) = lat[0] {
+            for (k, l) in lat.iter().enumerate() {
+                if let Some(l) = l {
+                    diffs[k].push(l - b);
+                }
+            }
         }
         i += 1;
     }
-    let pel = t0.elapsed();
-    let t0 = Instant::now();
-    let mut i = 0u64;
-    while t0.elapsed().as_secs_f64() < gsecs && i < 50_000 {
-        for (k, (_, _, c)) in gws.iter().enumerate() {
-            stats::timed(&mut get[k], "get_metadata", c.get_metadata("hooks")).await;
-        }
-        i += 1;
+    let el = t0.elapsed();
+    let mut out = Vec::new();
+    for (k, (name, gw, c)) in gws.into_iter().enumerate() {
+        let plugins = c
+            .req(reqwest::Method::GET, "/v1/admin/plugins", None, &[200])
+            .await
+            .map(|b| b.json())
+            .unwrap_or(Value::Null);
+        let s = std::mem::take(&mut recs[k]).summary(el, 1);
+        out.push((name, s, median(std::mem::take(&mut diffs[k])), plugins));
+        gw.stop().await;
     }
-    let gel = t0.elapsed();
+    Ok(out)
+}
+
+fn plugin_latency(v: &Value) -> String {
+    v["plugins"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| format!("{}", p["latency_us_avg"].as_u64().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .unwrap_or_default()
+}
+
+async fn phase_hooks(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let (psecs, gsecs) = if ctx.a.quick { (4.0, 2.0) } else { (15.0, 8.0) };
     let mut rows = Vec::new();
-    println!("\n### Hooks (embedded store, fixture_allow on metadata.update [before] and metadata.get [get], c=1, round robin)\n");
-    println!("| config | PATCH p50 | PATCH p99 | added p50 | GET metadata p50 | added p50 | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    let sp: Vec<Summary> = patch.into_iter().map(|r| r.summary(pel, 1)).collect();
-    let sg: Vec<Summary> = get.into_iter().map(|r| r.summary(gel, 1)).collect();
-    let base_p = f64::from(sp[0].p50("patch_metadata"));
-    let base_g = f64::from(sg[0].p50("get_metadata"));
-    for (k, (name, gw, c)) in gws.iter().enumerate() {
-        let pp = f64::from(sp[k].p50("patch_metadata"));
-        let gp = f64::from(sg[k].p50("get_metadata"));
+    for (phase, event, op, secs) in [
+        ("before", "metadata.update", "patch_metadata", psecs),
+        ("get", "metadata.get", "get_metadata", gsecs),
+    ] {
+        let res = hooks_round_robin(ctx, phase, event, op, secs).await?;
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} |",
-            us(pp),
-            us(f64::from(sp[k].all.p99)),
-            us(pp - base_p),
-            us(gp),
-            us(gp - base_g),
-            sp[k].errors + sg[k].errors
+            "\n### Hooks: `{op}` with 0/1/3 `{phase}` hooks on {event} (fixture_allow, embedded store, c=1, round robin over 5 gateways)\n"
         );
-        let plugins = c.req(reqwest::Method::GET, "/v1/admin/plugins", None, &[200]).await.map(|b| b.json()).unwrap_or(Value::Null);
-        rows.push(json!({
-            "config": name, "patch": sp[k], "get": sg[k],
-            "patch_added_p50_us": pp - base_p, "get_added_p50_us": gp - base_g,
-            "admin_plugins": plugins, "rss_kb": gw.rss_kb(),
-        }));
-        if name == "3 hooks, reuse" {
-            ctx.r.p3_reuse_us = Some(pp - base_p);
-        }
-        if name == "3 hooks, per-call" {
-            ctx.r.p3_per_call_us = Some(pp - base_p);
+        println!(
+            "| config | p50 | p99 | added p50 (p50 − p50 of 0 hooks) | median of paired differences | in-plugin avg µs (admin API) | errors |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let base = f64::from(res[0].1.p50(op));
+        for (name, s, paired, plugins) in &res {
+            let p = f64::from(s.p50(op));
+            println!(
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                us(p),
+                us(f64::from(s.all.p99)),
+                us(p - base),
+                us(*paired),
+                plugin_latency(plugins),
+                s.errors
+            );
+            if op == "patch_metadata" && name == "3 hooks, reuse" {
+                ctx.r.p3_reuse_us = Some(p - base);
+            }
+            if op == "patch_metadata" && name == "3 hooks, per-call" {
+                ctx.r.p3_per_call_us = Some(p - base);
+            }
+            rows.push(json!({ "op": op, "phase": phase, "config": name, "summary": s, "added_p50_us": p - base, "paired_median_us": paired, "admin_plugins": plugins }));
         }
     }
     println!(
-        "\nP3 = added PATCH p50 for 3 hooks: reuse {}, per-call {}",
+        "\nP3 = added PATCH p50 for 3 before hooks: reuse {}, per-call {}",
         us(ctx.r.p3_reuse_us.unwrap_or(f64::NAN)),
         us(ctx.r.p3_per_call_us.unwrap_or(f64::NAN))
     );
     ctx.r.hooks = Value::Array(rows);
-    for (_, gw, _) in gws {
-        gw.stop().await;
-    }
     Ok(())
 }
 
@@ -410,16 +674,30 @@ async fn phase_hooks(ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn run_peer(ctx: &Ctx, uri: &str, c: usize, tag: &str) -> anyhow::Result<Summary> {
     let out = tokio::process::Command::new(&ctx.a.python)
         .arg(&ctx.a.peer_script)
-        .args(["--uri", uri, "--db", &ctx.db(&format!("peer{c}")), "--concurrency", &c.to_string()])
+        .args([
+            "--uri",
+            uri,
+            "--db",
+            &ctx.db(&format!("peer{c}")),
+            "--concurrency",
+            &c.to_string(),
+        ])
         .args(["--seconds", &format!("{}", ctx.secs), "--tag", tag])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs_f64(ctx.secs + 60.0), out).await.context("peer timed out")??;
+    let out = tokio::time::timeout(Duration::from_secs_f64(ctx.secs + 60.0), out)
+        .await
+        .context("peer timed out")??;
     if !out.status.success() {
-        bail!("peer failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "peer failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("peer output: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("peer output: {}", String::from_utf8_lossy(&out.stdout)))?;
     let pct = |p: &Value| Pct {
         n: p["n"].as_u64().unwrap_or(0),
         ops_per_s: 0.0,
@@ -441,7 +719,10 @@ async fn run_peer(ctx: &Ctx, uri: &str, c: usize, tag: &str) -> anyhow::Result<S
         secs: v["secs"].as_f64().unwrap_or(0.0),
         ops_per_s: v["ops_per_s"].as_f64().unwrap_or(0.0),
         errors: v["errors"].as_u64().unwrap_or(0),
-        error_samples: v["error_samples"].as_array().map(|a| a.iter().map(|e| e.to_string()).collect()).unwrap_or_default(),
+        error_samples: v["error_samples"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default(),
         all: pct(&v["all"]),
         per_op,
     })
@@ -453,31 +734,67 @@ async fn phase_peer(ctx: &mut Ctx) -> anyhow::Result<()> {
         return Ok(());
     };
     if !ctx.a.python.exists() {
-        ctx.r.notes.push(format!("peer: {} not found (pip install strands-mongodb-session-manager into a venv), so no P4", ctx.a.python.display()));
+        ctx.r.notes.push(format!(
+            "peer: {} not found (pip install strands-mongodb-session-manager into a venv), so no P4",
+            ctx.a.python.display()
+        ));
         return Ok(());
     }
     let levels: Vec<usize> = if ctx.a.quick { vec![16] } else { vec![1, 16] };
     let gdb = ctx.db("gwpeer");
-    let gw = ctx.start(Store::Mongo { uri: uri.clone(), db: gdb.clone() }, vec![]).await?;
+    let gw = ctx
+        .start(
+            Store::Mongo {
+                uri: uri.clone(),
+                db: gdb.clone(),
+            },
+            vec![],
+        )
+        .await?;
     let d = Driver::Http(Http::new(&gw.base, 32));
     load::run(&d, Mix::Strands, 4, Caps::new(0.5, 2000), "warm").await;
     let mut rows = Vec::new();
     for &c in &levels {
-        match run_peer(ctx, &uri, c, &format!("peer-c{c}")).await {
+        let (sv0, ch0) = (cpu_ticks(server_pid()), child_cpu_ticks());
+        let res = run_peer(ctx, &uri, c, &format!("peer-c{c}")).await;
+        let (sv1, ch1) = (cpu_ticks(server_pid()), child_cpu_ticks());
+        match res {
             Ok(s) => {
+                let cpu = cpu_per_op([0, sv0, ch0], [0, sv1, ch1], s.ops);
                 eprintln!("peer c={c}: {:.0} ops/s", s.ops_per_s);
                 note_errors(ctx, &format!("peer c={c}"), &s);
-                rows.push(MixRow { target: "peer: strands-mongodb-session-manager (pymongo, threads)".into(), mix: "strands".into(), summary: s });
+                rows.push(MixRow {
+                    target: "peer: strands-mongodb-session-manager (pymongo, threads)".into(),
+                    mix: "strands".into(),
+                    summary: s,
+                    cpu_us_per_op: cpu,
+                });
             }
             Err(e) => {
                 eprintln!("!! peer c={c}: {e:#}");
                 ctx.r.notes.push(format!("peer c={c} failed: {e:#}"));
             }
         }
-        let s = load::run(&d, Mix::Strands, c, ctx.caps(), &format!("gwpeer-c{c}")).await;
+        let (s, cpu) = run_measured(
+            &d,
+            Mix::Strands,
+            c,
+            ctx.caps(),
+            &format!("gwpeer-c{c}"),
+            Some(gw.pid),
+        )
+        .await;
         note_errors(ctx, &format!("gateway strands c={c}"), &s);
-        eprintln!("gateway (mongodb, strands mix) c={c}: {:.0} ops/s", s.ops_per_s);
-        rows.push(MixRow { target: "gateway (mongodb) over HTTP".into(), mix: "strands".into(), summary: s });
+        eprintln!(
+            "gateway (mongodb, strands mix) c={c}: {:.0} ops/s",
+            s.ops_per_s
+        );
+        rows.push(MixRow {
+            target: "gateway (mongodb) over HTTP".into(),
+            mix: "strands".into(),
+            summary: s,
+            cpu_us_per_op: cpu,
+        });
     }
     gw.stop().await;
     if let Ok(raw) = Raw::connect(&uri, &gdb).await {
@@ -488,18 +805,48 @@ async fn phase_peer(ctx: &mut Ctx) -> anyhow::Result<()> {
         let d = Driver::Http(Http::new(&gw.base, 32));
         load::run(&d, Mix::Strands, 4, Caps::new(0.5, 2000), "warm").await;
         let c = 16;
-        let s = load::run(&d, Mix::Strands, c, ctx.caps(), &format!("embpeer-c{c}")).await;
-        rows.push(MixRow { target: "gateway (embedded) over HTTP".into(), mix: "strands".into(), summary: s });
+        let (s, cpu) = run_measured(
+            &d,
+            Mix::Strands,
+            c,
+            ctx.caps(),
+            &format!("embpeer-c{c}"),
+            Some(gw.pid),
+        )
+        .await;
+        rows.push(MixRow {
+            target: "gateway (embedded) over HTTP".into(),
+            mix: "strands".into(),
+            summary: s,
+            cpu_us_per_op: cpu,
+        });
         gw.stop().await;
     }
-    print_mix_table(&format!("Strands script: gateway vs Python peer (MongoDB: {})", ctx.a.server_label), &rows);
+    print_mix_table(
+        &format!(
+            "Strands script: gateway vs Python peer (MongoDB: {})",
+            ctx.a.server_label
+        ),
+        &rows,
+    );
+    print_cpu(
+        "Strands script (for the peer, the load-generator column is the Python process)",
+        &rows,
+    );
     print_per_op("Strands script", &rows);
-    let peer16 = rows.iter().find(|r| r.target.starts_with("peer") && r.summary.concurrency == 16);
-    let gw16 = rows.iter().find(|r| r.target.starts_with("gateway (mongodb)") && r.summary.concurrency == 16);
+    let peer16 = rows
+        .iter()
+        .find(|r| r.target.starts_with("peer") && r.summary.concurrency == 16);
+    let gw16 = rows
+        .iter()
+        .find(|r| r.target.starts_with("gateway (mongodb)") && r.summary.concurrency == 16);
     if let (Some(p), Some(g)) = (peer16, gw16) {
         let p4 = g.summary.ops_per_s / p.summary.ops_per_s;
         ctx.r.p4 = Some(p4);
-        println!("\nP4 = gateway(mongodb)/peer ops/s at c=16: {:.0} / {:.0} = {p4:.2}", g.summary.ops_per_s, p.summary.ops_per_s);
+        println!(
+            "\nP4 = gateway(mongodb)/peer ops/s at c=16: {:.0} / {:.0} = {p4:.2}",
+            g.summary.ops_per_s, p.summary.ops_per_s
+        );
     }
     ctx.r.peer = rows;
     Ok(())
@@ -517,11 +864,23 @@ async fn measure_appends(c: &Http, sid: &str, n: u64) -> Pct {
         }
     }
     let el = t.elapsed();
-    rec.summary(el, 1).per_op.get("append").copied().unwrap_or_default()
+    rec.summary(el, 1)
+        .per_op
+        .get("append")
+        .copied()
+        .unwrap_or_default()
 }
 
 async fn count_messages(c: &Http, sid: &str) -> anyhow::Result<u64> {
-    let v = c.req(reqwest::Method::GET, &format!("/v1/sessions/{sid}/agents/{AID}/messages?latest=1"), None, &[200]).await?.json();
+    let v = c
+        .req(
+            reqwest::Method::GET,
+            &format!("/v1/sessions/{sid}/agents/{AID}/messages?latest=1"),
+            None,
+            &[200],
+        )
+        .await?
+        .json();
     v["total"].as_u64().context("no total")
 }
 
@@ -539,7 +898,10 @@ async fn phase_scale(ctx: &mut Ctx) -> anyhow::Result<()> {
         stores.push(Store::Embedded);
     }
     if let Some(uri) = ctx.mongo().filter(|_| ctx.want("mongodb") && !ctx.a.quick) {
-        stores.push(Store::Mongo { uri, db: ctx.db("scale") });
+        stores.push(Store::Mongo {
+            uri,
+            db: ctx.db("scale"),
+        });
     }
     for store in stores {
         let label = store.label().to_owned();
@@ -558,14 +920,21 @@ async fn phase_scale(ctx: &mut Ctx) -> anyhow::Result<()> {
             let t = Instant::now();
             if level > have {
                 match (&raw, &store) {
-                    (Some(r), Store::Mongo { db, .. }) => r.prefill(db, sid, AID, have, level).await?,
+                    (Some(r), Store::Mongo { db, .. }) => {
+                        r.prefill(db, sid, AID, have, level).await?
+                    }
                     _ => {
                         // Concurrent HTTP appends: the embedded store group-commits them.
                         let cc = c.clone();
-                        let s = load::run_op("prefill", 32, Caps::new(120.0, level - have), move |_, i| {
-                            let cc = cc.clone();
-                            async move { cc.append(sid, AID, i).await.map(|_| ()) }
-                        })
+                        let s = load::run_op(
+                            "prefill",
+                            32,
+                            Caps::new(120.0, level - have),
+                            move |_, i| {
+                                let cc = cc.clone();
+                                async move { cc.append(sid, AID, i).await.map(|_| ()) }
+                            },
+                        )
                         .await;
                         eprintln!("prefill {label} to {level}: {:.0} appends/s", s.ops_per_s);
                     }
@@ -574,8 +943,16 @@ async fn phase_scale(ctx: &mut Ctx) -> anyhow::Result<()> {
             let prefill_secs = t.elapsed().as_secs_f64();
             let at = count_messages(&c, sid).await?;
             let p = measure_appends(&c, sid, per_level).await;
-            eprintln!("{label} append at {at} messages: p50 {} µs (n={})", p.p50, p.n);
-            rows.push(ScaleRow { store: label.clone(), level: at, append: p, prefill_secs });
+            eprintln!(
+                "{label} append at {at} messages: p50 {} µs (n={})",
+                p.p50, p.n
+            );
+            rows.push(ScaleRow {
+                store: label.clone(),
+                level: at,
+                append: p,
+                prefill_secs,
+            });
         }
         if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
             let p5 = f64::from(last.append.p50) / f64::from(first.append.p50.max(1));
@@ -588,7 +965,9 @@ async fn phase_scale(ctx: &mut Ctx) -> anyhow::Result<()> {
             r.drop_db().await;
         }
     }
-    println!("\n### Append latency vs session length (one agent, c=1, {per_level} appends per point)\n");
+    println!(
+        "\n### Append latency vs session length (one agent, c=1, {per_level} appends per point)\n"
+    );
     println!("| store | messages | append p50 | p95 | p99 | pre-fill time |");
     println!("|---|---:|---:|---:|---:|---:|");
     for r in &ctx.r.scale {
@@ -622,8 +1001,14 @@ async fn phase_swap(ctx: &mut Ctx) -> anyhow::Result<()> {
     // (validator) keeps the write path hooked too.
     let hooks = vec![
         Hook::new("swap", &swap, "get", &["metadata.get"], "reuse"),
-        Hook::new("validate", &ctx.plugin("metadata_validator"), "before", &["metadata.update", "metadata.delete"], "reuse")
-            .extra("config = { types = { status = \"string\", turns = \"integer\" } }"),
+        Hook::new(
+            "validate",
+            &ctx.plugin("metadata_validator"),
+            "before",
+            &["metadata.update", "metadata.delete"],
+            "reuse",
+        )
+        .extra("config = { types = { status = \"string\", turns = \"integer\" } }"),
     ];
     let gw = ctx.start(Store::Embedded, hooks).await?;
     let workers = 16usize;
@@ -663,10 +1048,10 @@ async fn phase_swap(ctx: &mut Ctx) -> anyhow::Result<()> {
                     _ => c.list_latest(&sid, AID, 20).await.map(|_| ()),
                 };
                 let lat = t.elapsed().as_micros() as u32;
-                if let Err(e) = &r {
-                    if errs.len() < 3 {
-                        errs.push(e.to_string());
-                    }
+                if let Err(e) = &r
+                    && errs.len() < 3
+                {
+                    errs.push(e.to_string());
                 }
                 samples.push((at, lat, r.is_ok()));
                 i += 1;
@@ -682,8 +1067,14 @@ async fn phase_swap(ctx: &mut Ctx) -> anyhow::Result<()> {
         let t = Instant::now();
         std::fs::copy(src, &swap)?;
         let rep = c.reload().await;
-        swap_at.push((t.duration_since(start).as_micros() as u32, t.elapsed().as_micros() as u32));
-        reloads.push(rep.map(|b| b.json()).unwrap_or_else(|e| json!({ "error": e.to_string() })));
+        swap_at.push((
+            t.duration_since(start).as_micros() as u32,
+            t.elapsed().as_micros() as u32,
+        ));
+        reloads.push(
+            rep.map(|b| b.json())
+                .unwrap_or_else(|e| json!({ "error": e.to_string() })),
+        );
     }
     let mut samples = Vec::new();
     let mut errs = Vec::new();
@@ -694,17 +1085,36 @@ async fn phase_swap(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     let failed = samples.iter().filter(|s| !s.2).count() as u64;
     let window = 500_000u32;
-    let near = |at: u32, lat: u32| swap_at.iter().any(|&(s, d)| at + lat + window >= s && at <= s + d + window);
-    let mut around: Vec<u32> = samples.iter().filter(|s| near(s.0, s.1)).map(|s| s.1).collect();
-    let mut away: Vec<u32> = samples.iter().filter(|s| !near(s.0, s.1)).map(|s| s.1).collect();
+    let near = |at: u32, lat: u32| {
+        swap_at
+            .iter()
+            .any(|&(s, d)| at + lat + window >= s && at <= s + d + window)
+    };
+    let mut around: Vec<u32> = samples
+        .iter()
+        .filter(|s| near(s.0, s.1))
+        .map(|s| s.1)
+        .collect();
+    let mut away: Vec<u32> = samples
+        .iter()
+        .filter(|s| !near(s.0, s.1))
+        .map(|s| s.1)
+        .collect();
     around.sort_unstable();
     away.sort_unstable();
     let el = start.elapsed();
     let pa = Pct::of(&around, el);
     let pw = Pct::of(&away, el);
-    let reload_ms: Vec<f64> = swap_at.iter().map(|&(_, d)| f64::from(d) / 1000.0).collect();
-    println!("\n### Hot swap under load (embedded, {workers} workers, {swaps} swaps fixture_allow ⇄ fixture_deny + POST /v1/admin/reload)\n");
-    println!("| requests | failed | p50 / p99 within ±500 ms of a swap | p50 / p99 elsewhere | reload call (ms) | answers tagged v1 / v2 |");
+    let reload_ms: Vec<f64> = swap_at
+        .iter()
+        .map(|&(_, d)| f64::from(d) / 1000.0)
+        .collect();
+    println!(
+        "\n### Hot swap under load (embedded, {workers} workers, {swaps} swaps fixture_allow ⇄ fixture_deny + POST /v1/admin/reload)\n"
+    );
+    println!(
+        "| requests | failed | p50 / p99 within ±500 ms of a swap | p50 / p99 elsewhere | reload call (ms) | answers tagged v1 / v2 |"
+    );
     println!("|---:|---:|---:|---:|---|---:|");
     println!(
         "| {} | {failed} | {} / {} | {} / {} | {:?} | {} / {} |",
@@ -738,13 +1148,85 @@ async fn settle_rss(gw: &Gateway) -> u64 {
     gw.rss_kb()
 }
 
+/// Opens `n` SSE streams (on sessions `sse-<i>`, or all on `sse-0`), waits
+/// until they are open, reads RSS, closes them; returns (open, RSS during, RSS after).
+async fn hold_sse(
+    base: &str,
+    n: usize,
+    shared: bool,
+    gw: &Gateway,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let opened = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut holders = Vec::new();
+    for i in 0..n {
+        let url = format!(
+            "{base}/v1/sessions/sse-{}/events",
+            if shared { 0 } else { i }
+        );
+        let cl = client.clone();
+        let opened = opened.clone();
+        let mut stop = stop_rx.clone();
+        holders.push(tokio::spawn(async move {
+            if let Ok(resp) = cl.get(url).send().await
+                && resp.status().is_success()
+            {
+                opened.fetch_add(1, Ordering::Relaxed);
+                let _ = stop.wait_for(|s| *s).await;
+                drop(resp);
+            }
+        }));
+    }
+    let t = Instant::now();
+    while (opened.load(Ordering::Relaxed) as usize) < n && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = opened.load(Ordering::Relaxed);
+    let during = settle_rss(gw).await;
+    let _ = stop_tx.send(true);
+    for h in holders {
+        let _ = h.await;
+    }
+    let after = settle_rss(gw).await;
+    Ok((held, during, after))
+}
+
 async fn phase_memory(ctx: &mut Ctx) -> anyhow::Result<()> {
     let hooks = vec![
-        Hook::new("validate", &ctx.plugin("metadata_validator"), "before", &["metadata.update", "metadata.delete"], "reuse")
-            .extra("config = { types = { status = \"string\", turns = \"integer\" } }"),
-        Hook::new("redact", &ctx.plugin("metadata_redactor"), "get", &["metadata.get"], "reuse").extra("config = { mask = [\"api_key\"] }"),
-        Hook::new("audit", &ctx.plugin("audit_log"), "after", &["metadata.update", "metadata.delete", "feedback.add"], "reuse").extra("on_error = \"allow\""),
-        Hook::new("allow", &ctx.plugin("fixture_allow"), "before", &["metadata.update"], "reuse"),
+        Hook::new(
+            "validate",
+            &ctx.plugin("metadata_validator"),
+            "before",
+            &["metadata.update", "metadata.delete"],
+            "reuse",
+        )
+        .extra("config = { types = { status = \"string\", turns = \"integer\" } }"),
+        Hook::new(
+            "redact",
+            &ctx.plugin("metadata_redactor"),
+            "get",
+            &["metadata.get"],
+            "reuse",
+        )
+        .extra("config = { mask = [\"api_key\"] }"),
+        Hook::new(
+            "audit",
+            &ctx.plugin("audit_log"),
+            "after",
+            &["metadata.update", "metadata.delete", "feedback.add"],
+            "reuse",
+        )
+        .extra("on_error = \"allow\""),
+        Hook::new(
+            "allow",
+            &ctx.plugin("fixture_allow"),
+            "before",
+            &["metadata.update"],
+            "reuse",
+        ),
     ];
     let gw = ctx.start(Store::Embedded, hooks).await?;
     let c = Http::new(&gw.base, 16);
@@ -759,10 +1241,14 @@ async fn phase_memory(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     let idle = settle_rss(&gw).await;
     println!("\n### Memory (VmRSS of the gateway process)\n");
-    println!("idle with 4 plugins loaded (validator, redactor, audit-log, fixture_allow), after a few requests: {:.1} MB (at start: {:.1} MB)", idle as f64 / 1024.0, rss_start as f64 / 1024.0);
+    println!(
+        "idle with 4 plugins loaded (validator, redactor, audit-log, fixture_allow), after a few requests: {:.1} MB (at start: {:.1} MB)",
+        idle as f64 / 1024.0,
+        rss_start as f64 / 1024.0
+    );
     ctx.r.p7_idle_mb = Some(idle as f64 / 1024.0);
 
-    // (a) N open SSE streams, one per session.
+    // (a) N open SSE streams, one per session, then N on one shared session.
     let n_sse: usize = if ctx.a.quick { 300 } else { 1000 };
     let cc = c.clone();
     load::run_op("create", 16, Caps::new(60.0, n_sse as u64), move |_, i| {
@@ -770,50 +1256,38 @@ async fn phase_memory(ctx: &mut Ctx) -> anyhow::Result<()> {
         async move { cc.create_session(&format!("sse-{i}")).await.map(|_| ()) }
     })
     .await;
-    let before = settle_rss(&gw).await;
-    let sse_client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
-    let opened = Arc::new(AtomicU64::new(0));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut holders = Vec::new();
-    for i in 0..n_sse {
-        let url = format!("{}/v1/sessions/sse-{i}/events", gw.base);
-        let cl = sse_client.clone();
-        let opened = opened.clone();
-        let mut stop = stop_rx.clone();
-        holders.push(tokio::spawn(async move {
-            if let Ok(resp) = cl.get(url).send().await {
-                if resp.status().is_success() {
-                    opened.fetch_add(1, Ordering::Relaxed);
-                    let _ = stop.wait_for(|s| *s).await;
-                    drop(resp);
-                }
-            }
-        }));
+    let mut sse = Vec::new();
+    for shared in [false, true] {
+        let before = settle_rss(&gw).await;
+        let (held, during, after) = hold_sse(&gw.base, n_sse, shared, &gw).await?;
+        let per = (during as f64 - before as f64) / held.max(1) as f64;
+        println!(
+            "{held} open SSE streams ({}): RSS {:.1} → {:.1} MB = {per:.1} KB per stream (after closing: {:.1} MB)",
+            if shared {
+                "all on one session"
+            } else {
+                "one per session"
+            },
+            before as f64 / 1024.0,
+            during as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+        sse.push(json!({ "shared_session": shared, "streams": held, "before_kb": before, "during_kb": during, "after_kb": after, "per_stream_kb": per }));
     }
-    let t = Instant::now();
-    while (opened.load(Ordering::Relaxed) as usize) < n_sse && t.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let held = opened.load(Ordering::Relaxed);
-    let during = settle_rss(&gw).await;
-    let _ = stop_tx.send(true);
-    for h in holders {
-        let _ = h.await;
-    }
-    let after = settle_rss(&gw).await;
-    let per_sse = (during as f64 - before as f64) / held.max(1) as f64;
-    println!(
-        "{held} open SSE streams (one per session): RSS {:.1} → {:.1} MB = {per_sse:.1} KB per stream (after closing: {:.1} MB)",
-        before as f64 / 1024.0,
-        during as f64 / 1024.0,
-        after as f64 / 1024.0
-    );
+    let per_sse = sse[0]["per_stream_kb"].as_f64().unwrap_or(f64::NAN);
     gw.stop().await;
 
     // (b) N slow requests held in a before hook that spins until its timeout.
     let n_slow: usize = if ctx.a.quick { 32 } else { 64 };
     let hooks = vec![
-        Hook::new("loop", &ctx.plugin("fixture_loop"), "before", &["metadata.update"], "reuse").extra("timeout_ms = 2000\non_error = \"allow\""),
+        Hook::new(
+            "loop",
+            &ctx.plugin("fixture_loop"),
+            "before",
+            &["metadata.update"],
+            "reuse",
+        )
+        .extra("timeout_ms = 2000\non_error = \"allow\""),
     ];
     let gw = ctx.start(Store::Embedded, hooks).await?;
     let c = Http::new(&gw.base, n_slow);
@@ -826,7 +1300,9 @@ async fn phase_memory(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut reqs = Vec::new();
     for i in 0..n_slow {
         let c = c.clone();
-        reqs.push(tokio::spawn(async move { c.patch_metadata(&format!("slow-{i}"), 1).await.is_ok() }));
+        reqs.push(tokio::spawn(async move {
+            c.patch_metadata(&format!("slow-{i}"), 1).await.is_ok()
+        }));
     }
     let mut peak = 0;
     let t = Instant::now();
@@ -850,10 +1326,13 @@ async fn phase_memory(ctx: &mut Ctx) -> anyhow::Result<()> {
     );
     gw.stop().await;
     ctx.r.p7_per_request_kb = Some(per_sse);
-    println!("\nP7 = idle {:.1} MB with 4 plugins; {per_sse:.1} KB per in-flight request (open SSE stream); {per_slow:.1} KB per request held in a hook", idle as f64 / 1024.0);
+    println!(
+        "\nP7 = idle {:.1} MB with 4 plugins; {per_sse:.1} KB per in-flight request (open SSE stream); {per_slow:.1} KB per request held in a hook",
+        idle as f64 / 1024.0
+    );
     ctx.r.memory = json!({
         "rss_start_kb": rss_start, "idle_kb": idle,
-        "sse": { "streams": held, "before_kb": before, "during_kb": during, "after_kb": after, "per_stream_kb": per_sse },
+        "sse": sse,
         "slow_hook": { "requests": n_slow, "answered": ok, "before_kb": before_slow, "peak_kb": peak, "after_kb": after_slow, "per_request_kb": per_slow },
     });
     Ok(())
@@ -866,37 +1345,107 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 }
 
 fn verdicts(r: &Report) -> Vec<(String, String, String, Option<bool>)> {
-    let p5max = r.p5.values().cloned().fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    let p5max =
+        r.p5.values()
+            .cloned()
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
     vec![
-        ("P1 gateway/raw ops/s at c=32".into(), "≥ 0.85".into(), fmt_opt(r.p1, |v| format!("{v:.2}")), r.p1.map(|v| v >= 0.85)),
-        ("P2 added p50 (c=1)".into(), "≤ 150 µs".into(), fmt_opt(r.p2_us, |v| format!("{v:.0} µs")), r.p2_us.map(|v| v <= 150.0)),
-        ("P3 3 hooks, reuse".into(), "≤ 15 µs".into(), fmt_opt(r.p3_reuse_us, |v| format!("{v:.0} µs")), r.p3_reuse_us.map(|v| v <= 15.0)),
-        ("P3 3 hooks, per-call".into(), "≤ 75 µs".into(), fmt_opt(r.p3_per_call_us, |v| format!("{v:.0} µs")), r.p3_per_call_us.map(|v| v <= 75.0)),
-        ("P4 gateway/peer ops/s at c=16".into(), "≥ 3".into(), fmt_opt(r.p4, |v| format!("{v:.2}")), r.p4.map(|v| v >= 3.0)),
+        (
+            "P1 gateway/raw ops/s at c=32".into(),
+            "≥ 0.85".into(),
+            fmt_opt(r.p1, |v| format!("{v:.3}")),
+            r.p1.map(|v| v >= 0.85),
+        ),
+        (
+            "P2 added p50 (c=1)".into(),
+            "≤ 150 µs".into(),
+            fmt_opt(r.p2_us, |v| format!("{v:.0} µs")),
+            r.p2_us.map(|v| v <= 150.0),
+        ),
+        (
+            "P3 3 hooks, reuse".into(),
+            "≤ 15 µs".into(),
+            fmt_opt(r.p3_reuse_us, |v| format!("{v:.0} µs")),
+            r.p3_reuse_us.map(|v| v <= 15.0),
+        ),
+        (
+            "P3 3 hooks, per-call".into(),
+            "≤ 75 µs".into(),
+            fmt_opt(r.p3_per_call_us, |v| format!("{v:.0} µs")),
+            r.p3_per_call_us.map(|v| v <= 75.0),
+        ),
+        (
+            "P4 gateway/peer ops/s at c=16".into(),
+            "≥ 3".into(),
+            fmt_opt(r.p4, |v| format!("{v:.2}")),
+            r.p4.map(|v| v >= 3.0),
+        ),
         (
             "P5 append p50@50k ÷ p50@10".into(),
             "≤ 1.5".into(),
-            if r.p5.is_empty() { "n/a".into() } else { r.p5.iter().map(|(k, v)| format!("{v:.2} ({k})")).collect::<Vec<_>>().join(", ") },
+            if r.p5.is_empty() {
+                "n/a".into()
+            } else {
+                r.p5.iter()
+                    .map(|(k, v)| format!("{v:.2} ({k})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             p5max.map(|v| v <= 1.5),
         ),
-        ("P6 failed requests during swaps".into(), "= 0".into(), r.p6.map_or("n/a".into(), |v| v.to_string()), r.p6.map(|v| v == 0)),
-        ("P7 RSS idle, 4 plugins".into(), "≤ 64 MB".into(), fmt_opt(r.p7_idle_mb, |v| format!("{v:.1} MB")), r.p7_idle_mb.map(|v| v <= 64.0)),
-        ("P7 RSS per in-flight request".into(), "≤ 20 KB".into(), fmt_opt(r.p7_per_request_kb, |v| format!("{v:.1} KB")), r.p7_per_request_kb.map(|v| v <= 20.0)),
+        (
+            "P6 failed requests during swaps".into(),
+            "= 0".into(),
+            r.p6.map_or("n/a".into(), |v| v.to_string()),
+            r.p6.map(|v| v == 0),
+        ),
+        (
+            "P7 RSS idle, 4 plugins".into(),
+            "≤ 64 MB".into(),
+            fmt_opt(r.p7_idle_mb, |v| format!("{v:.1} MB")),
+            r.p7_idle_mb.map(|v| v <= 64.0),
+        ),
+        (
+            "P7 RSS per in-flight request".into(),
+            "≤ 20 KB".into(),
+            fmt_opt(r.p7_per_request_kb, |v| format!("{v:.1} KB")),
+            r.p7_per_request_kb.map(|v| v <= 20.0),
+        ),
     ]
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let bin = std::fs::canonicalize(&a.gateway_bin).with_context(|| format!("{} (build it: cargo build --release --bin gateway)", a.gateway_bin.display()))?;
-    let plugins = std::fs::canonicalize(&a.plugins).with_context(|| format!("{} (run plugins/build.sh)", a.plugins.display()))?;
+    let bin = std::fs::canonicalize(&a.gateway_bin).with_context(|| {
+        format!(
+            "{} (build it: cargo build --release --bin gateway)",
+            a.gateway_bin.display()
+        )
+    })?;
+    let plugins = std::fs::canonicalize(&a.plugins)
+        .with_context(|| format!("{} (run plugins/build.sh)", a.plugins.display()))?;
     std::fs::create_dir_all(&a.cache_dir)?;
     let cache = std::fs::canonicalize(&a.cache_dir)?;
     let secs = a.point_secs.unwrap_or(if a.quick { 1.5 } else { 6.0 });
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let mut ctx = Ctx { a, bin, plugins, cache, secs, run_id, r: Report { machine: machine(), ..Default::default() } };
+    let mut ctx = Ctx {
+        a,
+        bin,
+        plugins,
+        cache,
+        secs,
+        run_id,
+        r: Report {
+            machine: machine(),
+            ..Default::default()
+        },
+    };
     let started = Instant::now();
-    println!("# Session gateway benchmark{}", if ctx.a.quick { " (quick)" } else { "" });
+    println!(
+        "# Session gateway benchmark{}",
+        if ctx.a.quick { " (quick)" } else { "" }
+    );
     println!(
         "\nmachine: {} × {} cores, {} GiB RAM; {}; load average at start {}",
         ctx.r.machine["cpu"].as_str().unwrap_or("?"),
@@ -905,9 +1454,24 @@ async fn main() -> anyhow::Result<()> {
         ctx.r.machine["date"].as_str().unwrap_or("?"),
         loadavg()
     );
-    println!("MongoDB: {}", ctx.mongo().map_or("none (embedded only)".into(), |u| format!("{} at {u}", ctx.a.server_label)));
-    println!("gateway: {}; {} s per load point", ctx.bin.display(), ctx.secs);
-    type PhaseFn = for<'a> fn(&'a mut Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
+    println!(
+        "MongoDB: {}",
+        ctx.mongo()
+            .map_or("none (embedded only)".into(), |u| format!(
+                "{} at {u}",
+                ctx.a.server_label
+            ))
+    );
+    println!(
+        "gateway: {}; {} s per load point",
+        ctx.bin.display(),
+        ctx.secs
+    );
+    type PhaseFn = for<'a> fn(
+        &'a mut Ctx,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
+    >;
     let phases: Vec<(&str, PhaseFn)> = vec![
         ("mix", |c| Box::pin(phase_mix(c))),
         ("hooks", |c| Box::pin(phase_hooks(c))),
@@ -933,7 +1497,10 @@ async fn main() -> anyhow::Result<()> {
     println!("| figure | target | measured | met |");
     println!("|---|---|---:|---|");
     for (f, t, m, ok) in verdicts(r) {
-        println!("| {f} | {t} | {m} | {} |", ok.map_or("n/a", |b| if b { "yes" } else { "**no**" }));
+        println!(
+            "| {f} | {t} | {m} | {} |",
+            ok.map_or("n/a", |b| if b { "yes" } else { "**no**" })
+        );
     }
     if !r.notes.is_empty() {
         println!("\nnotes:");
@@ -941,8 +1508,19 @@ async fn main() -> anyhow::Result<()> {
             println!("- {n}");
         }
     }
-    let p5 = if r.p5.is_empty() { "n/a".to_owned() } else { r.p5.values().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join("/") };
-    println!("\nload average at end {}; total {:.1} s", loadavg(), started.elapsed().as_secs_f64());
+    let p5 = if r.p5.is_empty() {
+        "n/a".to_owned()
+    } else {
+        r.p5.values()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    println!(
+        "\nload average at end {}; total {:.1} s",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "\nP1={} P2={} P3={}/{} P4={} P5={} P6={} P7={}/{}",
         fmt_opt(r.p1, |v| format!("{v:.2}")),

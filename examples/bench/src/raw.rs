@@ -16,7 +16,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReadPreference, ReturnDocument, SelectionCriteria, WriteConcern};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, IndexOptions, ReadPreference, ReturnDocument, SelectionCriteria,
+    WriteConcern,
+};
 use mongodb::{Client, ClientSession, Collection, IndexModel};
 use serde_json::value::RawValue;
 
@@ -40,7 +43,10 @@ fn now_ms() -> i64 {
 fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -54,7 +60,10 @@ fn int(d: &Document, k: &str) -> i64 {
 }
 
 fn agent_n(d: &Document, aid: &str) -> i64 {
-    d.get_document("agents").ok().and_then(|a| a.get_document(aid).ok()).map_or(0, |a| int(a, "n"))
+    d.get_document("agents")
+        .ok()
+        .and_then(|a| a.get_document(aid).ok())
+        .map_or(0, |a| int(a, "n"))
 }
 
 #[derive(serde::Serialize)]
@@ -71,11 +80,18 @@ impl Raw {
     /// Connects like the gateway does (pool 100, w=majority, j=true) and
     /// creates the gateway's indexes in database `db`.
     pub async fn connect(uri: &str, db: &str) -> anyhow::Result<Arc<Self>> {
-        let mut o = ClientOptions::parse(uri).await.context("parsing the MongoDB URI")?;
+        let mut o = ClientOptions::parse(uri)
+            .await
+            .context("parsing the MongoDB URI")?;
         o.app_name = Some("bench-raw".into());
         o.max_pool_size = Some(100);
         o.min_pool_size = Some(0);
-        o.write_concern = Some(WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build());
+        o.write_concern = Some(
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build(),
+        );
         o.retry_reads = Some(true);
         o.retry_writes = Some(true);
         let client = Client::with_options(o)?;
@@ -88,11 +104,27 @@ impl Raw {
             events: d.collection("events"),
             client,
         };
-        let idx = |k: Document, unique: bool| IndexModel::builder().keys(k).options(IndexOptions::builder().unique(unique).build()).build();
-        r.sessions.create_indexes([idx(doc! {"created_at": 1}, false), idx(doc! {"updated_at": 1}, false)]).await?;
-        r.agents.create_index(idx(doc! {"uid": 1, "agent_id": 1}, true)).await?;
-        r.messages.create_index(idx(doc! {"uid": 1, "agent_id": 1, "message_id": 1}, true)).await?;
-        r.feedbacks.create_index(idx(doc! {"uid": 1, "idx": 1}, true)).await?;
+        let idx = |k: Document, unique: bool| {
+            IndexModel::builder()
+                .keys(k)
+                .options(IndexOptions::builder().unique(unique).build())
+                .build()
+        };
+        r.sessions
+            .create_indexes([
+                idx(doc! {"created_at": 1}, false),
+                idx(doc! {"updated_at": 1}, false),
+            ])
+            .await?;
+        r.agents
+            .create_index(idx(doc! {"uid": 1, "agent_id": 1}, true))
+            .await?;
+        r.messages
+            .create_index(idx(doc! {"uid": 1, "agent_id": 1, "message_id": 1}, true))
+            .await?;
+        r.feedbacks
+            .create_index(idx(doc! {"uid": 1, "idx": 1}, true))
+            .await?;
         r.events
             .create_indexes([
                 idx(doc! {"key": 1, "seq": 1}, true),
@@ -105,7 +137,9 @@ impl Raw {
 
     async fn begin(&self) -> anyhow::Result<ClientSession> {
         let mut s = self.client.start_session().await?;
-        s.start_transaction().selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary)).await?;
+        s.start_transaction()
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+            .await?;
         Ok(s)
     }
 
@@ -114,7 +148,16 @@ impl Raw {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn event(&self, s: &mut ClientSession, sid: &str, stype: &str, seq: i64, kind: &str, now: i64, payload: serde_json::Value) -> anyhow::Result<()> {
+    async fn event(
+        &self,
+        s: &mut ClientSession,
+        sid: &str,
+        stype: &str,
+        seq: i64,
+        kind: &str,
+        now: i64,
+        payload: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let ev = serde_json::json!({
             "tenant": "default", "session_id": sid, "session_type": stype, "seq": seq,
             "type": kind, "ts": now, "payload": payload,
@@ -157,7 +200,16 @@ impl Raw {
             .await?
             .context("upsert returned nothing")?;
         let payload = serde_json::json!({ "session_type": "AGENT", "metadata": Bson::Document(meta).into_relaxed_extjson() });
-        self.event(&mut s, sid, "AGENT", int(&after, "seq"), "session.created", now, payload).await?;
+        self.event(
+            &mut s,
+            sid,
+            "AGENT",
+            int(&after, "seq"),
+            "session.created",
+            now,
+            payload,
+        )
+        .await?;
         s.commit_transaction().await?;
         Ok(())
     }
@@ -175,14 +227,21 @@ impl Raw {
         let mut s = self.begin().await?;
         let after = self
             .sessions
-            .find_one_and_update(Self::live(&key), doc! { "$inc": inc, "$set": { "updated_at": DateTime::from_millis(now) } })
+            .find_one_and_update(
+                Self::live(&key),
+                doc! { "$inc": inc, "$set": { "updated_at": DateTime::from_millis(now) } },
+            )
             .return_document(ReturnDocument::After)
             .projection(proj)
             .session(&mut s)
             .await?
             .context("session not found")?;
         let uid = int(&after, "uid");
-        let version = after.get_document("agents").ok().and_then(|a| a.get_document(aid).ok()).map_or(0, |a| int(a, "v"));
+        let version = after
+            .get_document("agents")
+            .ok()
+            .and_then(|a| a.get_document(aid).ok())
+            .map_or(0, |a| int(a, "v"));
         self.agents
             .find_one_and_update(
                 doc! { "uid": uid, "agent_id": aid },
@@ -193,8 +252,18 @@ impl Raw {
             .projection(doc! { "created_at": 1 })
             .session(&mut s)
             .await?;
-        let payload = serde_json::json!({ "agent_id": aid, "version": version, "created": version == 1 });
-        self.event(&mut s, sid, after.get_str("session_type").unwrap_or("AGENT"), int(&after, "seq"), "agent.updated", now, payload).await?;
+        let payload =
+            serde_json::json!({ "agent_id": aid, "version": version, "created": version == 1 });
+        self.event(
+            &mut s,
+            sid,
+            after.get_str("session_type").unwrap_or("AGENT"),
+            int(&after, "seq"),
+            "agent.updated",
+            now,
+            payload,
+        )
+        .await?;
         s.commit_transaction().await?;
         Ok(())
     }
@@ -203,8 +272,13 @@ impl Raw {
     pub async fn append(&self, sid: &str, aid: &str, i: u64) -> anyhow::Result<()> {
         let key = format!("default/{sid}");
         let now = now_ms();
-        let text = if i % 2 == 0 { user_message(i) } else { assistant_message(i) };
-        let metrics: Option<serde_json::Value> = (i % 2 == 1).then(|| serde_json::from_str(METRICS).unwrap_or_default());
+        let text = if i.is_multiple_of(2) {
+            user_message(i)
+        } else {
+            assistant_message(i)
+        };
+        let metrics: Option<serde_json::Value> =
+            (!i.is_multiple_of(2)).then(|| serde_json::from_str(METRICS).unwrap_or_default());
         let mut filter = Self::live(&key);
         filter.insert(format!("agents.{aid}"), doc! { "$exists": true });
         let mut inc = doc! { "seq": 1i64 };
@@ -214,7 +288,10 @@ impl Raw {
         let mut s = self.begin().await?;
         let after = self
             .sessions
-            .find_one_and_update(filter, doc! { "$inc": inc, "$set": { "updated_at": DateTime::from_millis(now) } })
+            .find_one_and_update(
+                filter,
+                doc! { "$inc": inc, "$set": { "updated_at": DateTime::from_millis(now) } },
+            )
             .return_document(ReturnDocument::After)
             .projection(proj)
             .session(&mut s)
@@ -236,8 +313,18 @@ impl Raw {
             .insert_one(doc! { "uid": uid, "agent_id": aid, "message_id": next, "doc": &doc_text })
             .session(&mut s)
             .await?;
-        let payload = serde_json::json!({ "agent_id": aid, "message": serde_json::to_value(&msg)? });
-        self.event(&mut s, sid, after.get_str("session_type").unwrap_or("AGENT"), int(&after, "seq"), "message.appended", now, payload).await?;
+        let payload =
+            serde_json::json!({ "agent_id": aid, "message": serde_json::to_value(&msg)? });
+        self.event(
+            &mut s,
+            sid,
+            after.get_str("session_type").unwrap_or("AGENT"),
+            int(&after, "seq"),
+            "message.appended",
+            now,
+            payload,
+        )
+        .await?;
         s.commit_transaction().await?;
         Ok(())
     }
@@ -247,7 +334,12 @@ impl Raw {
         let key = format!("default/{sid}");
         let mut proj = doc! { "uid": 1 };
         proj.insert(format!("agents.{aid}"), 1);
-        let d = self.sessions.find_one(Self::live(&key)).projection(proj).await?.context("session not found")?;
+        let d = self
+            .sessions
+            .find_one(Self::live(&key))
+            .projection(proj)
+            .await?
+            .context("session not found")?;
         let total = agent_n(&d, aid);
         let docs: Vec<Document> = self
             .messages
@@ -268,7 +360,11 @@ impl Raw {
     /// Session header by `_id`, converted to JSON.
     pub async fn get_session(&self, sid: &str) -> anyhow::Result<usize> {
         let key = format!("default/{sid}");
-        let d = self.sessions.find_one(Self::live(&key)).await?.context("session not found")?;
+        let d = self
+            .sessions
+            .find_one(Self::live(&key))
+            .await?
+            .context("session not found")?;
         let v = Bson::Document(d).into_relaxed_extjson();
         Ok(serde_json::to_vec(&v)?.len())
     }
@@ -294,7 +390,16 @@ impl Raw {
             .await?
             .context("session not found")?;
         let payload = serde_json::json!({ "set": { "status": "active", "turns": i, "user.last_seen": last_seen } });
-        self.event(&mut s, sid, before.get_str("session_type").unwrap_or("AGENT"), int(&before, "seq") + 1, "metadata.updated", now, payload).await?;
+        self.event(
+            &mut s,
+            sid,
+            before.get_str("session_type").unwrap_or("AGENT"),
+            int(&before, "seq") + 1,
+            "metadata.updated",
+            now,
+            payload,
+        )
+        .await?;
         s.commit_transaction().await?;
         Ok(())
     }
@@ -324,8 +429,16 @@ impl Raw {
             .insert_one(doc! { "uid": int(&after, "uid"), "idx": idx, "body": serde_json::to_string(&body)? })
             .session(&mut s)
             .await?;
-        self.event(&mut s, sid, after.get_str("session_type").unwrap_or("AGENT"), int(&after, "seq"), "feedback.added", now, serde_json::json!({ "feedback": body }))
-            .await?;
+        self.event(
+            &mut s,
+            sid,
+            after.get_str("session_type").unwrap_or("AGENT"),
+            int(&after, "seq"),
+            "feedback.added",
+            now,
+            serde_json::json!({ "feedback": body }),
+        )
+        .await?;
         s.commit_transaction().await?;
         Ok(())
     }
@@ -346,14 +459,25 @@ impl Raw {
     /// message counter to `to`, following the schema in
     /// `gateway/src/store/mongo.rs`. Much faster than HTTP appends, which a
     /// gateway serialises per session.
-    pub async fn prefill(&self, db: &str, sid: &str, aid: &str, from: u64, to: u64) -> anyhow::Result<()> {
+    pub async fn prefill(
+        &self,
+        db: &str,
+        sid: &str,
+        aid: &str,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<()> {
         let d = self.client.database(db);
         let sessions: Collection<Document> = d.collection("sessions");
         let messages: Collection<Document> = d.collection("messages");
         let key = format!("default/{sid}");
         let mut proj = doc! { "uid": 1 };
         proj.insert(format!("agents.{aid}"), 1);
-        let sd = sessions.find_one(Self::live(&key)).projection(proj).await?.context("prefill: session not found")?;
+        let sd = sessions
+            .find_one(Self::live(&key))
+            .projection(proj)
+            .await?
+            .context("prefill: session not found")?;
         let uid = int(&sd, "uid");
         let n = agent_n(&sd, aid) as u64;
         if n != from {
@@ -365,7 +489,11 @@ impl Raw {
             let end = (i + 1000).min(to);
             let mut batch = Vec::with_capacity((end - i) as usize);
             for k in i..end {
-                let text = if k % 2 == 0 { user_message(k) } else { assistant_message(k) };
+                let text = if k.is_multiple_of(2) {
+                    user_message(k)
+                } else {
+                    assistant_message(k)
+                };
                 let raw: Box<RawValue> = RawValue::from_string(text)?;
                 let msg = Msg {
                     message_id: k as i64,
@@ -382,7 +510,9 @@ impl Raw {
         }
         let mut set = Document::new();
         set.insert(format!("agents.{aid}.n"), to as i64);
-        sessions.update_one(doc! { "_id": &key }, doc! { "$set": set }).await?;
+        sessions
+            .update_one(doc! { "_id": &key }, doc! { "$set": set })
+            .await?;
         Ok(())
     }
 }

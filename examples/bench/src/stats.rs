@@ -97,7 +97,8 @@ impl Pct {
         if sorted.is_empty() {
             return Self::default();
         }
-        let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let at =
+            |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
         Self {
             n: sorted.len() as u64,
             ops_per_s: sorted.len() as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -150,7 +151,10 @@ pub struct Caps {
 impl Caps {
     /// A phase of at most `secs` seconds and `ops` operations.
     pub fn new(secs: f64, ops: u64) -> Self {
-        Self { max_ops: ops, max_time: Duration::from_secs_f64(secs) }
+        Self {
+            max_ops: ops,
+            max_time: Duration::from_secs_f64(secs),
+        }
     }
 }
 
