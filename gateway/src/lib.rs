@@ -75,7 +75,10 @@ impl AppState {
     /// Tells the event processor and the session's subscribers that a change
     /// was committed in a session.
     pub fn committed(&self, t: &model::Tenant, sid: &str) {
-        self.events_wake.notify_one();
+        // Only events some after-hook observes are queued for the processor.
+        if self.hooks.snapshot().after_hooked() != store::AfterHooked::default() {
+            self.events_wake.notify_one();
+        }
         self.hub.committed(t, sid);
     }
 }
@@ -145,7 +148,7 @@ impl Gateway {
                  Use this only for local development; see [auth] in gateway.toml to require API keys."
             );
         }
-        let hooks = Arc::new(HookHost::start(&config, config_path).await?);
+        let hooks = Arc::new(HookHost::start(&config, config_path, store.clone()).await?);
         let (stop, stop_rx) = watch::channel(false);
         let guard = Arc::new(limits::Guard::new(
             auth::Keys::new(&config.auth),

@@ -26,6 +26,9 @@ use gateway::store::{
 };
 use serde_json::{Value, json};
 
+/// Every event type an after-hook can observe.
+const ALL_HOOKED: gateway::store::AfterHooked = gateway::store::AfterHooked(0b111);
+
 type Store = Arc<dyn SessionStore>;
 
 // ---- harness ----
@@ -38,6 +41,8 @@ where
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Store =
         Arc::new(EmbeddedStore::open(&dir.path().join("data/db.redb")).expect("open redb"));
+    // As a gateway with after-hooks on every hookable event type.
+    store.set_after_hooked(ALL_HOOKED);
     let res = tokio::spawn(case(store)).await;
     drop(dir);
     if let Err(e) = res {
@@ -82,6 +87,7 @@ where
 {
     let Some(cfg) = mongo_config() else { return };
     let store: Store = Arc::new(MongoStore::connect(&cfg).await.expect("connect to MongoDB"));
+    store.set_after_hooked(ALL_HOOKED);
     let res = tokio::spawn(case(store)).await;
     drop_database(&cfg).await;
     if let Err(e) = res {

@@ -34,6 +34,25 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The event types some after-hook observes.
+    pub fn after_hooked(&self) -> crate::store::AfterHooked {
+        let mut kinds = crate::store::AfterHooked::default();
+        for p in self
+            .plugins
+            .iter()
+            .filter(|p| p.config.phase == HookPhase::After)
+        {
+            for e in &p.config.events {
+                kinds = kinds.with(match e.as_str() {
+                    "metadata.update" => EventType::MetadataUpdated,
+                    "metadata.delete" => EventType::MetadataDeleted,
+                    _ => EventType::FeedbackAdded,
+                });
+            }
+        }
+        kinds
+    }
+
     fn chain(&self, phase: HookPhase, event: &str) -> Vec<Arc<Plugin>> {
         self.plugins
             .iter()
@@ -63,6 +82,8 @@ pub struct ReloadReport {
 /// Loads, swaps and runs hooks.
 pub struct HookHost {
     runtime: Arc<Runtime>,
+    /// The store, told which events to queue for after-hooks on every (re)load.
+    store: Arc<dyn SessionStore>,
     current: RwLock<Arc<Loaded>>,
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -106,10 +127,15 @@ impl HookHost {
     ///
     /// # Errors
     /// When the engine cannot be built or a required plugin fails to load.
-    pub async fn start(config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub async fn start(
+        config: &Config,
+        config_path: Option<PathBuf>,
+        store: Arc<dyn SessionStore>,
+    ) -> anyhow::Result<Self> {
         let runtime = Arc::new(Runtime::new(&config.plugins.cache_dir)?);
         let host = Self {
             runtime,
+            store,
             current: RwLock::new(Arc::new(Loaded::default())),
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
@@ -208,7 +234,10 @@ impl HookHost {
                 report.removed.push(p.config.name.clone());
             }
         }
-        *self.current.write().expect("hooks lock") = Arc::new(Loaded { plugins: next });
+        let loaded = Loaded { plugins: next };
+        self.runtime.set_active(!loaded.plugins.is_empty());
+        self.store.set_after_hooked(loaded.after_hooked());
+        *self.current.write().expect("hooks lock") = Arc::new(loaded);
         *self.last_report.lock().expect("report lock") = report.clone();
         report
     }

@@ -44,12 +44,15 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 const MAX_PUBLISH_PER_CALL: usize = 64;
 /// Least time an instance's start-up may take before it is stopped.
 const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
+/// Epoch tick while no plugin is loaded.
+const IDLE_TICK: Duration = Duration::from_millis(100);
 /// Epoch tick.
 const TICK: Duration = Duration::from_millis(1);
 
 /// The process-wide engine and linker.
 pub struct Runtime {
     engine: Engine,
+    active: Arc<std::sync::atomic::AtomicBool>,
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     _ticker: Ticker,
@@ -93,22 +96,35 @@ impl Runtime {
             .context("linking gateway:hooks@0.1.0")?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (e, s) = (engine.clone(), stop.clone());
+        let active = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e, s, a) = (engine.clone(), stop.clone(), active.clone());
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
+                    // With no plugin loaded nothing runs wasm: tick slowly
+                    // instead of waking the CPU a thousand times a second.
+                    std::thread::sleep(if a.load(Ordering::Relaxed) {
+                        TICK
+                    } else {
+                        IDLE_TICK
+                    });
                     e.increment_epoch();
                 }
             })
             .context("starting the epoch ticker")?;
         Ok(Self {
             engine,
+            active,
             linker,
             cache_dir: cache_dir.to_owned(),
             _ticker: Ticker(stop),
         })
+    }
+
+    /// Whether any plugin is loaded (the epoch ticker runs at full rate only then).
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Relaxed);
     }
 
     /// The engine (for `plugin check`).

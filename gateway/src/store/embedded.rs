@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention, SessionStore,
-    StoreError, StoreResult, SweepReport,
+    AfterHooked, Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention,
+    SessionStore, StoreError, StoreResult, SweepReport,
 };
 use crate::metadata::{self, MetadataChange};
 use crate::model::{
@@ -120,14 +120,6 @@ fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(b).map_err(internal)
 }
 
-/// Whether an event type is observed by after-hooks (and so queued for them).
-pub(crate) fn hooked(kind: EventType) -> bool {
-    matches!(
-        kind,
-        EventType::MetadataUpdated | EventType::MetadataDeleted | EventType::FeedbackAdded
-    )
-}
-
 type Completion = Box<dyn FnOnce(Option<StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Completion) + Send>;
 
@@ -135,6 +127,7 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Completion) + Send>;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     retention: std::sync::RwLock<Arc<Retention>>,
+    after_hooked: std::sync::atomic::AtomicU8,
     writer: Option<mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -202,9 +195,14 @@ impl EmbeddedStore {
         Ok(Self {
             db,
             retention: std::sync::RwLock::new(Arc::new(Retention::default())),
+            after_hooked: std::sync::atomic::AtomicU8::new(0),
             writer: Some(tx),
             writer_thread: Some(thread),
         })
+    }
+
+    fn after_hooked(&self) -> AfterHooked {
+        AfterHooked(self.after_hooked.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn retention(&self) -> Arc<Retention> {
@@ -327,8 +325,10 @@ fn save_session(txn: &WriteTransaction, key: &str, rec: &SessionRecord) -> Store
 
 /// Bumps the session's sequence, stamps `updated_at`, records the event (and
 /// queues it for after-hooks when hooked), and saves the header.
+#[allow(clippy::too_many_arguments)]
 fn record_event(
     txn: &WriteTransaction,
+    hooked: AfterHooked,
     t: &Tenant,
     key: &str,
     rec: &mut SessionRecord,
@@ -355,7 +355,7 @@ fn record_event(
         .map_err(internal)?
         .insert((now, key, rec.seq), ())
         .map_err(internal)?;
-    if hooked(kind) {
+    if hooked.contains(kind) {
         txn.open_table(HOOK_QUEUE)
             .map_err(internal)?
             .insert((key, rec.seq), 0i64)
@@ -477,6 +477,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn create_session(&self, t: &Tenant, new: NewSession) -> StoreResult<Session> {
+        let hooked = self.after_hooked();
         let sid = new
             .session_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -514,6 +515,7 @@ impl SessionStore for EmbeddedStore {
             });
             record_event(
                 txn,
+                hooked,
                 &t,
                 &key,
                 &mut rec,
@@ -601,6 +603,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn delete_session(&self, t: &Tenant, sid: &str) -> StoreResult<()> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         let t = t.clone();
         let sid = sid.to_owned();
@@ -613,6 +616,7 @@ impl SessionStore for EmbeddedStore {
             rec.agents.clear();
             record_event(
                 txn,
+                hooked,
                 &t,
                 &key,
                 &mut rec,
@@ -633,6 +637,7 @@ impl SessionStore for EmbeddedStore {
         body: JsonObject,
         if_match: Option<u64>,
     ) -> StoreResult<(Agent, bool)> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         let t = t.clone();
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
@@ -671,6 +676,7 @@ impl SessionStore for EmbeddedStore {
             });
             record_event(
                 txn,
+                hooked,
                 &t,
                 &key,
                 &mut rec,
@@ -730,6 +736,7 @@ impl SessionStore for EmbeddedStore {
         aid: &str,
         input: MessageInput,
     ) -> StoreResult<Appended> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         let t = t.clone();
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
@@ -771,6 +778,7 @@ impl SessionStore for EmbeddedStore {
             let payload = message_event_payload(&aid, &msg);
             record_event(
                 txn,
+                hooked,
                 &t,
                 &key,
                 &mut rec,
@@ -854,6 +862,7 @@ impl SessionStore for EmbeddedStore {
         mid: u64,
         patch: MessagePatch,
     ) -> StoreResult<Message> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         let t = t.clone();
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
@@ -874,6 +883,7 @@ impl SessionStore for EmbeddedStore {
             let payload = message_event_payload(&aid, &msg);
             record_event(
                 txn,
+                hooked,
                 &t,
                 &key,
                 &mut rec,
@@ -904,6 +914,7 @@ impl SessionStore for EmbeddedStore {
         sid: &str,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         let t = t.clone();
         let sid = sid.to_owned();
@@ -922,7 +933,7 @@ impl SessionStore for EmbeddedStore {
                 MetadataChange::Update(_) => EventType::MetadataUpdated,
                 MetadataChange::Delete(_) => EventType::MetadataDeleted,
             };
-            let seq = record_event(txn, &t, &key, &mut rec, kind, now_ms(), payload)?;
+            let seq = record_event(txn, hooked, &t, &key, &mut rec, kind, now_ms(), payload)?;
             Ok(MetadataResult {
                 metadata: applied.metadata,
                 changed: applied.changed,
@@ -933,6 +944,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         let t = t.clone();
         let sid = sid.to_owned();
@@ -950,6 +962,7 @@ impl SessionStore for EmbeddedStore {
             let payload = serde_json::json!({ "feedback": body });
             record_event(
                 txn,
+                hooked,
                 &t,
                 &key,
                 &mut rec,
@@ -1044,11 +1057,17 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
+    fn set_after_hooked(&self, kinds: AfterHooked) {
+        self.after_hooked
+            .store(kinds.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn set_retention(&self, retention: Retention) {
         *self.retention.write().expect("retention lock") = Arc::new(retention);
     }
 
     async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport> {
+        let hooked = self.after_hooked();
         let ret = self.retention();
         self.write(move |txn| {
             let mut report = SweepReport::default();
@@ -1082,6 +1101,7 @@ impl SessionStore for EmbeddedStore {
                 let payload = serde_json::json!({ "reason": "expired" });
                 record_event(
                     txn,
+                    hooked,
                     &tenant,
                     &key,
                     &mut rec,

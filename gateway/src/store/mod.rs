@@ -187,6 +187,34 @@ impl Retention {
     }
 }
 
+/// Which event types have after-hooks configured, as a bit set: only those
+/// events are queued for the after-hook processor, so a gateway without
+/// after-hooks pays nothing for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfterHooked(pub u8);
+
+impl AfterHooked {
+    fn bit(kind: crate::model::EventType) -> u8 {
+        use crate::model::EventType as E;
+        match kind {
+            E::MetadataUpdated => 1,
+            E::MetadataDeleted => 2,
+            E::FeedbackAdded => 4,
+            _ => 0,
+        }
+    }
+
+    /// Adds an event type.
+    pub fn with(self, kind: crate::model::EventType) -> Self {
+        Self(self.0 | Self::bit(kind))
+    }
+
+    /// Whether events of this type go to the after-hook queue.
+    pub fn contains(self, kind: crate::model::EventType) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+}
+
 /// What one retention sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
@@ -290,6 +318,10 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Lists a session's feedbacks in the order they were added.
     async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>>;
+
+    /// Sets which event types are queued for after-hooks (changed on reload;
+    /// events committed before keep the flag they were written with).
+    fn set_after_hooked(&self, kinds: AfterHooked);
 
     /// Applies a retention policy: from now on, sessions past it read as
     /// missing everywhere, and [`SessionStore::sweep_expired`] removes them.

@@ -73,10 +73,10 @@ use mongodb::options::{
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::Value;
 
-use super::embedded::{hooked, message_conflict, message_event_payload, message_gap};
+use super::embedded::{message_conflict, message_event_payload, message_gap};
 use super::{
-    Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention, SessionStore,
-    StoreError, StoreResult, SweepReport,
+    AfterHooked, Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention,
+    SessionStore, StoreError, StoreResult, SweepReport,
 };
 use crate::config::MongoConfig;
 use crate::metadata::{self, MetadataChange};
@@ -133,6 +133,7 @@ pub struct MongoStore {
     retention: RwLock<Arc<Retention>>,
     locks: SessionLocks,
     pool: Arc<PoolStats>,
+    after_hooked: std::sync::atomic::AtomicU8,
 }
 
 /// Connection-pool gauges and counters, kept from the driver's CMAP events.
@@ -682,6 +683,10 @@ async fn sweep_purges(c: Colls) {
 }
 
 impl MongoStore {
+    fn after_hooked(&self) -> AfterHooked {
+        AfterHooked(self.after_hooked.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Connects with one pooled client configured from `cfg`, creates the
     /// indexes (idempotent) and starts a sweep of unfinished purges.
     ///
@@ -745,6 +750,7 @@ impl MongoStore {
             retention: RwLock::new(Arc::new(Retention::default())),
             locks: SessionLocks::default(),
             pool,
+            after_hooked: std::sync::atomic::AtomicU8::new(0),
         };
         let started = std::time::Instant::now();
         tracing::info!("creating MongoDB indexes (idempotent)");
@@ -949,7 +955,7 @@ impl MongoStore {
             "type": kind.as_str(),
             "doc": to_json_text(&ev)?,
             "ts": date(now),
-            "hooks_pending": hooked(kind),
+            "hooks_pending": self.after_hooked().contains(kind),
             "lease_until": 0i64,
         };
         self.c.events.insert_one(d).session(&mut *s).await?;
@@ -2082,6 +2088,11 @@ impl SessionStore for MongoStore {
     }
 
     /// Every gateway pointed at the database writes to it.
+    fn set_after_hooked(&self, kinds: AfterHooked) {
+        self.after_hooked
+            .store(kinds.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn metrics_text(&self) -> String {
         self.pool.render()
     }
