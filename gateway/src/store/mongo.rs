@@ -259,14 +259,8 @@ fn is_connectivity(e: &MongoError) -> bool {
 }
 
 fn is_unavailable(e: &MongoError) -> bool {
-    matches!(
-        e.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::DnsResolve { .. }
-            | ErrorKind::Shutdown
-    ) || error_code(e).is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
+    is_connectivity(e)
+        || error_code(e).is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
         || e.contains_label(TRANSIENT_TRANSACTION_ERROR)
         || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
 }
