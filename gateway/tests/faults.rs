@@ -5,29 +5,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Backend;
+use common::{Backend, GatewayProcess, KillOnDrop, free_port, wait_port};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Writes a gateway.toml for `backend` into `dir`; `None` when the backend is unavailable.
-fn write_config(
-    dir: &Path,
-    backend: Backend,
-    port: u16,
-    mongo_uri: Option<&str>,
-    db: &str,
-) -> PathBuf {
+/// A gateway.toml for `backend`.
+fn gateway_config(backend: Backend, port: u16, mongo_uri: Option<&str>, db: &str) -> String {
     let storage = match backend {
         Backend::Embedded => {
             "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = \"data/gateway.redb\"\n"
@@ -38,58 +24,9 @@ fn write_config(
             mongo_uri.unwrap()
         ),
     };
-    let text = format!(
+    format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n{storage}[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A gateway child process; killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn spawn_gateway(config: &Path, port: u16) -> Proc {
-    let log_path = config.with_file_name("gateway.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(config)
-        .env_remove("MONGODB_URI")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("gateway binary runs");
-    let proc = Proc(child);
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status() == StatusCode::OK
-        {
-            return proc;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not become ready; its log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    )
 }
 
 /// SIGKILL the gateway while clients append continuously; after a restart
@@ -105,8 +42,8 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let db = format!("gw_crash_{}", uuid::Uuid::new_v4().simple());
-    let config = write_config(dir.path(), backend, port, mongo_uri.as_deref(), &db);
-    let gw = spawn_gateway(&config, port).await;
+    let config = gateway_config(backend, port, mongo_uri.as_deref(), &db);
+    let gw = GatewayProcess::start(dir.path(), &config, "info").await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -153,8 +90,7 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut gw = gw;
-    gw.0.kill().unwrap(); // SIGKILL
-    gw.0.wait().unwrap();
+    gw.kill(); // SIGKILL
     let mut acked = Vec::new();
     for w in writers {
         acked.push(w.await.unwrap());
@@ -165,7 +101,7 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
         "too few writes acknowledged before the kill ({total})"
     );
 
-    let _gw = spawn_gateway(&config, port).await;
+    let _gw = GatewayProcess::start(dir.path(), &config, "info").await;
     for (w, acks) in acked.iter().enumerate() {
         let r = client
             .get(format!(
@@ -238,8 +174,8 @@ fn secantusd() -> Option<PathBuf> {
     found
 }
 
-fn start_wire_server(bin: &Path, port: u16, dir: &Path) -> Proc {
-    Proc(
+fn start_wire_server(bin: &Path, port: u16, dir: &Path) -> KillOnDrop {
+    KillOnDrop(
         Command::new(bin)
             .args([
                 "--host",
@@ -257,17 +193,6 @@ fn start_wire_server(bin: &Path, port: u16, dir: &Path) -> Proc {
     )
 }
 
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "wire server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// MongoDB goes away mid-load: requests fail fast with 503 store_unavailable,
 /// /readyz turns 503; it comes back: service resumes without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,12 +201,15 @@ async fn mongodb_outage_fails_fast_and_recovers() {
     let data = tempfile::tempdir().unwrap();
     let mport = free_port();
     let server = start_wire_server(&bin, mport, data.path());
-    wait_port(mport).await;
+    assert!(
+        wait_port(mport, Duration::from_secs(60)).await,
+        "wire server did not start"
+    );
     let uri = format!("mongodb://127.0.0.1:{mport}");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), Backend::Mongo, port, Some(&uri), "outage");
-    let _gw = spawn_gateway(&config, port).await;
+    let config = gateway_config(Backend::Mongo, port, Some(&uri), "outage");
+    let _gw = GatewayProcess::start(dir.path(), &config, "info").await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -324,7 +252,10 @@ async fn mongodb_outage_fails_fast_and_recovers() {
     );
 
     let _server = start_wire_server(&bin, mport, data.path());
-    wait_port(mport).await;
+    assert!(
+        wait_port(mport, Duration::from_secs(60)).await,
+        "wire server did not start"
+    );
     let back = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::{Backend, TestGateway, hook};
+use common::{Backend, GatewayProcess, TestGateway, free_port, hook, wait_port};
 use gateway::config::{AwsConfig, HookConfig, NotifyConfig, NotifyTarget, TargetKind};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -29,29 +29,6 @@ const REGION: &str = "us-east-1";
 const DELIVERY: Duration = Duration::from_secs(20);
 /// How long we watch for an unexpected extra message.
 const GRACE: Duration = Duration::from_millis(1_500);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something accepts connections on `port`.
-async fn wait_port(port: u16, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
 
 /// A moto_server process we started (and stop on drop).
 struct Moto {
@@ -704,90 +681,6 @@ async fn outage_delays_but_does_not_lose_or_block() {
     gw.stop().await;
 }
 
-/// The gateway binary with a config of its own.
-struct Process {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Process {
-    async fn start(dir: &Path, config: &str) -> Self {
-        let cfg = dir.join("gateway.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let port: u16 = config
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
-            .and_then(|p| p.trim_end_matches('"').parse().ok())
-            .expect("listen in config");
-        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let log = dir.join(format!(
-            "gateway-{}.log",
-            RUNS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "info,gateway=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let mut p = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", p.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return p;
-            }
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("gateway exited with {status}:\n{}", p.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not become ready:\n{}",
-                p.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- gateway log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
-    }
-}
-
 fn binary_config(port: u16, endpoint: &str, targets: &[(&str, &str)], ui: &str) -> String {
     let mut t = String::new();
     for (name, arn) in targets {
@@ -864,9 +757,10 @@ async fn sigkill_after_ack_loses_nothing() {
     // First run: AWS unreachable (nothing listens there), so nothing can be
     // delivered before the kill.
     let unreachable = format!("http://127.0.0.1:{}", free_port());
-    let mut gw = Process::start(
+    let mut gw = GatewayProcess::start(
         dir.path(),
         &binary_config(port, &unreachable, &targets, &ui),
+        "info,gateway=debug",
     )
     .await;
     let c = reqwest::Client::new();
@@ -905,9 +799,10 @@ async fn sigkill_after_ack_loses_nothing() {
     // Second run, same data, AWS reachable. Events the killed process had
     // claimed but not completed are re-run once their claim lease (30 s, see
     // `events.rs`) expires, so allow for that.
-    let mut gw = Process::start(
+    let mut gw = GatewayProcess::start(
         dir.path(),
         &binary_config(port, &moto.endpoint(), &targets, &ui),
+        "info,gateway=debug",
     )
     .await;
     let within = Duration::from_secs(30) + DELIVERY;

@@ -3,21 +3,12 @@
 //! BENCHMARKS.md); run with
 //! `cargo test --release -p session-gateway --test sse_idle -- --ignored --nocapture`.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{GatewayProcess, free_port, rss_kb};
 use serde_json::json;
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run explicitly (see module docs)"]
@@ -25,33 +16,16 @@ async fn thousand_idle_subscribers() {
     const SUBSCRIBERS: usize = 1_000;
     const SESSIONS: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
     );
-    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(dir.path().join("gateway.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let gw = GatewayProcess::start(dir.path(), &config, "warn").await;
+    let base = gw.base.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     for s in 0..SESSIONS {
         client
             .post(format!("{base}/v1/sessions"))
@@ -61,7 +35,7 @@ async fn thousand_idle_subscribers() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kb(child.id());
+    let before = rss_kb(gw.pid());
     let mut streams = Vec::with_capacity(SUBSCRIBERS);
     for i in 0..SUBSCRIBERS {
         let c = reqwest::Client::new(); // one connection each, like real subscribers
@@ -74,7 +48,7 @@ async fn thousand_idle_subscribers() {
         streams.push((c, r));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kb(child.id());
+    let after = rss_kb(gw.pid());
     // Every subscriber still gets the next change of its session.
     for s in 0..SESSIONS {
         client
@@ -96,6 +70,5 @@ async fn thousand_idle_subscribers() {
         (after as f64 - before as f64) / SUBSCRIBERS as f64
     );
     assert_eq!(delivered, SUBSCRIBERS);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gw);
 }

@@ -235,3 +235,145 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`; false after `within`.
+pub async fn wait_port(port: u16, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Resident set size of a process in kB (0 when unknown).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A child process, SIGKILLed and reaped on drop.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The gateway binary, run with a config of its own: killed on drop, its log
+/// printed when the test panics.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// stdout and stderr of this run.
+    pub log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Writes `config` to `dir/gateway.toml` and starts the binary on it with
+    /// `RUST_LOG=rust_log` and without `MONGODB_URI` (the config names the
+    /// store); returns once `/readyz` answers 200. `config` must listen on
+    /// `127.0.0.1:<port>`. Each run in `dir` logs to its own file.
+    pub async fn start(dir: &std::path::Path, config: &str, rust_log: &str) -> Self {
+        let cfg = dir.join("gateway.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let port: u16 = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .expect("the config listens on 127.0.0.1:<port>");
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = dir.join(format!(
+            "gateway-{}.log",
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", rust_log)
+            .env_remove("MONGODB_URI")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("the gateway binary runs");
+        let mut p = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", p.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return p;
+            }
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("gateway exited with {status}:\n{}", p.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not become ready:\n{}",
+                p.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- gateway log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
