@@ -192,12 +192,17 @@ pub struct StorageConfig {
 pub struct EmbeddedConfig {
     /// Database file; its directory is created when missing.
     pub path: PathBuf,
+    /// Most memory (MiB) the store keeps for cached database pages; the
+    /// operating system's file cache comes on top. redb's own default, 1 GiB,
+    /// lets a busy gateway's RSS creep up for a long time.
+    pub cache_mb: usize,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("data/gateway.redb"),
+            cache_mb: 128,
         }
     }
 }

@@ -110,7 +110,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>
             let path = &config.storage.embedded.path;
             tracing::info!(path = %path.display(), "opening embedded store");
             Arc::new(
-                store::embedded::EmbeddedStore::open(path)
+                store::embedded::EmbeddedStore::open(path, config.storage.embedded.cache_mb)
                     .with_context(|| format!("opening {}", path.display()))?,
             )
         }

@@ -476,8 +476,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn drains_with_bounded_concurrency() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn SessionStore> =
-            Arc::new(crate::store::embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let store: Arc<dyn SessionStore> = Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("db"), 16).unwrap(),
+        );
         let mut items: Vec<OutboxItem> = (0..20)
             .map(|i| item(i, if i % 4 == 0 { "flaky" } else { "q" }))
             .collect();

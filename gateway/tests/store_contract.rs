@@ -40,7 +40,7 @@ where
 {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Store =
-        Arc::new(EmbeddedStore::open(&dir.path().join("data/db.redb")).expect("open redb"));
+        Arc::new(EmbeddedStore::open(&dir.path().join("data/db.redb"), 64).expect("open redb"));
     // As a gateway with after-hooks on every hookable event type.
     store.set_after_hooked(ALL_HOOKED);
     let res = tokio::spawn(case(store)).await;

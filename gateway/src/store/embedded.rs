@@ -144,16 +144,19 @@ impl Drop for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`, creating its tables.
+    /// Opens (or creates) the database file at `path`, creating its tables,
+    /// with a page cache of at most `cache_mb` MiB.
     ///
     /// # Errors
     /// When the file cannot be opened or is not a redb database.
-    pub fn open(path: &Path) -> StoreResult<Self> {
+    pub fn open(path: &Path, cache_mb: usize) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| internal(format!("cannot create directory {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path)
+        let db = Database::builder()
+            .set_cache_size(cache_mb.saturating_mul(1 << 20))
+            .create(path)
             .map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(internal)?;
         {
