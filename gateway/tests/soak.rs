@@ -3,23 +3,14 @@
 //! gateway's RSS growth. Asserts only that nothing failed: the figures are
 //! printed, not asserted (timings belong in BENCHMARKS.md).
 
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use common::{GatewayProcess, free_port, rss_kb};
 use serde_json::{Value, json};
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_mixed_load() {
@@ -28,43 +19,22 @@ async fn soak_mixed_load() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let plugins = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    let port = free_port();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
          [retention]\nevents = \"30s\"\nsweep_interval_ms = 5000\n\
          [[hooks]]\nname = \"validate\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\nconfig = {{ types = {{ status = \"string\" }} }}\n\
          [[hooks]]\nname = \"audit\"\nwasm = {:?}\nevents = [\"metadata.update\", \"feedback.add\"]\nphase = \"after\"\n",
-        plugins
-            .join("metadata_validator.wasm")
-            .display()
-            .to_string(),
-        plugins.join("audit_log.wasm").display().to_string(),
+        common::plugin("metadata_validator").display().to_string(),
+        common::plugin("audit_log").display().to_string(),
     );
-    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(dir.path().join("gateway.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
+    let gw = GatewayProcess::start(dir.path(), &config, "warn").await;
+    let pid = gw.pid();
+    let base = gw.base.clone();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let warm_until = Instant::now() + Duration::from_secs(secs.min(60) / 6);
@@ -138,10 +108,23 @@ async fn soak_mixed_load() {
             }
         }));
     }
+    // RSS once a minute, so a long soak shows a trend, not just two points.
+    let started = Instant::now();
+    let mut samples = Vec::new();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if rss_after_warmup == 0 && Instant::now() >= warm_until {
             rss_after_warmup = rss_kb(pid);
+        }
+        let minute = started.elapsed().as_secs() / 60;
+        if minute > samples.len() as u64 {
+            samples.push(rss_kb(pid));
+            println!(
+                "soak: {minute} min, {} ok, {} failed, RSS {} kB",
+                ok.load(Relaxed),
+                failed.load(Relaxed),
+                samples[samples.len() - 1]
+            );
         }
     }
     for w in workers {
@@ -154,8 +137,7 @@ async fn soak_mixed_load() {
         ok as f64 / secs as f64,
         rss_end as i64 - rss_after_warmup as i64
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gw);
     assert_eq!(failed, 0, "requests failed during the soak");
     assert!(ok > 0);
 }
