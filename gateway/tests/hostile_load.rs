@@ -23,6 +23,30 @@ use common::{Backend, TestGateway, hook};
 use reqwest::StatusCode;
 use serde_json::json;
 
+/// One ordinary request: the latest 20 messages of a session no hook touches.
+async fn ordinary_request(c: &reqwest::Client, base: &str) {
+    let r = c
+        .get(format!(
+            "{base}/v1/sessions/ok/agents/bot/messages?latest=20"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.bytes().await;
+}
+
+/// Every task's latencies, in one sorted list.
+async fn sorted(tasks: Vec<tokio::task::JoinHandle<Vec<u128>>>) -> Vec<u128> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    all
+}
+
+/// Ordinary requests from 4 clients in a closed loop, as fast as they go.
 async fn ordinary_load(gw: &TestGateway, secs: u64) -> Vec<u128> {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -32,26 +56,13 @@ async fn ordinary_load(gw: &TestGateway, secs: u64) -> Vec<u128> {
             let mut lat = Vec::new();
             while Instant::now() < end {
                 let t = Instant::now();
-                let r = c
-                    .get(format!(
-                        "{base}/v1/sessions/ok/agents/bot/messages?latest=20"
-                    ))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), StatusCode::OK);
-                let _ = r.bytes().await;
+                ordinary_request(&c, &base).await;
                 lat.push(t.elapsed().as_micros());
             }
             lat
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_unstable();
-    all
+    sorted(tasks).await
 }
 
 /// Ordinary requests at `rate` per second, from tasks that each send one
@@ -73,15 +84,7 @@ async fn paced_load(gw: &TestGateway, secs: u64, rate: u64) -> Vec<u128> {
             while due < end {
                 tokio::time::sleep_until(due.into()).await;
                 let from = if last_done > due { due } else { Instant::now() };
-                let r = c
-                    .get(format!(
-                        "{base}/v1/sessions/ok/agents/bot/messages?latest=20"
-                    ))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), StatusCode::OK);
-                let _ = r.bytes().await;
+                ordinary_request(&c, &base).await;
                 last_done = Instant::now();
                 lat.push((last_done - from).as_micros());
                 due += every;
@@ -89,12 +92,7 @@ async fn paced_load(gw: &TestGateway, secs: u64, rate: u64) -> Vec<u128> {
             lat
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_unstable();
-    all
+    sorted(tasks).await
 }
 
 fn pct(v: &[u128], p: f64) -> u128 {
