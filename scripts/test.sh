@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs what a fresh machine lacks (wasm32-wasip2 target, a
-# Python venv with SecantusDB and moto), builds the plugins, starts a
+# Python venv with SecantusDB and moto), builds the plugins (Rust, JS, Python), starts a
 # MongoDB-wire server on 127.0.0.1, and runs the whole suite against both stores.
 #
 #   scripts/test.sh            # everything
@@ -16,6 +16,8 @@ bash plugins/build.sh
 echo "== JavaScript plugin (componentize-qjs, from npm)"
 bash plugins/js/build.sh
 (cd plugins/js && npm test --silent)
+echo "== Python plugin (componentize-py, from PyPI)"
+VENV="$VENV" bash plugins/python/build.sh
 
 start_mongo_wire
 trap stop_services EXIT

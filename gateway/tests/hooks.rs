@@ -260,19 +260,13 @@ async fn reuse_and_per_call_instances() {
             StatusCode::OK
         );
     }
-    let (_, plugins) = gw.get("/v1/admin/plugins").await;
-    let by = |n: &str| {
-        plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(by("reuse")["calls"], 10);
-    assert_eq!(by("reuse")["instantiations"], 1);
-    assert_eq!(by("fresh")["instantiations"], 10);
+    let (reuse, fresh) = (
+        gw.plugin_stats("reuse").await,
+        gw.plugin_stats("fresh").await,
+    );
+    assert_eq!(reuse["calls"], 10);
+    assert_eq!(reuse["instantiations"], 1);
+    assert_eq!(fresh["instantiations"], 10);
 }
 
 fn write_config(

@@ -173,6 +173,17 @@ impl TestGateway {
         let (s, _, v) = self.call(Method::GET, path, None).await;
         (s, v)
     }
+    /// One plugin's entry in `GET /v1/admin/plugins` (panics when absent).
+    pub async fn plugin_stats(&self, name: &str) -> Value {
+        let (_, plugins) = self.get("/v1/admin/plugins").await;
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no plugin {name:?} in {plugins}"))
+            .clone()
+    }
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let (s, _, v) = self.call(Method::POST, path, Some(body)).await;
         (s, v)
@@ -376,4 +387,45 @@ impl Drop for GatewayProcess {
             );
         }
     }
+}
+
+/// Serializes the start of gateways whose plugins embed a whole language
+/// runtime (JS, Python): those take seconds to compile in a debug build, so
+/// only the first start compiles and the others load the shared artifact.
+pub static SLOW_PLUGIN_START: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A compiled-artifact cache shared by the tests of one such plugin, under
+/// CARGO_TARGET_TMPDIR (keyed by the wasm's sha256 and the engine hash, and
+/// checksummed: safe to share). Builds of those plugins are not byte-for-byte
+/// reproducible, so artifacts of other builds are removed once per run.
+pub fn shared_plugin_cache(wasm: &str) -> PathBuf {
+    static PRUNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{wasm}-cache"));
+    let mut pruned = PRUNED.lock().unwrap();
+    if !pruned.iter().any(|w| w == wasm) {
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(std::fs::read(plugin(wasm)).unwrap()));
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(&sha) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        pruned.push(wasm.to_owned());
+    }
+    dir
+}
+
+/// A gateway on the embedded store with `hooks` that load `wasm`, compiled
+/// into [`shared_plugin_cache`] and started one at a time.
+pub async fn gateway_with_slow_plugin(wasm: &str, hooks: Vec<HookConfig>) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Embedded, &dir).expect("embedded store");
+    cfg.plugins.cache_dir = shared_plugin_cache(wasm);
+    cfg.hooks = hooks;
+    let mut gw = {
+        let _one_at_a_time = SLOW_PLUGIN_START.lock().await;
+        TestGateway::start(cfg).await
+    };
+    gw.dir = Some(dir);
+    gw
 }
