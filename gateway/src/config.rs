@@ -378,6 +378,37 @@ pub struct HookConfig {
     /// The plugin's own settings, handed to it as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,
+    /// Quarantine per tenant after repeated failures.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// `breaker` of a `[[hooks]]` entry: when one tenant's calls to the plugin
+/// fail at least `failures` times and at least `failure_ratio` of the time
+/// within `window_ms`, the plugin is skipped for that tenant for
+/// `cooldown_ms` (its calls get the `on_error` outcome at once).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failed calls in one window that trip the breaker; 0 turns it off.
+    pub failures: u32,
+    /// Least share of the window's calls that must have failed (0 < r <= 1).
+    pub failure_ratio: f64,
+    /// Length of the counting window.
+    pub window_ms: u64,
+    /// How long the plugin is skipped for the tenant once tripped.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            failure_ratio: 0.5,
+            window_ms: 10_000,
+            cooldown_ms: 30_000,
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -767,6 +798,17 @@ impl Config {
                     h.name
                 ));
             }
+            let b = &h.breaker;
+            if b.failures > 0
+                && (!(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0)
+                    || b.window_ms == 0
+                    || b.cooldown_ms == 0)
+            {
+                return invalid(format!(
+                    "hooks.{}: breaker.failure_ratio must be in (0, 1], and breaker.window_ms and breaker.cooldown_ms positive",
+                    h.name
+                ));
+            }
             if let Some(pin) = &h.sha256
                 && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
             {
@@ -873,6 +915,36 @@ phase = "before"
 "#;
         let err = Config::parse(text).unwrap_err();
         assert!(err.to_string().contains("not valid for phase"), "{err}");
+    }
+
+    #[test]
+    fn breaker_settings() {
+        let hook = |breaker: &str| {
+            format!(
+                "[[hooks]]\nname = \"x\"\nwasm = \"x.wasm\"\nevents = [\"metadata.update\"]\nphase = \"before\"\n{breaker}\n"
+            )
+        };
+        let cfg = Config::parse(&hook("")).unwrap();
+        assert_eq!(cfg.hooks[0].breaker, BreakerConfig::default());
+        let cfg = Config::parse(&hook("breaker = { failures = 2, cooldown_ms = 500 }")).unwrap();
+        assert_eq!(cfg.hooks[0].breaker.failures, 2);
+        assert_eq!(cfg.hooks[0].breaker.cooldown_ms, 500);
+        assert_eq!(cfg.hooks[0].breaker.window_ms, 10_000);
+        // Off: the other settings do not matter.
+        Config::parse(&hook("breaker = { failures = 0, failure_ratio = 0.0 }")).unwrap();
+        for bad in [
+            "breaker = { failure_ratio = 0.0 }",
+            "breaker = { failure_ratio = 1.5 }",
+            "breaker = { window_ms = 0 }",
+            "breaker = { cooldown_ms = 0 }",
+        ] {
+            let err = Config::parse(&hook(bad)).unwrap_err().to_string();
+            assert!(err.contains("breaker."), "{bad}: {err}");
+        }
+        let err = Config::parse(&hook("breaker = { failurs = 3 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failurs"), "{err}");
     }
 }
 

@@ -176,42 +176,48 @@ pub async fn render(state: &AppState) -> String {
         }
     }
 
+    type Read = fn(&crate::hooks::runtime::Plugin) -> f64;
+    let per_plugin: [(&str, &str, Read); 6] = [
+        ("gateway_hook_calls_total", "Hook calls by plugin.", |p| {
+            p.meta.stats.calls.load(Relaxed) as f64
+        }),
+        (
+            "gateway_hook_errors_total",
+            "Failed hook calls (trap, timeout, limit, bad output) by plugin.",
+            |p| p.meta.stats.errors.load(Relaxed) as f64,
+        ),
+        (
+            "gateway_hook_latency_seconds_sum",
+            "Total time spent in hook calls by plugin.",
+            |p| p.meta.stats.latency_us_total.load(Relaxed) as f64 / 1e6,
+        ),
+        (
+            "gateway_hook_publish_refused_total",
+            "publish calls refused for lack of a grant.",
+            |p| p.meta.stats.publish_refused.load(Relaxed) as f64,
+        ),
+        (
+            "gateway_hook_quarantines_total",
+            "Times a plugin was quarantined for a tenant after repeated failures.",
+            |p| p.breakers.trips.load(Relaxed) as f64,
+        ),
+        (
+            "gateway_hook_quarantined_calls_total",
+            "Hook calls skipped (on_error outcome) during a quarantine.",
+            |p| p.breakers.skipped.load(Relaxed) as f64,
+        ),
+    ];
     let plugins = state.hooks.snapshot();
-    out.push_str("# HELP gateway_hook_calls_total Hook calls by plugin.\n# TYPE gateway_hook_calls_total counter\n");
-    for p in &plugins.plugins {
-        let _ = writeln!(
-            out,
-            "gateway_hook_calls_total{{plugin=\"{}\"}} {}",
-            escape(&p.meta.name),
-            p.meta.stats.calls.load(Relaxed)
-        );
-    }
-    out.push_str("# HELP gateway_hook_errors_total Failed hook calls (trap, timeout, limit, bad output) by plugin.\n# TYPE gateway_hook_errors_total counter\n");
-    for p in &plugins.plugins {
-        let _ = writeln!(
-            out,
-            "gateway_hook_errors_total{{plugin=\"{}\"}} {}",
-            escape(&p.meta.name),
-            p.meta.stats.errors.load(Relaxed)
-        );
-    }
-    out.push_str("# HELP gateway_hook_latency_seconds_sum Total time spent in hook calls by plugin.\n# TYPE gateway_hook_latency_seconds_sum counter\n");
-    for p in &plugins.plugins {
-        let _ = writeln!(
-            out,
-            "gateway_hook_latency_seconds_sum{{plugin=\"{}\"}} {}",
-            escape(&p.meta.name),
-            p.meta.stats.latency_us_total.load(Relaxed) as f64 / 1e6
-        );
-    }
-    out.push_str("# HELP gateway_hook_publish_refused_total publish calls refused for lack of a grant.\n# TYPE gateway_hook_publish_refused_total counter\n");
-    for p in &plugins.plugins {
-        let _ = writeln!(
-            out,
-            "gateway_hook_publish_refused_total{{plugin=\"{}\"}} {}",
-            escape(&p.meta.name),
-            p.meta.stats.publish_refused.load(Relaxed)
-        );
+    for (name, help, read) in per_plugin {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for p in &plugins.plugins {
+            let _ = writeln!(
+                out,
+                "{name}{{plugin=\"{}\"}} {}",
+                escape(&p.meta.name),
+                read(p)
+            );
+        }
     }
 
     out.push_str("# HELP gateway_sse_feeds Sessions with live SSE subscribers.\n# TYPE gateway_sse_feeds gauge\n");

@@ -870,9 +870,37 @@ pub struct PluginInfo {
     pub latency_us_avg: u64,
     /// Longest call latency, µs.
     pub latency_us_max: u64,
+    /// Per-tenant quarantine after repeated failures.
+    pub breaker: BreakerInfo,
     /// Why the last reload of this plugin failed (the previous version serves), or null.
     #[schema(required = true)]
     pub last_error: Option<String>,
+}
+
+/// A plugin's breaker: its settings and what it has done.
+#[derive(ToSchema)]
+pub struct BreakerInfo {
+    /// The `breaker` settings in force.
+    pub config: BreakerSettings,
+    /// Times the plugin was quarantined for a tenant.
+    pub trips: u64,
+    /// Calls skipped (given the `on_error` outcome) during quarantines.
+    pub skipped_calls: u64,
+    /// Tenants for whom the plugin is quarantined now.
+    pub quarantined_tenants: Vec<String>,
+}
+
+/// `breaker` of a `[[hooks]]` entry.
+#[derive(ToSchema)]
+pub struct BreakerSettings {
+    /// Failed calls in one window that trip the breaker; 0 means off.
+    pub failures: u32,
+    /// Least share of the window's calls that must have failed.
+    pub failure_ratio: f64,
+    /// Length of the counting window, ms.
+    pub window_ms: u64,
+    /// Quarantine length, ms.
+    pub cooldown_ms: u64,
 }
 
 /// The outcome of a (re)load.

@@ -537,3 +537,185 @@ async fn rewrites_are_chained_and_stored() {
         true
     );
 }
+
+/// A plugin that keeps failing for one tenant is quarantined for that tenant
+/// only: its calls get the `on_error` outcome at once (503 with Retry-After
+/// when it fails closed), other tenants keep running it, and after the
+/// cool-down it runs again on probation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_quarantine_the_plugin_per_tenant() {
+    use gateway::auth::{AuthConfig, AuthMode, KeyConfig, Role, hash_key, new_key};
+    let breaker = "breaker = { failures = 3, cooldown_ms = 1500 }";
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(Backend::Embedded, &dir).unwrap();
+    cfg.hooks = vec![
+        hook(
+            "closed",
+            "fixture_trap",
+            "before",
+            &["metadata.delete"],
+            breaker,
+        ),
+        hook(
+            "open",
+            "fixture_trap",
+            "before",
+            &["metadata.update"],
+            &format!("on_error = \"allow\"\n{breaker}"),
+        ),
+    ];
+    let (a, b, admin) = (new_key(), new_key(), new_key());
+    let entry = |id: &str, tenant: &str, role, key: &str| KeyConfig {
+        id: id.into(),
+        tenant: tenant.into(),
+        role,
+        sha256: hash_key(key),
+    };
+    cfg.auth = AuthConfig {
+        mode: AuthMode::Keys,
+        keys: vec![
+            entry("a", "team-a", Role::Agent, &a),
+            entry("b", "team-b", Role::Agent, &b),
+            entry("admin", "ops", Role::Admin, &admin),
+        ],
+    };
+    let gw = TestGateway::start(cfg).await;
+    let send = |key: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = gw
+            .client
+            .request(method, format!("{}{path}", gw.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move { TestGateway::parts(req.send().await.unwrap()).await }
+    };
+    let delete = |key: &str| {
+        send(
+            key,
+            reqwest::Method::DELETE,
+            "/v1/sessions/s/metadata?keys=k",
+            None,
+        )
+    };
+    let plugin = |name: &'static str| {
+        let f = send(&admin, reqwest::Method::GET, "/v1/admin/plugins", None);
+        async move {
+            let (_, _, v) = f.await;
+            v["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()
+                .clone()
+        }
+    };
+    for key in [&a, &b] {
+        let body = json!({"session_id": "s", "metadata": {"k": 1}});
+        let (s, _, v) = send(key, reqwest::Method::POST, "/v1/sessions", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    // Fail closed: three traps, then a quarantine for team-a.
+    for _ in 0..3 {
+        let (s, _, v) = delete(&a).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("closed: trapped"),
+            "{v}"
+        );
+    }
+    let (s, headers, v) = delete(&a).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, "hook_failed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed: quarantined"),
+        "{v}"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // team-b still runs the plugin (and is refused by the trap itself).
+    let (s, _, v) = delete(&b).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed: trapped"),
+        "{v}"
+    );
+    let closed = plugin("closed").await;
+    assert_eq!(closed["errors"], 4, "{closed}");
+    assert_eq!(closed["breaker"]["trips"], 1, "{closed}");
+    assert_eq!(closed["breaker"]["skipped_calls"], 1, "{closed}");
+    assert_eq!(
+        closed["breaker"]["quarantined_tenants"],
+        json!(["team-a"]),
+        "{closed}"
+    );
+
+    // Fail open: the change goes through either way; once quarantined the
+    // plugin is not even called.
+    for i in 0..4 {
+        let (s, _, v) = send(
+            &a,
+            reqwest::Method::PATCH,
+            "/v1/sessions/s/metadata",
+            Some(json!({ "n": i })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let open = plugin("open").await;
+    assert_eq!(open["calls"], 3, "{open}");
+    assert_eq!(open["breaker"]["skipped_calls"], 1, "{open}");
+
+    // After the cool-down the plugin runs again; one more failure re-trips it.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (_, _, v) = delete(&a).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed: trapped"),
+        "{v}"
+    );
+    let (_, _, v) = delete(&a).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed: quarantined"),
+        "{v}"
+    );
+    assert_eq!(plugin("closed").await["breaker"]["trips"], 2);
+    // Nothing was deleted by any of it.
+    let (_, _, v) = send(&a, reqwest::Method::GET, "/v1/sessions/s/metadata", None).await;
+    assert_eq!(v["k"], 1, "{v}");
+
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_hook_quarantines_total{plugin=\"closed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_hook_quarantined_calls_total{plugin=\"open\"} 1"),
+        "{metrics}"
+    );
+}

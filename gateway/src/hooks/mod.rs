@@ -9,6 +9,7 @@
 //! A request takes a snapshot ([`Loaded`]) of the plugin set when it starts, so
 //! a reload never changes the plugins under an in-flight request.
 
+pub mod breaker;
 pub mod runtime;
 pub mod v0_1_0;
 
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use self::runtime::{CallError, Plugin, Runtime};
+use self::runtime::{CallError, Plugin, Runtime, Verdict};
 use self::v0_1_0 as v1;
 use crate::config::{Config, HookConfig, HookPhase};
 use crate::error::AppError;
@@ -94,7 +95,10 @@ fn hook_failed(p: &Plugin, e: &CallError) -> AppError {
     AppError::Unavailable {
         code: "hook_failed",
         message: format!("{}: {e}", p.meta.name),
-        retry_after: None,
+        retry_after: match e {
+            CallError::Quarantined(left) => Some(left.as_secs() + 1),
+            _ => None,
+        },
     }
 }
 
@@ -104,11 +108,18 @@ fn denied(p: &Plugin, reason: &str) -> AppError {
 
 /// Applies a plugin's failure policy: fail closed answers 503, fail open logs and goes on.
 fn on_failure(p: &Plugin, e: &CallError) -> Result<(), AppError> {
+    // A quarantine was logged once, when it began: not again for every call it skips.
+    let quarantined = matches!(e, CallError::Quarantined(_));
     if p.fails_closed() {
+        if quarantined {
+            return Err(hook_failed(p, e));
+        }
         tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing closed");
         Err(hook_failed(p, e))
     } else {
-        tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing open");
+        if !quarantined {
+            tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing open");
+        }
         Ok(())
     }
 }
@@ -314,14 +325,10 @@ impl HookHost {
         let sref = session_ref(t, sid, &session.session_type);
         let mut change = change;
         for p in &chain {
-            let verdict = p.before_change(&sref, &v1::change_to_wit(&change)).await;
-            match verdict {
-                Ok(v1::MetadataVerdict::Allow) => {}
-                Ok(v1::MetadataVerdict::Deny(reason)) => return Err(denied(p, &reason)),
-                Ok(v1::MetadataVerdict::Rewrite(c)) => match v1::change_from_wit(c) {
-                    Ok(c) => change = c,
-                    Err(msg) => on_failure(p, &CallError::BadOutput(msg))?,
-                },
+            match p.before_change(&sref, &change).await {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny(reason)) => return Err(denied(p, &reason)),
+                Ok(Verdict::Rewrite(c)) => change = c,
                 Err(e) => on_failure(p, &e)?,
             }
         }
@@ -349,19 +356,9 @@ impl HookHost {
         for p in &chain {
             let text = Value::Object(feedback.clone()).to_string();
             match p.before_add(&sref, &text).await {
-                Ok(v1::FeedbackVerdict::Allow) => {}
-                Ok(v1::FeedbackVerdict::Deny(reason)) => return Err(denied(p, &reason)),
-                Ok(v1::FeedbackVerdict::Rewrite(text)) => {
-                    let checked = v1::object_from_wit("feedback rewrite", &text).and_then(|fb| {
-                        crate::model::validate_feedback(&fb)
-                            .map_err(|e| format!("feedback rewrite: {e}"))?;
-                        Ok(fb)
-                    });
-                    match checked {
-                        Ok(fb) => feedback = fb,
-                        Err(msg) => on_failure(p, &CallError::BadOutput(msg))?,
-                    }
-                }
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny(reason)) => return Err(denied(p, &reason)),
+                Ok(Verdict::Rewrite(fb)) => feedback = fb,
                 Err(e) => on_failure(p, &e)?,
             }
         }
@@ -388,10 +385,7 @@ impl HookHost {
         for p in &chain {
             let text = Value::Object(metadata.clone()).to_string();
             match p.on_get(&sref, &text).await {
-                Ok(out) => match v1::object_from_wit("on-get result", &out) {
-                    Ok(m) => metadata = m,
-                    Err(msg) => on_failure(p, &CallError::BadOutput(msg))?,
-                },
+                Ok(m) => metadata = m,
                 Err(e) => on_failure(p, &e)?,
             }
         }
@@ -501,6 +495,7 @@ impl HookHost {
                         last_error: None,
                     }));
                 }
+                Err(CallError::Quarantined(_)) => {}
                 Err(e) => {
                     tracing::warn!(plugin = %p.meta.name, seq = ev.seq, session_id = %ev.session_id, error = %e, "after-hook failed")
                 }
@@ -537,6 +532,12 @@ impl HookHost {
                     "publish_refused": s.publish_refused.load(Relaxed),
                     "latency_us_avg": total.checked_div(calls).unwrap_or(0),
                     "latency_us_max": s.latency_us_max.load(Relaxed),
+                    "breaker": {
+                        "config": p.config.breaker,
+                        "trips": p.breakers.trips.load(Relaxed),
+                        "skipped_calls": p.breakers.skipped.load(Relaxed),
+                        "quarantined_tenants": p.breakers.open(std::time::Instant::now()),
+                    },
                     "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
                 })
             })

@@ -33,8 +33,11 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::breaker::Breakers;
 use super::v0_1_0 as v1;
 use crate::config::{HookConfig, InstanceMode, OnError};
+use crate::metadata::MetadataChange;
+use crate::model::JsonObject;
 
 /// Most warm instances kept per plugin in `reuse` mode.
 const MAX_WARM: usize = 16;
@@ -368,6 +371,20 @@ pub enum CallError {
     /// The plugin does not export the needed interface.
     #[error("plugin does not export {0}")]
     Missing(&'static str),
+    /// Not called: the tenant's breaker is open (see [`super::breaker`]).
+    #[error("quarantined after repeated failures; runs again in {} s", .0.as_secs() + 1)]
+    Quarantined(Duration),
+}
+
+/// What a before-hook decided, its rewrite already checked like a client's input.
+#[derive(Debug)]
+pub enum Verdict<T> {
+    /// Go on unchanged.
+    Allow,
+    /// Refuse, with the plugin's reason.
+    Deny(String),
+    /// Go on with this instead.
+    Rewrite(T),
 }
 
 struct Warm {
@@ -388,6 +405,8 @@ pub struct Plugin {
     pub loaded_at: i64,
     /// Exported interfaces.
     pub exports: Vec<&'static str>,
+    /// Per-tenant quarantine after repeated failures.
+    pub breakers: Breakers,
     prepared: Prepared,
     engine: Engine,
     warm: Mutex<Vec<Warm>>,
@@ -408,6 +427,7 @@ impl Plugin {
                 stats: PluginStats::default(),
             }),
             exports: prepared.exports(),
+            breakers: Breakers::new(config.breaker),
             sha256,
             loaded_at: crate::model::now_ms(),
             config,
@@ -530,7 +550,17 @@ impl Plugin {
         }
     }
 
-    fn record(&self, started: Instant, ok: bool) {
+    fn record(&self, tenant: &str, started: Instant, ok: bool) {
+        if let Some((failures, calls)) = self.breakers.record(tenant, ok, Instant::now()) {
+            tracing::warn!(
+                plugin = %self.meta.name,
+                tenant,
+                failures,
+                calls,
+                cooldown_ms = self.config.breaker.cooldown_ms,
+                "plugin keeps failing for this tenant; quarantined (calls get its on_error outcome without running it)"
+            );
+        }
         let s = &self.meta.stats;
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         s.calls.fetch_add(1, Ordering::Relaxed);
@@ -541,22 +571,27 @@ impl Plugin {
         }
     }
 
-    /// Runs one call on an instance, discarding the instance if it failed.
+    /// Runs one call for `tenant` on an instance (unless the tenant's breaker
+    /// is open), discarding the instance if it failed.
     async fn call<R>(
         &self,
+        tenant: &str,
         publish_key: Option<String>,
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
     ) -> Result<(R, Vec<Published>), CallError> {
         let started = Instant::now();
+        self.breakers
+            .admit(tenant, started)
+            .map_err(CallError::Quarantined)?;
         let mut w = match self.checkout(publish_key).await {
             Ok(w) => w,
             Err(e) => {
-                self.record(started, false);
+                self.record(tenant, started, false);
                 return Err(e);
             }
         };
         let out = f(&mut w).await;
-        self.record(started, out.is_ok());
+        self.record(tenant, started, out.is_ok());
         match out {
             Ok(r) => {
                 let published = std::mem::take(&mut w.store.data_mut().published);
@@ -575,21 +610,27 @@ impl Plugin {
     pub async fn before_change(
         &self,
         session: &v1::SessionRef,
-        change: &v1::WitChange,
-    ) -> Result<v1::MetadataVerdict, CallError> {
-        let (session, change) = (session.clone(), change.clone());
-        self.call(None, move |w| {
+        change: &MetadataChange,
+    ) -> Result<Verdict<MetadataChange>, CallError> {
+        let (session2, change) = (session.clone(), v1::change_to_wit(change));
+        self.call(&session.tenant, None, move |w| {
             Box::pin(async move {
                 let g = w
                     .metadata
                     .clone()
                     .ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
                 let verdict = g
-                    .call_before_change(&mut w.store, &session, &change)
+                    .call_before_change(&mut w.store, &session2, &change)
                     .await
                     .map_err(trap)?;
                 check_verdict_size(&verdict)?;
-                Ok(verdict)
+                Ok(match verdict {
+                    v1::MetadataVerdict::Allow => Verdict::Allow,
+                    v1::MetadataVerdict::Deny(reason) => Verdict::Deny(reason),
+                    v1::MetadataVerdict::Rewrite(c) => {
+                        Verdict::Rewrite(v1::change_from_wit(c).map_err(CallError::BadOutput)?)
+                    }
+                })
             })
         })
         .await
@@ -615,7 +656,8 @@ impl Plugin {
             changed.to_vec(),
             values.to_owned(),
         );
-        self.call(Some(publish_key), move |w| {
+        let tenant = session.tenant.clone();
+        self.call(&tenant, Some(publish_key), move |w| {
             Box::pin(async move {
                 let g = w
                     .metadata
@@ -638,20 +680,20 @@ impl Plugin {
         &self,
         session: &v1::SessionRef,
         metadata: &str,
-    ) -> Result<String, CallError> {
-        let (session, metadata) = (session.clone(), metadata.to_owned());
-        self.call(None, move |w| {
+    ) -> Result<JsonObject, CallError> {
+        let (session2, metadata) = (session.clone(), metadata.to_owned());
+        self.call(&session.tenant, None, move |w| {
             Box::pin(async move {
                 let g = w
                     .metadata
                     .clone()
                     .ok_or(CallError::Missing(v1::METADATA_EXPORT))?;
                 let out = g
-                    .call_on_get(&mut w.store, &session, &metadata)
+                    .call_on_get(&mut w.store, &session2, &metadata)
                     .await
                     .map_err(trap)?;
                 check_len("on-get result", out.len())?;
-                Ok(out)
+                v1::object_from_wit("on-get result", &out).map_err(CallError::BadOutput)
             })
         })
         .await
@@ -661,27 +703,37 @@ impl Plugin {
     /// `feedback-hook.before-add`.
     ///
     /// # Errors
-    /// When the call fails.
+    /// When the call fails or answers an invalid rewrite.
     pub async fn before_add(
         &self,
         session: &v1::SessionRef,
         feedback: &str,
-    ) -> Result<v1::FeedbackVerdict, CallError> {
-        let (session, feedback) = (session.clone(), feedback.to_owned());
-        self.call(None, move |w| {
+    ) -> Result<Verdict<JsonObject>, CallError> {
+        let (session2, feedback) = (session.clone(), feedback.to_owned());
+        self.call(&session.tenant, None, move |w| {
             Box::pin(async move {
                 let g = w
                     .feedback
                     .clone()
                     .ok_or(CallError::Missing(v1::FEEDBACK_EXPORT))?;
                 let v = g
-                    .call_before_add(&mut w.store, &session, &feedback)
+                    .call_before_add(&mut w.store, &session2, &feedback)
                     .await
                     .map_err(trap)?;
                 if let v1::FeedbackVerdict::Rewrite(s) | v1::FeedbackVerdict::Deny(s) = &v {
                     check_len("verdict", s.len())?;
                 }
-                Ok(v)
+                Ok(match v {
+                    v1::FeedbackVerdict::Allow => Verdict::Allow,
+                    v1::FeedbackVerdict::Deny(reason) => Verdict::Deny(reason),
+                    v1::FeedbackVerdict::Rewrite(text) => {
+                        let fb = v1::object_from_wit("feedback rewrite", &text)
+                            .map_err(CallError::BadOutput)?;
+                        crate::model::validate_feedback(&fb)
+                            .map_err(|e| CallError::BadOutput(format!("feedback rewrite: {e}")))?;
+                        Verdict::Rewrite(fb)
+                    }
+                })
             })
         })
         .await
@@ -699,8 +751,9 @@ impl Plugin {
         info: v1::CommitInfo,
         publish_key: String,
     ) -> Result<Vec<Published>, CallError> {
+        let tenant = session.tenant.clone();
         let (session, feedback) = (session.clone(), feedback.to_owned());
-        self.call(Some(publish_key), move |w| {
+        self.call(&tenant, Some(publish_key), move |w| {
             Box::pin(async move {
                 let g = w
                     .feedback
