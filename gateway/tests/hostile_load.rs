@@ -19,9 +19,30 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestGateway, hook};
+use common::GatewayProcess;
 use reqwest::StatusCode;
 use serde_json::json;
+
+/// The gateway process and a client for it.
+struct Gateway {
+    client: reqwest::Client,
+    base: String,
+    _process: GatewayProcess,
+}
+
+impl Gateway {
+    /// A set-up request that must succeed.
+    async fn send(&self, method: reqwest::Method, path: &str, body: serde_json::Value) {
+        let r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+}
 
 /// One ordinary request: the latest 20 messages of a session no hook touches.
 async fn ordinary_request(c: &reqwest::Client, base: &str) {
@@ -47,7 +68,7 @@ async fn sorted(tasks: Vec<tokio::task::JoinHandle<Vec<u128>>>) -> Vec<u128> {
 }
 
 /// Ordinary requests from 4 clients in a closed loop, as fast as they go.
-async fn ordinary_load(gw: &TestGateway, secs: u64) -> Vec<u128> {
+async fn ordinary_load(gw: &Gateway, secs: u64) -> Vec<u128> {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -70,7 +91,7 @@ async fn ordinary_load(gw: &TestGateway, secs: u64) -> Vec<u128> {
 /// from when the request was due if the task's previous request was still
 /// running then (the wait it caused counts), else from when the timer woke
 /// the task.
-async fn paced_load(gw: &TestGateway, secs: u64, rate: u64) -> Vec<u128> {
+async fn paced_load(gw: &Gateway, secs: u64, rate: u64) -> Vec<u128> {
     let end = Instant::now() + Duration::from_secs(secs);
     let every = Duration::from_millis(10);
     let n = u32::try_from((rate / 100).max(1)).unwrap();
@@ -99,6 +120,14 @@ fn pct(v: &[u128], p: f64) -> u128 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
+/// A `[[hooks]]` table for a plugin from `plugins/dist`.
+fn hook_toml(name: &str, file: &str, events: &str, extra: &str) -> String {
+    format!(
+        "[[hooks]]\nname = {name:?}\nwasm = {:?}\nphase = \"before\"\nevents = [{events:?}]\n{extra}\n",
+        common::plugin(file).display().to_string()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run explicitly (see module docs)"]
 async fn hostile_plugins_p99() {
@@ -112,48 +141,84 @@ async fn hostile_plugins_p99() {
     let picked: Vec<&str> = picked.split(',').collect();
     let update = picked.contains(&"loop") || picked.contains(&"huge");
     let delete = picked.contains(&"trap") || picked.contains(&"bomb");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(Backend::Embedded, &dir).unwrap();
-    cfg.hooks = vec![
-        // Each hostile request meets two: the first fails open, so the second runs too.
-        hook(
+    // Each hostile request meets two hooks: the first fails open, so the second runs too.
+    let hooks = [
+        (
             "loop",
             "fixture_loop",
-            "before",
-            &["metadata.update"],
+            "metadata.update",
             "timeout_ms = 50\non_error = \"allow\"",
         ),
-        hook(
+        (
             "huge",
             "fixture_huge_rewrite",
-            "before",
-            &["metadata.update"],
+            "metadata.update",
             "memory_mb = 128\ntimeout_ms = 1000",
         ),
-        hook(
+        (
             "trap",
             "fixture_trap",
-            "before",
-            &["metadata.delete"],
+            "metadata.delete",
             "on_error = \"allow\"",
         ),
-        hook(
+        (
             "bomb",
             "fixture_membomb",
-            "before",
-            &["metadata.delete"],
+            "metadata.delete",
             "memory_mb = 64\ntimeout_ms = 1000",
         ),
     ];
-    cfg.hooks.retain(|h| picked.contains(&h.name.as_str()));
+    let hooks: Vec<_> = hooks.iter().filter(|h| picked.contains(&h.0)).collect();
     // Alone, a fail-open hook (loop, trap) lets its request succeed.
-    let all = cfg.hooks.len() == 4;
-    let gw = TestGateway::start(cfg).await;
-    gw.session("ok").await;
-    gw.session("evil").await;
-    gw.put("/v1/sessions/ok/agents/bot", json!({})).await;
+    let all = hooks.len() == 4;
+    // The gateway runs as its own process, as in production: its two
+    // worker threads serve only it, and the load generator's tasks are not
+    // delayed by whatever stalls a gateway worker (they still share the CPU).
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
+    );
+    // HOSTILE_BREAKER=off measures every hostile call running in full, with
+    // the per-tenant quarantine turned off.
+    let breaker = match std::env::var("HOSTILE_BREAKER").as_deref() {
+        Ok("off") => "breaker = { failures = 0 }",
+        _ => "",
+    };
+    for (name, file, events, extra) in &hooks {
+        config.push_str(&hook_toml(
+            name,
+            file,
+            events,
+            &format!("{extra}\n{breaker}"),
+        ));
+    }
+    let gw = GatewayProcess::start(dir.path(), &config, "error").await;
+    let gw = Gateway {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        base: gw.base.clone(),
+        _process: gw,
+    };
+    for id in ["ok", "evil"] {
+        gw.send(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            json!({ "session_id": id }),
+        )
+        .await;
+    }
+    gw.send(
+        reqwest::Method::PUT,
+        "/v1/sessions/ok/agents/bot",
+        json!({}),
+    )
+    .await;
     for i in 0..50 {
-        gw.post(
+        gw.send(
+            reqwest::Method::POST,
             "/v1/sessions/ok/agents/bot/messages",
             json!({"message": {"i": i}}),
         )
@@ -217,5 +282,25 @@ async fn hostile_plugins_p99() {
     };
     line(&format!("paced {rate}/s"), &paced_baseline, &paced_attack);
     line("saturating", &saturating_baseline, &saturating_attack);
-    println!("hostile load: {hostile_calls} hostile calls, every one contained (503)");
+    println!("hostile load: {hostile_calls} hostile requests, every one contained (503)");
+    let plugins: serde_json::Value = gw
+        .client
+        .get(format!("{}/v1/admin/plugins", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for p in plugins["plugins"].as_array().unwrap() {
+        println!(
+            "hostile load: plugin {}: {} calls, {} failed, slowest {} us; quarantined {} times, {} calls skipped",
+            p["name"],
+            p["calls"],
+            p["errors"],
+            p["latency_us_max"],
+            p["breaker"]["trips"],
+            p["breaker"]["skipped_calls"]
+        );
+    }
 }
