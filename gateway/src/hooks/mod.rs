@@ -495,7 +495,10 @@ impl HookHost {
                         last_error: None,
                     }));
                 }
-                Err(CallError::Quarantined(_)) => {}
+                // Logged once, when the quarantine began.
+                Err(CallError::Quarantined(_)) => {
+                    tracing::debug!(plugin = %p.meta.name, seq = ev.seq, session_id = %ev.session_id, "after-hook skipped: quarantined for this tenant")
+                }
                 Err(e) => {
                     tracing::warn!(plugin = %p.meta.name, seq = ev.seq, session_id = %ev.session_id, error = %e, "after-hook failed")
                 }

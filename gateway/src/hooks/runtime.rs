@@ -598,8 +598,14 @@ impl Plugin {
                 self.checkin(w);
                 Ok((r, published))
             }
-            // A trapped (or misbehaving) instance is never reused.
-            Err(e) => Err(e),
+            // A trapped (or misbehaving) instance is never reused. Tearing it
+            // down hands its linear memory back to the pool, releasing every
+            // page it touched (up to memory_mb): milliseconds for a large
+            // one, so not on a request worker.
+            Err(e) => {
+                tokio::task::spawn_blocking(move || drop(w));
+                Err(e)
+            }
         }
     }
 
