@@ -177,7 +177,7 @@ pub async fn render(state: &AppState) -> String {
     }
 
     type Read = fn(&crate::hooks::runtime::Plugin) -> f64;
-    let per_plugin: [(&str, &str, Read); 6] = [
+    let per_plugin: [(&str, &str, Read); 7] = [
         ("gateway_hook_calls_total", "Hook calls by plugin.", |p| {
             p.meta.stats.calls.load(Relaxed) as f64
         }),
@@ -205,6 +205,11 @@ pub async fn render(state: &AppState) -> String {
             "gateway_hook_quarantined_calls_total",
             "Hook calls skipped (on_error outcome) during a quarantine.",
             |p| p.breakers.skipped.load(Relaxed) as f64,
+        ),
+        (
+            "gateway_hook_isolated_calls_total",
+            "Hook calls of suspect tenants (mostly failing lately), run at the lowest CPU priority.",
+            |p| p.breakers.isolated.load(Relaxed) as f64,
         ),
     ];
     let plugins = state.hooks.snapshot();

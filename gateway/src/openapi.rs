@@ -886,6 +886,8 @@ pub struct BreakerInfo {
     pub trips: u64,
     /// Calls skipped (given the `on_error` outcome) during quarantines.
     pub skipped_calls: u64,
+    /// Calls of suspect tenants, run on the low-priority thread.
+    pub isolated_calls: u64,
     /// Tenants for whom the plugin is quarantined now.
     pub quarantined_tenants: Vec<String>,
 }

@@ -660,6 +660,9 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
         json!(["team-a"]),
         "{closed}"
     );
+    // After its first failure team-a was a suspect: its next two calls ran
+    // on the low-priority thread; team-b's one call was not.
+    assert_eq!(closed["breaker"]["isolated_calls"], 2, "{closed}");
 
     // Fail open: the change goes through either way; once quarantined the
     // plugin is not even called.
@@ -676,6 +679,7 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
     let open = plugin("open").await;
     assert_eq!(open["calls"], 3, "{open}");
     assert_eq!(open["breaker"]["skipped_calls"], 1, "{open}");
+    assert_eq!(open["breaker"]["isolated_calls"], 2, "{open}");
 
     // After the cool-down the plugin runs again; one more failure re-trips it.
     tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -695,7 +699,9 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
             .starts_with("closed: quarantined"),
         "{v}"
     );
-    assert_eq!(plugin("closed").await["breaker"]["trips"], 2);
+    let closed = plugin("closed").await;
+    assert_eq!(closed["breaker"]["trips"], 2, "{closed}");
+    assert_eq!(closed["breaker"]["isolated_calls"], 3, "{closed}");
     // Nothing was deleted by any of it.
     let (_, _, v) = send(&a, reqwest::Method::GET, "/v1/sessions/s/metadata", None).await;
     assert_eq!(v["k"], 1, "{v}");

@@ -16,9 +16,10 @@
 //!   whether they are contained.
 //!
 //! The gateway runs as its own process with its default per-tenant
-//! quarantine, so each hostile plugin runs 5 times and is then skipped for
-//! the hostile tenant; `HOSTILE_BREAKER=off` runs every hostile call in
-//! full. `HOSTILE_HOOKS` picks some of the hostile hooks, `HOSTILE_SECS` the
+//! quarantine, so each hostile plugin runs 5 times (from the second on, on
+//! the low-priority suspect lane) and is then skipped for the hostile
+//! tenant; `HOSTILE_BREAKER=off` runs every hostile call in full (still on
+//! the suspect lane). `HOSTILE_HOOKS` picks some of the hostile hooks, `HOSTILE_SECS` the
 //! length of each phase, `HOSTILE_FLOOD=1` removes the hostile client's pacing.
 
 mod common;
@@ -315,9 +316,10 @@ async fn hostile_plugins_p99() {
         .unwrap();
     for p in plugins["plugins"].as_array().unwrap() {
         println!(
-            "hostile load: plugin {}: {} calls, {} failed, slowest {} us; quarantined {} times, {} calls skipped",
+            "hostile load: plugin {}: {} calls ({} on the suspect lane), {} failed, slowest {} us; quarantined {} times, {} calls skipped",
             p["name"],
             p["calls"],
+            p["breaker"]["isolated_calls"],
             p["errors"],
             p["latency_us_max"],
             p["breaker"]["trips"],

@@ -1,4 +1,5 @@
-//! Quarantine of a plugin that keeps failing, per tenant.
+//! Suspects and quarantine: what the gateway does about a plugin that keeps
+//! failing for a tenant.
 //!
 //! Every failed call (trap, timeout, fuel, memory, bad output) already costs
 //! the gateway up to the plugin's whole budget. When one tenant's calls to a
@@ -8,6 +9,12 @@
 //! `on_error` outcome at once, without running wasm. After the cool-down the
 //! plugin runs again on probation: one more failure within the window trips
 //! it again.
+//!
+//! Before that, a tenant for whom at least `failure_ratio` of the window's
+//! calls to the plugin failed is a **suspect**: its calls run on a thread of
+//! their own at the lowest CPU priority (see `runtime::suspect_lane`), not on
+//! the request workers, so the CPU it burns is only what nobody else wants.
+//! Suspects are tracked even with the breaker off.
 //!
 //! Counting per tenant keeps one tenant from switching a plugin off for the
 //! others: with a fail-open validator, a quarantine for everyone would let
@@ -42,6 +49,8 @@ pub struct Breakers {
     pub trips: AtomicU64,
     /// Calls not made because the tenant's breaker was open.
     pub skipped: AtomicU64,
+    /// Calls of suspects, run on the low-priority lane.
+    pub isolated: AtomicU64,
 }
 
 impl Breakers {
@@ -52,6 +61,7 @@ impl Breakers {
             tenants: Mutex::new(HashMap::new()),
             trips: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            isolated: AtomicU64::new(0),
         }
     }
 
@@ -63,17 +73,17 @@ impl Breakers {
         Duration::from_millis(self.cfg.window_ms)
     }
 
-    /// Whether `tenant` may call the plugin now; if not, how long until it may.
+    /// Whether `tenant` may call the plugin now, and if so whether it is a
+    /// suspect (in the current window, at least `failure_ratio` of its calls
+    /// failed, at least one); if not, how long until it may. Failures are
+    /// tracked even with the breaker off.
     ///
     /// # Errors
     /// The time left in the tenant's quarantine.
-    pub fn admit(&self, tenant: &str, now: Instant) -> Result<(), Duration> {
-        if !self.enabled() {
-            return Ok(());
-        }
+    pub fn admit(&self, tenant: &str, now: Instant) -> Result<bool, Duration> {
         let mut tenants = self.tenants.lock().expect("breaker lock");
         let Some(st) = tenants.get_mut(tenant) else {
-            return Ok(());
+            return Ok(false);
         };
         match st.open_until {
             Some(until) if now < until => {
@@ -89,18 +99,17 @@ impl Breakers {
                     failures: n,
                     open_until: None,
                 };
-                Ok(())
+                Ok(true)
             }
-            None => Ok(()),
+            None => Ok(st.failures > 0
+                && f64::from(st.failures) >= self.cfg.failure_ratio * f64::from(st.calls)
+                && st.window_start.is_some_and(|w| now - w < self.window())),
         }
     }
 
     /// Counts a call's outcome; returns `Some((failures, calls))` when this
     /// failure opened the tenant's breaker.
     pub fn record(&self, tenant: &str, ok: bool, now: Instant) -> Option<(u32, u32)> {
-        if !self.enabled() {
-            return None;
-        }
         let mut tenants = self.tenants.lock().expect("breaker lock");
         if !tenants.contains_key(tenant) {
             if ok {
@@ -130,7 +139,8 @@ impl Breakers {
             return None;
         }
         st.failures = st.failures.saturating_add(1);
-        let tripped = st.open_until.is_none()
+        let tripped = self.enabled()
+            && st.open_until.is_none()
             && st.failures >= self.cfg.failures
             && f64::from(st.failures) >= self.cfg.failure_ratio * f64::from(st.calls);
         if !tripped {
@@ -238,6 +248,24 @@ mod tests {
         let next_window = much_later + Duration::from_millis(10_010);
         assert_eq!(b.record("a", false, next_window), None);
         assert!(b.admit("a", next_window + MS).is_ok());
+    }
+
+    #[test]
+    fn a_failure_makes_a_suspect_until_the_window_ends() {
+        let b = breakers();
+        let t0 = Instant::now();
+        assert_eq!(b.admit("a", t0), Ok(false));
+        b.record("a", false, t0);
+        assert_eq!(b.admit("a", t0 + MS), Ok(true));
+        assert_eq!(b.admit("b", t0 + MS), Ok(false));
+        assert_eq!(b.admit("a", t0 + Duration::from_millis(10_001)), Ok(false));
+        // A rare failure among successes does not make a suspect.
+        b.record("c", false, t0);
+        assert_eq!(b.admit("c", t0), Ok(true));
+        b.record("c", true, t0 + MS);
+        assert_eq!(b.admit("c", t0 + MS), Ok(true));
+        b.record("c", true, t0 + 2 * MS);
+        assert_eq!(b.admit("c", t0 + 2 * MS), Ok(false));
     }
 
     #[test]

@@ -539,6 +539,7 @@ impl HookHost {
                         "config": p.config.breaker,
                         "trips": p.breakers.trips.load(Relaxed),
                         "skipped_calls": p.breakers.skipped.load(Relaxed),
+                        "isolated_calls": p.breakers.isolated.load(Relaxed),
                         "quarantined_tenants": p.breakers.open(std::time::Instant::now()),
                     },
                     "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),

@@ -8,6 +8,10 @@
 //!   budget (`timeout_ms`) is spent.
 //! - **Limits per call:** a deadline (epoch), optional fuel, and `StoreLimits`
 //!   on linear memory (`memory_mb`), instances, tables and memories.
+//! - **Suspects:** the calls of a tenant whose recent calls to a plugin
+//!   mostly failed run on one thread of their own at `SCHED_IDLE` priority;
+//!   if they keep failing the plugin is quarantined for that tenant (see
+//!   [`super::breaker`]).
 //! - **Instances:** `reuse` keeps warm instances in a small pool (≈1 µs a
 //!   call); `per-call` instantiates a fresh one each time. An instance that
 //!   trapped or ran out of time is dropped, never reused.
@@ -571,18 +575,41 @@ impl Plugin {
         }
     }
 
-    /// Runs one call for `tenant` on an instance (unless the tenant's breaker
-    /// is open), discarding the instance if it failed.
-    async fn call<R>(
+    /// Runs one call for `tenant` (unless the tenant's breaker is open). A
+    /// suspect's call (one failed in the current window) runs on the
+    /// [`suspect_lane`], not on the request workers.
+    async fn call<R: Send + 'static>(
+        self: &Arc<Self>,
+        tenant: &str,
+        publish_key: Option<String>,
+        f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>
+        + Send
+        + 'static,
+    ) -> Result<(R, Vec<Published>), CallError> {
+        let started = Instant::now();
+        let suspect = self
+            .breakers
+            .admit(tenant, started)
+            .map_err(CallError::Quarantined)?;
+        if !suspect {
+            return self.run(tenant, started, publish_key, f).await;
+        }
+        self.breakers.isolated.fetch_add(1, Ordering::Relaxed);
+        let (this, tenant) = (self.clone(), tenant.to_owned());
+        suspect_lane()
+            .spawn(async move { this.run(&tenant, started, publish_key, f).await })
+            .await
+            .unwrap_or_else(|e| Err(CallError::Trap(format!("failed: {e}"))))
+    }
+
+    /// Runs one call on an instance, discarding the instance if it failed.
+    async fn run<R>(
         &self,
         tenant: &str,
+        started: Instant,
         publish_key: Option<String>,
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
     ) -> Result<(R, Vec<Published>), CallError> {
-        let started = Instant::now();
-        self.breakers
-            .admit(tenant, started)
-            .map_err(CallError::Quarantined)?;
         let mut w = match self.checkout(publish_key).await {
             Ok(w) => w,
             Err(e) => {
@@ -614,7 +641,7 @@ impl Plugin {
     /// # Errors
     /// When the call fails or answers an invalid rewrite.
     pub async fn before_change(
-        &self,
+        self: &Arc<Self>,
         session: &v1::SessionRef,
         change: &MetadataChange,
     ) -> Result<Verdict<MetadataChange>, CallError> {
@@ -648,7 +675,7 @@ impl Plugin {
     /// # Errors
     /// When the call fails.
     pub async fn after_change(
-        &self,
+        self: &Arc<Self>,
         session: &v1::SessionRef,
         change: &v1::WitChange,
         changed: &[String],
@@ -683,7 +710,7 @@ impl Plugin {
     /// # Errors
     /// When the call fails or answers something that is not a JSON object.
     pub async fn on_get(
-        &self,
+        self: &Arc<Self>,
         session: &v1::SessionRef,
         metadata: &str,
     ) -> Result<JsonObject, CallError> {
@@ -711,7 +738,7 @@ impl Plugin {
     /// # Errors
     /// When the call fails or answers an invalid rewrite.
     pub async fn before_add(
-        &self,
+        self: &Arc<Self>,
         session: &v1::SessionRef,
         feedback: &str,
     ) -> Result<Verdict<JsonObject>, CallError> {
@@ -751,7 +778,7 @@ impl Plugin {
     /// # Errors
     /// When the call fails.
     pub async fn after_add(
-        &self,
+        self: &Arc<Self>,
         session: &v1::SessionRef,
         feedback: &str,
         info: v1::CommitInfo,
@@ -804,6 +831,36 @@ fn check_verdict_size(v: &v1::MetadataVerdict) -> Result<(), CallError> {
         v1::MetadataVerdict::Rewrite(v1::WitChange::Delete(k)) => k.iter().map(String::len).sum(),
     };
     check_len("verdict", len)
+}
+
+/// Where the calls of suspects run: one thread of its own at the lowest CPU
+/// priority (`SCHED_IDLE`), so a plugin that keeps failing for a tenant gets
+/// only CPU that nothing else wants until its breaker opens. Process-wide,
+/// created on first use, never dropped.
+fn suspect_lane() -> &'static tokio::runtime::Handle {
+    static LANE: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    LANE.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wasm-suspect")
+            .on_thread_start(lowest_priority)
+            .enable_all()
+            .build()
+            .expect("a one-thread runtime can be built")
+    })
+    .handle()
+}
+
+/// Moves the calling thread to `SCHED_IDLE` (always allowed, no privilege needed).
+#[allow(unsafe_code)]
+fn lowest_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid,
+    // initialised parameter; it only reads `param`.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the suspect lane's priority");
+    }
 }
 
 /// Reads a wasm file and returns its bytes and sha256 (hex).
