@@ -538,6 +538,14 @@ async fn rewrites_are_chained_and_stored() {
     );
 }
 
+/// Asserts a 503 `hook_failed` whose message starts with `prefix`.
+fn assert_hook_failed(s: StatusCode, v: &Value, prefix: &str) {
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(v, "hook_failed");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with(prefix), "{v}");
+}
+
 /// A plugin that keeps failing for one tenant is quarantined for that tenant
 /// only: its calls get the `on_error` outcome at once (503 with Retry-After
 /// when it fails closed), other tenants keep running it, and after the
@@ -620,37 +628,15 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
     // Fail closed: three traps, then a quarantine for team-a.
     for _ in 0..3 {
         let (s, _, v) = delete(&a).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("closed: trapped"),
-            "{v}"
-        );
+        assert_hook_failed(s, &v, "closed: trapped");
     }
     let (s, headers, v) = delete(&a).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert_error(&v, "hook_failed");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("closed: quarantined"),
-        "{v}"
-    );
+    assert_hook_failed(s, &v, "closed: quarantined");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     // team-b still runs the plugin (and is refused by the trap itself).
     let (s, _, v) = delete(&b).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("closed: trapped"),
-        "{v}"
-    );
+    assert_hook_failed(s, &v, "closed: trapped");
     let closed = plugin("closed").await;
     assert_eq!(closed["errors"], 4, "{closed}");
     assert_eq!(closed["breaker"]["trips"], 1, "{closed}");
@@ -683,22 +669,10 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
 
     // After the cool-down the plugin runs again; one more failure re-trips it.
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let (_, _, v) = delete(&a).await;
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("closed: trapped"),
-        "{v}"
-    );
-    let (_, _, v) = delete(&a).await;
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("closed: quarantined"),
-        "{v}"
-    );
+    let (s, _, v) = delete(&a).await;
+    assert_hook_failed(s, &v, "closed: trapped");
+    let (s, _, v) = delete(&a).await;
+    assert_hook_failed(s, &v, "closed: quarantined");
     let closed = plugin("closed").await;
     assert_eq!(closed["breaker"]["trips"], 2, "{closed}");
     assert_eq!(closed["breaker"]["isolated_calls"], 3, "{closed}");

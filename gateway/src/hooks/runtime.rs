@@ -576,7 +576,7 @@ impl Plugin {
     }
 
     /// Runs one call for `tenant` (unless the tenant's breaker is open). A
-    /// suspect's call (one failed in the current window) runs on the
+    /// suspect's call (most of its calls in the window failed) runs on the
     /// [`suspect_lane`], not on the request workers.
     async fn call<R: Send + 'static>(
         self: &Arc<Self>,
