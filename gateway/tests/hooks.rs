@@ -553,7 +553,9 @@ fn assert_hook_failed(s: StatusCode, v: &Value, prefix: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_quarantine_the_plugin_per_tenant() {
     use gateway::auth::{AuthConfig, AuthMode, KeyConfig, Role, hash_key, new_key};
-    let breaker = "breaker = { failures = 3, cooldown_ms = 1500 }";
+    // A generous deadline: the test is about traps, and a loaded machine must not
+    // turn one into a timeout (which the assertions below would misreport).
+    let breaker = "timeout_ms = 10000\nbreaker = { failures = 3, cooldown_ms = 1500 }";
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(Backend::Embedded, &dir).unwrap();
     cfg.hooks = vec![
