@@ -95,7 +95,15 @@ status=0
   --request-timeout 10 \
   --exclude-path "/v1/sessions/{sid}/events" \
   "$@" || status=$?
+# A panic or an internal error is a failure even when every response looked
+# fine (a panicking handler may still have answered, or crashed a task).
 if [[ -n "$GATEWAY_PID" ]] && grep -qiE 'panicked|internal error' "$WORK/gateway.log"; then
-  echo "== the gateway logged errors:"; grep -iE 'panicked|internal error' "$WORK/gateway.log" | head -n 20
+  echo "== FAILED: the gateway logged panics or internal errors:"
+  grep -iE 'panicked|internal error' "$WORK/gateway.log" | head -n 20
+  [[ $status -ne 0 ]] || status=1
+fi
+if [[ -n "$GATEWAY_PID" ]] && ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
+  echo "== FAILED: the gateway exited during the run:"; tail -n 40 "$WORK/gateway.log"
+  [[ $status -ne 0 ]] || status=1
 fi
 exit "$status"

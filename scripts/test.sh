@@ -4,43 +4,88 @@
 # MongoDB-wire server on 127.0.0.1, and runs the whole suite against both stores.
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh -- api     # extra args go to `cargo test` (e.g. a filter)
-set -euo pipefail
+#   scripts/test.sh -- api     # extra args go to `cargo test` (e.g. a filter); other stages are skipped
+#
+# Every stage runs even when an earlier one failed (a failure in one must not
+# hide the results of the others). At the end a summary prints one line per
+# stage (name, pass/FAIL, seconds) and the test counts of cargo and pytest
+# added up; the exit status is non-zero when any stage failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 source scripts/lib.sh
 
-ensure_wasm_target
-ensure_venv
-bash plugins/build.sh
-echo "== JavaScript plugin (componentize-qjs, from npm)"
-bash plugins/js/build.sh
-(cd plugins/js && npm test --silent)
-echo "== Python plugin (componentize-py, from PyPI)"
-VENV="$VENV" bash plugins/python/build.sh
+LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gateway-test.XXXXXX")
+SUMMARY=()
+FAILED_STAGES=0
 
-start_mongo_wire
+# stage NAME COMMAND...: runs COMMAND in a subshell with `set -e`, its output
+# shown as it comes and kept in $LOG_DIR/NAME.log; records pass/fail and time.
+stage() {
+  local name=$1; shift
+  local log="$LOG_DIR/${name// /_}.log" start=$SECONDS rc
+  echo "== [$name]"
+  ( set -e; "$@" ) 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  record "$name" "$rc" $((SECONDS - start))
+}
+
+record() { # name rc seconds
+  local verdict=pass
+  if [[ $2 -ne 0 ]]; then verdict="FAIL (exit $2)"; FAILED_STAGES=$((FAILED_STAGES + 1)); fi
+  SUMMARY+=("$(printf '%-34s %-14s %5d s' "$1" "$verdict" "$3")")
+}
+
+setup() { ensure_wasm_target; ensure_venv; }
+plugins_rust() { bash plugins/build.sh; }
+plugins_js() { bash plugins/js/build.sh; (cd plugins/js && npm test --silent); }
+plugins_python() { VENV="$VENV" bash plugins/python/build.sh; }
+plugin_unit_tests() {
+  cd plugins && cargo test --quiet --target "$(rustc -vV | sed -n 's/^host: //p')"
+}
+gateway_tests() { cargo test --workspace --locked --no-fail-fast "${CARGO_ARGS[@]}"; }
+schemathesis() { VENV="$VENV" bash scripts/schemathesis.sh; }
+strands_adapter() {
+  VENV="$VENV" GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway" bash examples/strands-adapter/test.sh
+}
+
+CARGO_ARGS=()
+if [[ "${1:-}" == "--" ]]; then shift; CARGO_ARGS=("$@"); fi
+
+stage "setup (wasm target, venv)" setup
+stage "plugins: Rust build" plugins_rust
+stage "plugins: JavaScript build+test" plugins_js
+stage "plugins: Python build" plugins_python
+
+start=$SECONDS
+if start_mongo_wire; then rc=0; else rc=$?; fi
+record "MongoDB-wire server" "$rc" $((SECONDS - start))
 trap stop_services EXIT
 
-export MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}"
+export MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT:-1}"
 export REQUIRE_MONGODB=1
 export SECANTUSD="$VENV/bin/secantusd-py"   # tests/faults.rs starts its own servers to stop and restart them
 export MOTO_SERVER="$VENV/bin/moto_server"  # tests/notifications.rs starts its own moto_server processes
 export REQUIRE_MOTO=1
 export RUST_BACKTRACE=1
 
-echo "== plugin unit tests (host target)"
-(cd plugins && cargo test --quiet --target "$(rustc -vV | sed -n 's/^host: //p')" 2>&1 | tail -n 5) || { echo "plugin tests failed"; exit 1; }
-
+stage "plugin unit tests" plugin_unit_tests
 echo "== gateway tests (embedded + MongoDB at $MONGODB_URI)"
-shift_args=()
-if [[ "${1:-}" == "--" ]]; then shift; shift_args=("$@"); fi
-cargo test --workspace --locked --no-fail-fast "${shift_args[@]}"
-
-if [[ ${#shift_args[@]} -eq 0 ]]; then
-  echo "== schemathesis against /openapi.json (no 5xx, responses match the document)"
-  VENV="$VENV" bash scripts/schemathesis.sh
-
-  echo "== Strands Agents adapter (Python) against the gateway binary"
-  VENV="$VENV" GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway" bash examples/strands-adapter/test.sh
+stage "gateway tests (cargo test)" gateway_tests
+if [[ ${#CARGO_ARGS[@]} -eq 0 ]]; then
+  stage "schemathesis" schemathesis
+  stage "Strands adapter (pytest)" strands_adapter
 fi
+
+# Test counts over every stage's log: cargo's "test result:" lines and pytest's closing line.
+read -r passed failed < <(cat "$LOG_DIR"/*.log | awk '
+  /^test result: / { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+  /^=+ .*(passed|failed).* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed,?$/) p += $(i-1); if ($(i) ~ /^failed,?$/) f += $(i-1) } }
+  END { print p + 0, f + 0 }')
+
+echo
+echo "== summary (logs: $LOG_DIR)"
+for line in "${SUMMARY[@]}"; do echo "$line"; done
+echo "stages passed: $(( ${#SUMMARY[@]} - FAILED_STAGES )) of ${#SUMMARY[@]}"
+echo "tests: $passed passed, $failed failed"
+if [[ $FAILED_STAGES -ne 0 ]]; then exit 1; fi

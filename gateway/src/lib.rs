@@ -180,6 +180,7 @@ impl Gateway {
         }
         tasks.push(tokio::spawn(sweep(
             state.store.clone(),
+            state.hub.clone(),
             Duration::from_millis(state.config.retention.sweep_interval_ms),
             stop_rx.clone(),
         )));
@@ -230,7 +231,12 @@ impl Gateway {
 }
 
 /// Removes expired sessions and events every `interval` until stopped.
-async fn sweep(store: Arc<dyn SessionStore>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn sweep(
+    store: Arc<dyn SessionStore>,
+    hub: Arc<stream::EventHub>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     const BATCH: usize = 1_000;
     loop {
         tokio::select! {
@@ -241,6 +247,11 @@ async fn sweep(store: Arc<dyn SessionStore>, interval: Duration, mut stop: watch
             match store.sweep_expired(model::now_ms(), BATCH).await {
                 Ok(r) if r.sessions > 0 || r.events > 0 => {
                     tracing::info!(sessions = r.sessions, events = r.events, "retention sweep");
+                    if r.sessions > 0 {
+                        // Subscribers of an expired session get its
+                        // `session.deleted` (reason "expired").
+                        hub.committed_anywhere();
+                    }
                     if r.sessions < BATCH as u64 && r.events < BATCH as u64 * 10 {
                         break;
                     }

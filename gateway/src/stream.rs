@@ -151,6 +151,22 @@ impl EventHub {
         self.feeds.lock().expect("feeds lock").len()
     }
 
+    /// Tells every live feed to read new events: after changes committed
+    /// outside a request (the retention sweep's deletions), which name no
+    /// session. One store read per followed session.
+    pub fn committed_anywhere(self: &Arc<Self>) {
+        let feeds: Vec<Arc<Feed>> = self
+            .feeds
+            .lock()
+            .expect("feeds lock")
+            .values()
+            .cloned()
+            .collect();
+        for feed in feeds {
+            self.committed(&feed.tenant, &feed.session_id);
+        }
+    }
+
     /// Tells the hub a change was committed in a session: if anyone follows
     /// it, its feed reads and broadcasts the new events (off the caller's path).
     pub fn committed(self: &Arc<Self>, t: &Tenant, sid: &str) {

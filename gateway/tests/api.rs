@@ -202,6 +202,15 @@ async fn list_and_batch(b: Backend) {
     got.sort();
     assert_eq!(got, ["l-1", "l-3"]);
     assert_eq!(v["missing"], json!(["zz"]));
+    // At most `server.max_batch_ids` (default 100) ids per call.
+    let many = |n: usize| json!({"ids": (0..n).map(|i| format!("l-{i}")).collect::<Vec<_>>()});
+    let (s, v) = gw.post("/v1/sessions/batch-get", many(100)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(ids(&v).len(), 7, "{v}");
+    assert_eq!(v["missing"].as_array().unwrap().len(), 93, "{v}");
+    let (s, v) = gw.post("/v1/sessions/batch-get", many(101)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_error(&v, "too_many_ids");
 }
 
 async fn agents(b: Backend) {

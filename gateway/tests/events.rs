@@ -21,13 +21,35 @@ struct Sse {
 struct Reader {
     resp: reqwest::Response,
     buf: String,
+    /// Heartbeat comments seen so far.
+    heartbeats: usize,
+}
+
+/// What [`Reader::next`] saw.
+#[derive(Debug)]
+enum Next {
+    Event(Sse),
+    /// The server ended the stream.
+    End,
+    /// Nothing arrived within the wait.
+    Quiet,
 }
 
 impl Reader {
     async fn open(gw: &TestGateway, sid: &str, last_event_id: Option<u64>) -> Self {
+        Self::open_query(gw, sid, "", last_event_id).await
+    }
+
+    /// Opens `/v1/sessions/{sid}/events{query}` (query: "" or "?after=N").
+    async fn open_query(
+        gw: &TestGateway,
+        sid: &str,
+        query: &str,
+        last_event_id: Option<u64>,
+    ) -> Self {
         let mut req = gw
             .client
-            .get(format!("{}/v1/sessions/{sid}/events", gw.base));
+            .get(format!("{}/v1/sessions/{sid}/events{query}", gw.base));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
@@ -37,11 +59,13 @@ impl Reader {
         Self {
             resp,
             buf: String::new(),
+            heartbeats: 0,
         }
     }
 
-    /// The next event (heartbeat comments skipped), or None at end of stream or after `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<Sse> {
+    /// The next event (heartbeat comments counted and skipped), the end of
+    /// the stream, or `Quiet` after `wait`.
+    async fn next_or_end(&mut self, wait: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(pos) = self.buf.find("\n\n") {
@@ -54,12 +78,14 @@ impl Reader {
                         event = v.trim().to_owned();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
+                    } else if line.starts_with(':') {
+                        self.heartbeats += 1;
                     }
                 }
                 if data.is_empty() {
                     continue; // a comment (heartbeat)
                 }
-                return Some(Sse {
+                return Next::Event(Sse {
                     id,
                     event,
                     data: serde_json::from_str(&data).unwrap(),
@@ -67,7 +93,9 @@ impl Reader {
             }
             match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
                 Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-                _ => return None,
+                Ok(Ok(None)) => return Next::End,
+                Ok(Err(e)) => panic!("stream failed: {e}"),
+                Err(_) => return Next::Quiet,
             }
         }
     }
@@ -75,12 +103,21 @@ impl Reader {
     async fn take(&mut self, n: usize) -> Vec<Sse> {
         let mut out = Vec::new();
         while out.len() < n {
-            match self.next(Duration::from_secs(10)).await {
-                Some(e) => out.push(e),
-                None => panic!("stream ended after {} of {n} events: {out:?}", out.len()),
+            match self.next_or_end(Duration::from_secs(20)).await {
+                Next::Event(e) => out.push(e),
+                other => panic!("{other:?} after {} of {n} events: {out:?}", out.len()),
             }
         }
         out
+    }
+
+    /// Asserts that the server ends the stream (within a generous deadline)
+    /// without sending another event.
+    async fn assert_ends(&mut self) {
+        match self.next_or_end(Duration::from_secs(20)).await {
+            Next::End => {}
+            other => panic!("expected the end of the stream, got {other:?}"),
+        }
     }
 }
 
@@ -138,8 +175,9 @@ async fn every_change_type_in_order(b: Backend) {
     );
     assert_eq!(evs[3].data["payload"]["changed"], json!(["status"]));
     assert_eq!(evs[5].data["payload"]["feedback"]["rating"], "up");
-    // The stream ends after session.deleted.
-    assert!(r.next(Duration::from_secs(5)).await.is_none());
+    // The stream ends after session.deleted (the server closes it: a read
+    // timeout would not do).
+    r.assert_ends().await;
     // And a deleted session has no stream.
     assert_eq!(
         gw.get("/v1/sessions/e/events").await.0,
@@ -186,15 +224,20 @@ async fn resume_misses_and_repeats_nothing(b: Backend) {
         .collect();
     assert_eq!(is, (1..10).map(|i| json!(i)).collect::<Vec<_>>());
     assert_eq!(rest[9].event, "metadata.updated");
-    assert!(
-        r.next(Duration::from_millis(300)).await.is_none(),
-        "no duplicate or extra event"
+    // No duplicate or extra event: the next one is the next change.
+    gw.patch("/v1/sessions/r/metadata", json!({"marker": 1}))
+        .await;
+    let marker = r.take(1).await;
+    assert_eq!(
+        (marker[0].id, marker[0].data["payload"]["changed"].clone()),
+        (Some(last + 11), json!(["marker"])),
+        "{marker:?}"
     );
     // An id from the future answers with a reset.
     let mut r = Reader::open(&gw, "r", Some(10_000)).await;
     let reset = r.take(1).await;
     assert_eq!(reset[0].event, "reset");
-    assert_eq!(reset[0].data["resume_after"], last + 10);
+    assert_eq!(reset[0].data["resume_after"], last + 11);
     // A bad id is 400.
     let resp = gw
         .client
@@ -229,26 +272,55 @@ async fn many_subscribers_share_one_feed(b: Backend) {
     }
 }
 
-async fn retention_expires_sessions_and_events(b: Backend) {
+/// Polls `GET path` until it answers `status` (generous deadline).
+async fn wait_status(gw: &TestGateway, path: &str, status: StatusCode) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = gw.get(path).await;
+        if s == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET {path} still answers {s} {v}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A session past its lifetime disappears from every endpoint at once; the
+/// sweeper then deletes it and its children, telling open streams
+/// (`session.deleted`, `reason: expired`); a re-created session continues
+/// its event ids.
+async fn expired_sessions_disappear_and_streams_are_told(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut cfg) = common::config(b, &dir) else {
         return;
     };
-    cfg.retention
-        .sessions
-        .insert("short".into(), "400ms".into());
-    cfg.retention.events = "300ms".into();
+    // A lifetime long enough that the checks made while it lives cannot race it.
+    cfg.retention.sessions.insert("short".into(), "3s".into());
     cfg.retention.sweep_interval_ms = 100;
     let gw = TestGateway::start(cfg).await;
-    gw.post(
-        "/v1/sessions",
-        json!({"session_id": "brief", "session_type": "short"}),
-    )
-    .await;
-    gw.post("/v1/sessions", json!({"session_id": "kept"})).await;
-    gw.put("/v1/sessions/brief/agents/bot", json!({})).await;
+    let (s, v) = gw
+        .post(
+            "/v1/sessions",
+            json!({"session_id": "brief", "session_type": "short"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    gw.session("kept").await;
+    let (s, v) = gw.put("/v1/sessions/brief/agents/bot", json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = gw
+        .post(
+            "/v1/sessions/brief/agents/bot/messages",
+            json!({"message": {"text": "old"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(gw.get("/v1/sessions/brief").await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut stream = Reader::open(&gw, "brief", None).await;
+    wait_status(&gw, "/v1/sessions/brief", StatusCode::NOT_FOUND).await;
     // Gone from every endpoint as soon as it expires, swept or not.
     for path in [
         "/v1/sessions/brief",
@@ -275,33 +347,161 @@ async fn retention_expires_sessions_and_events(b: Backend) {
         .0,
         StatusCode::NOT_FOUND
     );
-    // The sweeper removes it for good and records why; old events leave the window.
+    // The sweeper deletes it and tells the open stream why, then ends it.
+    let e = stream.take(1).await;
+    assert_eq!(e[0].event, "session.deleted", "{e:?}");
+    assert_eq!(e[0].data["payload"]["reason"], "expired", "{e:?}");
+    stream.assert_ends().await;
     let t = gateway::model::Tenant::default_tenant();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let evs = gw
-            .state
-            .store
-            .events_after(&t, "brief", 0, 10)
-            .await
-            .unwrap();
-        if evs.len() == 1 && evs[0].kind == gateway::model::EventType::SessionDeleted {
-            assert_eq!(evs[0].payload["reason"], "expired");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not swept: {evs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The id is free again and its events continue after the old ones.
+    let deleted_at = gw.state.store.latest_event_seq(&t, "brief").await.unwrap();
+    assert_eq!(e[0].id, Some(deleted_at));
+    // The id is free again, its events continue after the old ones, and
+    // nothing of the old session's children is left.
     let (s, _) = gw
         .post("/v1/sessions", json!({"session_id": "brief"}))
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    assert!(gw.state.store.latest_event_seq(&t, "brief").await.unwrap() > 3);
-    // An SSE resume from before the window gets a reset.
-    let mut r = Reader::open(&gw, "kept", Some(0)).await;
-    let e = r.take(1).await;
-    assert_eq!(e[0].event, "reset", "{e:?}");
+    assert_eq!(
+        gw.state.store.latest_event_seq(&t, "brief").await.unwrap(),
+        deleted_at + 1
+    );
+    assert_eq!(
+        gw.get("/v1/sessions/brief/agents").await.1["agents"],
+        json!([])
+    );
+    let (s, _) = gw.put("/v1/sessions/brief/agents/bot", json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "a fresh agent, not the expired one");
+    assert_eq!(
+        gw.get("/v1/sessions/brief/agents/bot/messages").await.1["total"],
+        0,
+        "the expired session's messages were purged"
+    );
+    assert_eq!(
+        gw.get("/v1/sessions/kept").await.0,
+        StatusCode::OK,
+        "a session without a lifetime stays"
+    );
+}
+
+/// Events older than `retention.events` leave the log; a resume from before
+/// the window gets a `reset` and then continues from the oldest event kept,
+/// then live.
+async fn resume_past_the_window_resets_then_continues(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = common::config(b, &dir) else {
+        return;
+    };
+    // Long enough that an event written below is still kept when the reader
+    // asks for it, short enough to wait for.
+    cfg.retention.events = "3s".into();
+    cfg.retention.sweep_interval_ms = 100;
+    let gw = TestGateway::start(cfg).await;
+    let t = gateway::model::Tenant::default_tenant();
+    gw.session("k").await;
+    for i in 0..3 {
+        gw.patch("/v1/sessions/k/metadata", json!({"old": i})).await;
+    }
+    assert_eq!(gw.state.store.latest_event_seq(&t, "k").await.unwrap(), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let evs = gw.state.store.events_after(&t, "k", 0, 10).await.unwrap();
+        if evs.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events not dropped: {evs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..2 {
+        gw.patch("/v1/sessions/k/metadata", json!({"new": i})).await;
+    }
+    let mut r = Reader::open(&gw, "k", Some(1)).await;
+    let evs = r.take(3).await;
+    assert_eq!(evs[0].event, "reset", "{evs:?}");
+    assert_eq!(evs[0].data["resume_after"], 4, "{evs:?}");
+    assert!(evs[0].data["reason"].is_string(), "{evs:?}");
+    let ids: Vec<Option<u64>> = evs[1..].iter().map(|e| e.id).collect();
+    assert_eq!(ids, [Some(5), Some(6)], "{evs:?}");
+    gw.patch("/v1/sessions/k/metadata", json!({"live": 1}))
+        .await;
+    let live = r.take(1).await;
+    assert_eq!(live[0].id, Some(7), "{live:?}");
+}
+
+/// `?after=N` resumes like `Last-Event-ID: N` (the header wins when both are
+/// given), and every event's `data` has exactly the documented fields.
+async fn after_query_resumes_and_data_has_the_documented_fields(b: Backend) {
+    let gw = gw!(b);
+    gw.session("q").await;
+    for i in 0..3 {
+        gw.patch("/v1/sessions/q/metadata", json!({"n": i})).await;
+    }
+    let mut r = Reader::open_query(&gw, "q", "?after=2", None).await;
+    let evs = r.take(2).await;
+    assert_eq!(
+        evs.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [Some(3), Some(4)]
+    );
+    for e in &evs {
+        let mut keys: Vec<&str> = e
+            .data
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["payload", "seq", "session_id", "ts", "type"],
+            "{e:?}"
+        );
+        assert_eq!(e.data["seq"].as_u64(), e.id, "{e:?}");
+        assert_eq!(e.data["type"], e.event.as_str(), "{e:?}");
+        assert_eq!(e.data["session_id"], "q", "{e:?}");
+        let ts = e.data["ts"].as_str().expect("ts is a timestamp string");
+        assert!(
+            time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(),
+            "ts {ts:?} is not RFC 3339"
+        );
+    }
+    assert_eq!(evs[1].data["payload"]["values"]["n"], 2, "{evs:?}");
+    // The header takes precedence over the query.
+    let mut r = Reader::open_query(&gw, "q", "?after=0", Some(3)).await;
+    assert_eq!(r.take(1).await[0].id, Some(4));
+    for bad in ["?after=x", "?after=-1", "?since=1"] {
+        let (s, v) = gw.get(&format!("/v1/sessions/q/events{bad}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["error"]["code"].is_string(), "{bad}: {v}");
+    }
+}
+
+/// An idle stream gets a heartbeat comment every `server.sse_heartbeat_ms`.
+async fn idle_streams_get_heartbeats(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = common::config(b, &dir) else {
+        return;
+    };
+    cfg.server.sse_heartbeat_ms = 100;
+    let gw = TestGateway::start(cfg).await;
+    gw.session("h").await;
+    let mut r = Reader::open(&gw, "h", None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while r.heartbeats < 3 {
+        match r.next_or_end(Duration::from_millis(200)).await {
+            Next::Quiet => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} heartbeats in 30 s at one per 100 ms",
+                r.heartbeats
+            ),
+            other => panic!("an idle stream sent {other:?}"),
+        }
+    }
+    // Still a live stream: the next change arrives.
+    gw.patch("/v1/sessions/h/metadata", json!({"a": 1})).await;
+    assert_eq!(r.take(1).await[0].event, "metadata.updated");
 }
 
 /// A redaction leaves no copy of the original text in the event log; streams
@@ -342,7 +542,10 @@ on_both_stores!(
     every_change_type_in_order,
     resume_misses_and_repeats_nothing,
     many_subscribers_share_one_feed,
-    retention_expires_sessions_and_events
+    expired_sessions_disappear_and_streams_are_told,
+    resume_past_the_window_resets_then_continues,
+    after_query_resumes_and_data_has_the_documented_fields,
+    idle_streams_get_heartbeats
 );
 
 /// Two gateways share one MongoDB: a subscriber on one sees writes made through the other.

@@ -66,8 +66,9 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
     }
     // Four writers append as fast as they can; each records what was acknowledged.
     let mut writers = Vec::new();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for w in 0..4 {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, acks) = (client.clone(), base.clone(), acks.clone());
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in 0..100_000u64 {
@@ -81,6 +82,7 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
                     Ok(r) if r.status() == StatusCode::CREATED => {
                         let v: Value = r.json().await.unwrap();
                         acked.push((v["message_id"].as_u64().unwrap(), i));
+                        acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     _ => break, // the gateway is gone
                 }
@@ -88,7 +90,16 @@ async fn sigkill_loses_no_acknowledged_write(backend: Backend) {
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill once writes are flowing (polled, however slow the machine).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acks.load(std::sync::atomic::Ordering::Relaxed) < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "writes are not being acknowledged:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut gw = gw;
     gw.kill(); // SIGKILL
     let mut acked = Vec::new();
@@ -303,4 +314,179 @@ async fn mongodb_outage_fails_fast_and_recovers() {
         .await
         .unwrap();
     assert_eq!(v, json!({"a": 2}));
+}
+
+/// `GET /v1/admin/plugins` `calls`/`instantiations` of plugin `name` in a gateway process.
+async fn plugin_counter(c: &reqwest::Client, base: &str, name: &str, counter: &str) -> u64 {
+    let v: Value = c
+        .get(format!("{base}/v1/admin/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name}: {v}"))[counter]
+        .as_u64()
+        .unwrap()
+}
+
+/// SIGTERM drains: a request in flight when the signal arrives completes,
+/// its write is kept, and the process exits cleanly (without the "did not
+/// finish in time" warning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A before-hook that loops for its 3 s and then fails open: the request
+    // is in flight for 3 s.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 60000\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
+         [[hooks]]\nname = \"slow\"\nwasm = {:?}\nphase = \"before\"\nevents = [\"metadata.update\"]\ntimeout_ms = 3000\non_error = \"allow\"\ninstance = \"per-call\"\n",
+        common::plugin("fixture_loop").display().to_string()
+    );
+    let mut gw = GatewayProcess::start(dir.path(), &config, "info").await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/sessions", gw.base))
+        .json(&json!({"session_id": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let before = plugin_counter(&c, &gw.base, "slow", "instantiations").await;
+    let slow = {
+        let (c, base) = (c.clone(), gw.base.clone());
+        tokio::spawn(async move {
+            let r = c
+                .patch(format!("{base}/v1/sessions/s/metadata"))
+                .json(&json!({"drained": true}))
+                .send()
+                .await
+                .expect("the in-flight request is answered");
+            (r.status(), r.text().await.unwrap())
+        })
+    };
+    // Until the request is inside the hook (a fresh instance is made for it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while plugin_counter(&c, &gw.base, "slow", "instantiations").await == before {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the hook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.signal("TERM");
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let exit = gw
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("still running 60 s after SIGTERM:\n{}", gw.log_text()));
+    let log = gw.log_text();
+    assert!(exit.success(), "exit {exit}:\n{log}");
+    assert!(log.contains("draining"), "{log}");
+    assert!(!log.contains("did not finish in time"), "{log}");
+    // The drained write was committed.
+    let gw = GatewayProcess::start(dir.path(), &config, "info").await;
+    let v: Value = c
+        .get(format!("{}/v1/sessions/s/metadata", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"drained": true}));
+}
+
+/// SIGHUP reloads the plugins; with `auth.mode = "none"` the start-up log
+/// warns that authentication is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_plugins_and_auth_off_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hook.wasm");
+    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
+         [[hooks]]\nname = \"swap\"\nwasm = {:?}\nphase = \"get\"\nevents = [\"metadata.get\"]\ntimeout_ms = 10000\n",
+        wasm.display().to_string()
+    );
+    let gw = GatewayProcess::start(dir.path(), &config, "info").await;
+    assert!(
+        gw.log_text().contains("AUTHENTICATION IS OFF"),
+        "{}",
+        gw.log_text()
+    );
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/sessions", gw.base))
+        .json(&json!({"session_id": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let version = || {
+        let (c, base) = (c.clone(), gw.base.clone());
+        async move {
+            let v: Value = c
+                .get(format!("{base}/v1/sessions/s/metadata"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["fixture"].clone()
+        }
+    };
+    assert_eq!(version().await, "v1");
+    std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
+    assert_eq!(version().await, "v1", "watching is off: no reload yet");
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while version().await != "v2" {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The config file may be named by `GATEWAY_CONFIG` instead of `--config`,
+/// and `MONGODB_URI` overrides `storage.mongodb.uri` (the file's uri points
+/// where nothing listens: `/readyz` pings the store, so the gateway is only
+/// ready on the environment's server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_config_and_mongodb_uri_from_the_environment() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nowhere = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ntype = \"mongodb\"\n[storage.mongodb]\nuri = {nowhere:?}\ndatabase = \"gw_test_{}\"\nserver_selection_timeout_ms = 3000\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n",
+        uuid::Uuid::new_v4().simple()
+    );
+    let gw = GatewayProcess::start_with(dir.path(), &config, "info", |cmd, cfg| {
+        cmd.env("GATEWAY_CONFIG", cfg).env("MONGODB_URI", &uri);
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/sessions", gw.base))
+        .json(&json!({"session_id": "env"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", gw.log_text());
 }

@@ -49,41 +49,53 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
+/// A gateway on `backend` with one session (and agent `a`) per property;
+/// `None` when the backend is unavailable.
+fn start_fixture(backend: common::Backend) -> Option<Fixture> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(backend, &dir)?;
+    cfg.limits.max_json_depth = 5;
+    let app = rt.block_on(async {
+        let gw = gateway::Gateway::start(cfg, None).await.unwrap();
+        let app = gateway::app(gw.state.clone());
+        std::mem::forget(gw); // background tasks live for the whole test binary
+        // One session per property, since properties run in parallel.
+        for sid in ["md", "fb", "msg", "agent", "raw", "del", "list"] {
+            let (s, v) = send(
+                &app,
+                Method::POST,
+                "/v1/sessions",
+                json!({"session_id": sid, "metadata": {"keep": 1}}).to_string(),
+            )
+            .await;
+            assert_eq!(s, 201, "{backend:?}: creating {sid}: {v}");
+            let (s, v) = send(
+                &app,
+                Method::PUT,
+                &format!("/v1/sessions/{sid}/agents/a"),
+                "{}".into(),
+            )
+            .await;
+            assert_eq!(s, 201, "{backend:?}: creating agent a of {sid}: {v}");
+        }
+        app
+    });
+    Some(Fixture { rt, app, _dir: dir })
+}
+
+/// The fixtures to check: embedded always, MongoDB when `MONGODB_URI` is set.
+fn fixtures() -> &'static [(common::Backend, Fixture)] {
+    static F: OnceLock<Vec<(common::Backend, Fixture)>> = OnceLock::new();
     F.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = common::config(common::Backend::Embedded, &dir).unwrap();
-        cfg.limits.max_json_depth = 5;
-        let app = rt.block_on(async {
-            let gw = gateway::Gateway::start(cfg, None).await.unwrap();
-            let app = gateway::app(gw.state.clone());
-            std::mem::forget(gw); // background tasks live for the whole test binary
-            // One session per property, since properties run in parallel.
-            for sid in ["md", "fb", "msg", "agent", "raw", "del", "list"] {
-                send(
-                    &app,
-                    Method::POST,
-                    "/v1/sessions",
-                    json!({"session_id": sid, "metadata": {"keep": 1}}).to_string(),
-                )
-                .await;
-                send(
-                    &app,
-                    Method::PUT,
-                    &format!("/v1/sessions/{sid}/agents/a"),
-                    "{}".into(),
-                )
-                .await;
-            }
-            app
-        });
-        Fixture { rt, app, _dir: dir }
+        [common::Backend::Embedded, common::Backend::Mongo]
+            .into_iter()
+            .filter_map(|b| Some((b, start_fixture(b)?)))
+            .collect()
     })
 }
 
@@ -102,63 +114,87 @@ async fn send(app: &axum::Router, method: Method, path: &str, body: String) -> (
     )
 }
 
-/// Everything a write could change in a fixture session, and the number of sessions.
-async fn snapshot(app: &axum::Router, sid: &str) -> Value {
-    let (_, md) = send(
-        app,
-        Method::GET,
-        &format!("/v1/sessions/{sid}/metadata"),
-        String::new(),
-    )
-    .await;
-    let (_, msgs) = send(
-        app,
-        Method::GET,
-        &format!("/v1/sessions/{sid}/agents/a/messages?latest=1"),
-        String::new(),
-    )
-    .await;
-    let (_, fbs) = send(
-        app,
-        Method::GET,
-        &format!("/v1/sessions/{sid}/feedbacks"),
-        String::new(),
-    )
-    .await;
-    let (_, agent) = send(
-        app,
-        Method::GET,
-        &format!("/v1/sessions/{sid}/agents/a"),
-        String::new(),
-    )
-    .await;
-    json!({"md": md, "total": msgs["total"], "fbs": fbs["feedbacks"].as_array().map(Vec::len), "version": agent["version"]})
+/// A GET that must succeed (the snapshot must not compare two errors).
+async fn read(app: &axum::Router, path: &str) -> Value {
+    let (s, v) = send(app, Method::GET, path, String::new()).await;
+    assert_eq!(s, 200, "GET {path}: {v}");
+    v
 }
 
-/// Sends one request about fixture session `sid` and checks the invariants.
-fn check(sid: &str, method: Method, path: &str, body: String) -> Result<(), TestCaseError> {
-    let f = fixture();
-    f.rt.block_on(async {
-        let before = snapshot(&f.app, sid).await;
-        let (status, v) = send(&f.app, method.clone(), path, body.clone()).await;
-        prop_assert!(status < 500, "{method} {path} {body:?} -> {status} {v}");
-        if status >= 400 {
-            prop_assert!(
-                v["error"]["code"].is_string() && v["error"]["message"].is_string(),
-                "non-uniform error {v}"
-            );
-            let after = snapshot(&f.app, sid).await;
-            prop_assert_eq!(
-                before,
-                after,
-                "a refused request changed state: {} {} {:?}",
-                method,
-                path,
-                body
-            );
-        }
-        Ok(())
+/// Everything a write could change in a fixture session (metadata, agent,
+/// every message with its contents, every feedback), and every session id.
+async fn snapshot(app: &axum::Router, sid: &str) -> Value {
+    let session = read(app, &format!("/v1/sessions/{sid}")).await;
+    let agent = read(app, &format!("/v1/sessions/{sid}/agents/a")).await;
+    let msgs = read(
+        app,
+        &format!("/v1/sessions/{sid}/agents/a/messages?limit=1000"),
+    )
+    .await;
+    let fbs = read(app, &format!("/v1/sessions/{sid}/feedbacks")).await;
+    let list = read(app, "/v1/sessions?limit=1000").await;
+    let mut sessions: Vec<Value> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].clone())
+        .collect();
+    sessions.sort_by_key(Value::to_string);
+    json!({
+        "metadata": session["metadata"],
+        "updated_at": session["updated_at"],
+        "agent": agent,
+        "messages": msgs,
+        "feedbacks": fbs["feedbacks"],
+        "sessions": sessions,
+        "more_sessions": list["next_cursor"],
     })
+}
+
+/// Properties run in parallel, and a write accepted for one would change
+/// another's snapshot (e.g. the session list): one check at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Sends one request about fixture session `sid` and checks the invariants,
+/// on the embedded store every time and on MongoDB every fourth time (its
+/// test server is much slower).
+fn check(sid: &str, method: Method, path: &str, body: String) -> Result<(), TestCaseError> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (backend, f) in fixtures() {
+        if *backend == common::Backend::Mongo && n % 4 != 0 {
+            continue;
+        }
+        f.rt.block_on(async {
+            let before = snapshot(&f.app, sid).await;
+            let (status, v) = send(&f.app, method.clone(), path, body.clone()).await;
+            prop_assert!(
+                status < 500,
+                "{backend:?}: {method} {path} {body:?} -> {status} {v}"
+            );
+            if status >= 400 {
+                prop_assert!(
+                    v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                    "{backend:?}: non-uniform error {v}"
+                );
+                let after = snapshot(&f.app, sid).await;
+                prop_assert_eq!(
+                    before,
+                    after,
+                    "{:?}: a refused request changed state: {} {} {:?}",
+                    backend,
+                    method,
+                    path,
+                    body
+                );
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 proptest! {

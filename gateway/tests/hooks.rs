@@ -9,22 +9,28 @@ use common::{Backend, TestGateway, assert_error, hook};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-async fn gw(hooks: Vec<gateway::config::HookConfig>) -> TestGateway {
-    TestGateway::with_hooks(Backend::Embedded, hooks)
-        .await
-        .expect("embedded store")
+/// A gateway on store `$b` with `$hooks`; returns from the test when that
+/// store is unavailable (see `common::mongo_uri`).
+macro_rules! gw {
+    ($b:expr, $hooks:expr) => {
+        match TestGateway::with_hooks($b, $hooks).await {
+            Some(g) => g,
+            None => return,
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validator_denies_with_reason_and_writes_nothing() {
-    let gw = gw(vec![hook(
-        "validate",
-        "metadata_validator",
-        "before",
-        &["metadata.update", "metadata.delete"],
-        "config = { required = [\"status\"], types = { status = \"string\" }, max_value_bytes = 64 }",
-    )])
-    .await;
+async fn validator_denies_with_reason_and_writes_nothing(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![hook(
+            "validate",
+            "metadata_validator",
+            "before",
+            &["metadata.update", "metadata.delete"],
+            "config = { required = [\"status\"], types = { status = \"string\" }, max_value_bytes = 64 }",
+        )]
+    );
     gw.post(
         "/v1/sessions",
         json!({"session_id": "s", "metadata": {"status": "new"}}),
@@ -64,16 +70,17 @@ async fn validator_denies_with_reason_and_writes_nothing() {
     assert_eq!(v, json!({"status": "active"}));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redactor_masks_and_hides_on_get_only() {
-    let gw = gw(vec![hook(
-        "redact",
-        "metadata_redactor",
-        "get",
-        &["metadata.get"],
-        "config = { mask = [\"api_key\", \"customer.ssn\"], hide = [\"internal\"] }",
-    )])
-    .await;
+async fn redactor_masks_and_hides_on_get_only(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![hook(
+            "redact",
+            "metadata_redactor",
+            "get",
+            &["metadata.get"],
+            "config = { mask = [\"api_key\", \"customer.ssn\"], hide = [\"internal\"] }",
+        )]
+    );
     gw.post("/v1/sessions", json!({"session_id": "s", "metadata": {"api_key": "sk-123", "internal": {"x": 1}, "customer": {"ssn": "123", "name": "Ann"}}})).await;
     let expect = json!({"api_key": "***", "customer": {"ssn": "***", "name": "Ann"}});
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, expect);
@@ -93,16 +100,17 @@ async fn redactor_masks_and_hides_on_get_only() {
     assert_eq!(stored["api_key"], "sk-123");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_rewrite_is_contained() {
-    let gw = gw(vec![hook(
-        "huge",
-        "fixture_huge_rewrite",
-        "before",
-        &["metadata.update"],
-        "memory_mb = 32\ntimeout_ms = 2000",
-    )])
-    .await;
+async fn huge_rewrite_is_contained(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![hook(
+            "huge",
+            "fixture_huge_rewrite",
+            "before",
+            &["metadata.update"],
+            "memory_mb = 32\ntimeout_ms = 2000",
+        )]
+    );
     gw.session("s").await;
     let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
@@ -117,25 +125,26 @@ async fn huge_rewrite_is_contained() {
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_open_and_fail_closed() {
-    let gw = gw(vec![
-        hook(
-            "trap-open",
-            "fixture_trap",
-            "before",
-            &["metadata.update"],
-            "on_error = \"allow\"",
-        ),
-        hook(
-            "trap-closed",
-            "fixture_trap",
-            "before",
-            &["metadata.delete"],
-            "on_error = \"deny\"",
-        ),
-    ])
-    .await;
+async fn fail_open_and_fail_closed(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "trap-open",
+                "fixture_trap",
+                "before",
+                &["metadata.update"],
+                "on_error = \"allow\"",
+            ),
+            hook(
+                "trap-closed",
+                "fixture_trap",
+                "before",
+                &["metadata.delete"],
+                "on_error = \"deny\"",
+            ),
+        ]
+    );
     gw.session("s").await;
     let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
     assert_eq!(s, StatusCode::OK, "fail-open lets the change through: {v}");
@@ -162,25 +171,26 @@ async fn fail_open_and_fail_closed() {
 
 /// The loop and memory-bomb fixtures are stopped within their limits while
 /// other requests keep being served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_plugins_are_contained() {
-    let gw = gw(vec![
-        hook(
-            "loop",
-            "fixture_loop",
-            "before",
-            &["metadata.update"],
-            "timeout_ms = 50",
-        ),
-        hook(
-            "bomb",
-            "fixture_membomb",
-            "before",
-            &["metadata.delete"],
-            "memory_mb = 16\ntimeout_ms = 5000",
-        ),
-    ])
-    .await;
+async fn hostile_plugins_are_contained(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "loop",
+                "fixture_loop",
+                "before",
+                &["metadata.update"],
+                "timeout_ms = 50",
+            ),
+            hook(
+                "bomb",
+                "fixture_membomb",
+                "before",
+                &["metadata.delete"],
+                "memory_mb = 16\ntimeout_ms = 5000",
+            ),
+        ]
+    );
     gw.session("s").await;
     gw.session("other").await;
     let started = Instant::now();
@@ -234,25 +244,26 @@ async fn hostile_plugins_are_contained() {
     assert_eq!(v, json!({}));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reuse_and_per_call_instances() {
-    let gw = gw(vec![
-        hook(
-            "reuse",
-            "fixture_allow",
-            "before",
-            &["metadata.update"],
-            "instance = \"reuse\"",
-        ),
-        hook(
-            "fresh",
-            "fixture_allow",
-            "before",
-            &["metadata.update"],
-            "instance = \"per-call\"",
-        ),
-    ])
-    .await;
+async fn reuse_and_per_call_instances(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "reuse",
+                "fixture_allow",
+                "before",
+                &["metadata.update"],
+                "instance = \"reuse\"",
+            ),
+            hook(
+                "fresh",
+                "fixture_allow",
+                "before",
+                &["metadata.update"],
+                "instance = \"per-call\"",
+            ),
+        ]
+    );
     gw.session("s").await;
     for i in 0..10 {
         assert_eq!(
@@ -276,8 +287,9 @@ fn write_config(
 ) -> std::path::PathBuf {
     let pin = pin.map(|p| format!("sha256 = {p:?}\n")).unwrap_or_default();
     let text = format!(
-        "[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\ncache_dir = \"cache\"\nwatch = false\n\n[[hooks]]\nname = \"swap\"\nwasm = {:?}\n{pin}events = [\"metadata.get\"]\nphase = \"get\"\n",
-        wasm.display().to_string()
+        "[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\ncache_dir = \"cache\"\nwatch = false\n\n[[hooks]]\nname = \"swap\"\nwasm = {:?}\n{pin}events = [\"metadata.get\"]\nphase = \"get\"\n{}\n",
+        wasm.display().to_string(),
+        common::HOOK_TIMEOUT
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -297,49 +309,73 @@ async fn hot_swap_under_load() {
     gw.session("s").await;
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Responses served by v1 and by v2 so far, over all load tasks.
+    let served = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (c, base, stop) = (gw.client.clone(), gw.base.clone(), stop.clone());
+        let (c, base, stop, served) = (
+            gw.client.clone(),
+            gw.base.clone(),
+            stop.clone(),
+            served.clone(),
+        );
         load.push(tokio::spawn(async move {
             let (mut ok, mut failed, mut versions) =
-                (0u32, 0u32, std::collections::BTreeSet::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                (0u32, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(Relaxed) {
                 let r = c
                     .get(format!("{base}/v1/sessions/s/metadata"))
                     .send()
                     .await
                     .unwrap();
-                if r.status() == StatusCode::OK {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                if status == StatusCode::OK {
                     ok += 1;
-                    versions.insert(
-                        r.json::<Value>().await.unwrap()["fixture"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_owned(),
-                    );
-                } else {
-                    failed += 1;
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    let version = v["fixture"].as_str().unwrap_or("").to_owned();
+                    if let Some(n) = ["v1", "v2"].iter().position(|x| *x == version) {
+                        served[n].fetch_add(1, Relaxed);
+                    }
+                    versions.insert(version);
+                } else if failed.len() < 5 {
+                    failed.push(format!("GET /v1/sessions/s/metadata -> {status} {body}"));
                 }
             }
             (ok, failed, versions)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until the load is running on v1, then swap, until it runs on v2.
+    let wait_served = |n: usize, what: &'static str| {
+        let served = served.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while served[n].load(Relaxed) < 20 {
+                assert!(Instant::now() < deadline, "no load served by {what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_served(0, "v1").await;
     std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
     let (s, report) = gw.post("/v1/admin/reload", json!({})).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(report["reload"]["loaded"], json!(["swap"]), "{report}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed, mut versions) = (0, 0, std::collections::BTreeSet::new());
+    wait_served(1, "v2").await;
+    stop.store(true, Relaxed);
+    let (mut ok, mut failed, mut versions) = (0, Vec::new(), std::collections::BTreeSet::new());
     for t in load {
         let (o, f, v) = t.await.unwrap();
         ok += o;
-        failed += f;
+        failed.extend(f);
         versions.extend(v);
     }
-    assert_eq!(failed, 0, "requests failed across the swap");
+    assert!(
+        failed.is_empty(),
+        "requests failed across the swap: {failed:#?}"
+    );
     assert!(ok > 0);
     assert!(
         versions.contains("v1") && versions.contains("v2"),
@@ -354,6 +390,34 @@ async fn hot_swap_under_load() {
     assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v2");
     let (_, plugins) = gw.get("/v1/admin/plugins").await;
     assert!(plugins["plugins"][0]["last_error"].is_string(), "{plugins}");
+
+    // A valid component that does not link against the WIT (it imports an
+    // interface the host does not provide: fixture_deny with its import of
+    // the host interface renamed) keeps the old version serving too.
+    let mut bytes = std::fs::read(common::plugin("fixture_deny")).unwrap();
+    let (from, to) = (
+        b"gateway:hooks/host@0.1.0".as_slice(),
+        b"gateway:hooks/hosz@0.1.0".as_slice(),
+    );
+    let mut renamed = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            renamed += 1;
+        }
+    }
+    assert!(
+        renamed > 0,
+        "fixture_deny does not import the host interface"
+    );
+    std::fs::write(&wasm, &bytes).unwrap();
+    let (_, report) = gw.post("/v1/admin/reload", json!({})).await;
+    assert_eq!(report["reload"]["failed"][0][0], "swap", "{report}");
+    let why = report["reload"]["failed"][0][1]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("import"), "{report}");
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v2");
 
     // A sha256 pin that does not match refuses the load.
     std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
@@ -394,25 +458,26 @@ async fn watcher_reloads_changed_plugin() {
 
 /// After-hooks publish to granted targets only; notifications are persisted
 /// in the outbox and visible to operators.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_hooks_publish_to_granted_targets_only() {
-    let gw = gw(vec![
-        hook(
-            "router",
-            "feedback_router",
-            "after",
-            &["feedback.add"],
-            "grants = { publish = [\"good\", \"bad\"] }",
-        ),
-        hook(
-            "audit",
-            "audit_log",
-            "after",
-            &["feedback.add", "metadata.update"],
-            "",
-        ),
-    ])
-    .await;
+async fn after_hooks_publish_to_granted_targets_only(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "router",
+                "feedback_router",
+                "after",
+                &["feedback.add"],
+                "grants = { publish = [\"good\", \"bad\"] }",
+            ),
+            hook(
+                "audit",
+                "audit_log",
+                "after",
+                &["feedback.add", "metadata.update"],
+                "",
+            ),
+        ]
+    );
     gw.session("s").await;
     gw.post(
         "/v1/sessions/s/feedbacks",
@@ -486,26 +551,27 @@ fn plugin_check_reports_exports() {
 }
 
 /// A rewrite feeds the next hook in the chain and is what gets stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewrites_are_chained_and_stored() {
-    let gw = gw(vec![
-        hook(
-            "rewrite",
-            "fixture_rewrite",
-            "before",
-            &["metadata.update", "metadata.delete", "feedback.add"],
-            "",
-        ),
-        // Runs second: sees the rewritten change (a lower-cased status passes the enum check).
-        hook(
-            "validate",
-            "metadata_validator",
-            "before",
-            &["metadata.update"],
-            "config = { types = { status = \"string\", rewritten_by = \"string\" } }",
-        ),
-    ])
-    .await;
+async fn rewrites_are_chained_and_stored(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "rewrite",
+                "fixture_rewrite",
+                "before",
+                &["metadata.update", "metadata.delete", "feedback.add"],
+                "",
+            ),
+            // Runs second: sees the rewritten change (a lower-cased status passes the enum check).
+            hook(
+                "validate",
+                "metadata_validator",
+                "before",
+                &["metadata.update"],
+                "config = { types = { status = \"string\", rewritten_by = \"string\" } }",
+            ),
+        ]
+    );
     gw.post(
         "/v1/sessions",
         json!({"session_id": "s", "metadata": {"protected": 1, "tmp": 2}}),
@@ -550,14 +616,17 @@ fn assert_hook_failed(s: StatusCode, v: &Value, prefix: &str) {
 /// only: its calls get the `on_error` outcome at once (503 with Retry-After
 /// when it fails closed), other tenants keep running it, and after the
 /// cool-down it runs again on probation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_failures_quarantine_the_plugin_per_tenant() {
+async fn repeated_failures_quarantine_the_plugin_per_tenant(backend: Backend) {
     use gateway::auth::{AuthConfig, AuthMode, KeyConfig, Role, hash_key, new_key};
     // A generous deadline: the test is about traps, and a loaded machine must not
-    // turn one into a timeout (which the assertions below would misreport).
-    let breaker = "timeout_ms = 10000\nbreaker = { failures = 3, cooldown_ms = 1500 }";
+    // turn one into a timeout (which the assertions below would misreport). A
+    // cool-down long enough that the checks made during the quarantine cannot
+    // outlast it on a loaded machine; its end is polled for.
+    let breaker = "timeout_ms = 10000\nbreaker = { failures = 3, cooldown_ms = 4000 }";
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(Backend::Embedded, &dir).unwrap();
+    let Some(mut cfg) = common::config(backend, &dir) else {
+        return;
+    };
     cfg.hooks = vec![
         hook(
             "closed",
@@ -635,7 +704,7 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
     let (s, headers, v) = delete(&a).await;
     assert_hook_failed(s, &v, "closed: quarantined");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert!((1..=4).contains(&retry), "Retry-After {retry}");
     // team-b still runs the plugin (and is refused by the trap itself).
     let (s, _, v) = delete(&b).await;
     assert_hook_failed(s, &v, "closed: trapped");
@@ -670,7 +739,11 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
     assert_eq!(open["breaker"]["isolated_calls"], 2, "{open}");
 
     // After the cool-down the plugin runs again; one more failure re-trips it.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while plugin("closed").await["breaker"]["quarantined_tenants"] != json!([]) {
+        assert!(Instant::now() < deadline, "the quarantine did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (s, _, v) = delete(&a).await;
     assert_hook_failed(s, &v, "closed: trapped");
     let (s, _, v) = delete(&a).await;
@@ -700,4 +773,314 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant() {
         metrics.contains("gateway_hook_quarantined_calls_total{plugin=\"open\"} 1"),
         "{metrics}"
     );
+}
+
+on_both_stores!(
+    validator_denies_with_reason_and_writes_nothing,
+    redactor_masks_and_hides_on_get_only,
+    huge_rewrite_is_contained,
+    fail_open_and_fail_closed,
+    hostile_plugins_are_contained,
+    reuse_and_per_call_instances,
+    after_hooks_publish_to_granted_targets_only,
+    rewrites_are_chained_and_stored,
+    repeated_failures_quarantine_the_plugin_per_tenant,
+    first_deny_stops_the_chain,
+    fuel_stops_a_busy_plugin,
+);
+
+/// A busy plugin yields to the async runtime instead of pinning its thread:
+/// on a runtime with a single thread (shared by the gateway and this test's
+/// client), ordinary requests are still served while a looping plugin runs
+/// out its time. A plugin that pinned the thread would starve them until its
+/// timeout.
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_plugin_pins_no_thread() {
+    let gw = TestGateway::with_hooks(
+        Backend::Embedded,
+        vec![hook(
+            "loop",
+            "fixture_loop",
+            "before",
+            &["metadata.update"],
+            "timeout_ms = 5000",
+        )],
+    )
+    .await
+    .expect("embedded store");
+    gw.session("s").await;
+    gw.session("other").await;
+    let started = Instant::now();
+    let hostile = {
+        let (c, base) = (gw.client.clone(), gw.base.clone());
+        tokio::spawn(async move {
+            let r = c
+                .patch(format!("{base}/v1/sessions/s/metadata"))
+                .json(&json!({"a": 1}))
+                .send()
+                .await
+                .unwrap();
+            TestGateway::parts(r).await
+        })
+    };
+    // Requests served in the middle of the plugin's 5 s (from 1 s after the
+    // hostile request was sent on, while it is still running).
+    let mut served_meanwhile = 0;
+    while !hostile.is_finished() {
+        let (s, v) = gw.get("/v1/sessions/other").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if started.elapsed() > Duration::from_secs(1) && !hostile.is_finished() {
+            served_meanwhile += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, _, v) = hostile.await.unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("loop: "),
+        "{v}"
+    );
+    assert!(
+        served_meanwhile >= 3,
+        "only {served_meanwhile} requests were served while the plugin looped"
+    );
+}
+
+/// The first deny stops the chain: later hooks are not called, nothing is written.
+async fn first_deny_stops_the_chain(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "first",
+                "fixture_deny",
+                "before",
+                &["metadata.update"],
+                "config = { reason = \"first says no\" }",
+            ),
+            hook(
+                "second",
+                "fixture_allow",
+                "before",
+                &["metadata.update"],
+                ""
+            ),
+        ]
+    );
+    gw.session("s").await;
+    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_error(&v, "denied_by_hook");
+    assert_eq!(v["error"]["message"], "first: first says no");
+    assert_eq!(gw.plugin_stats("first").await["calls"], 1);
+    let second = gw.plugin_stats("second").await;
+    assert_eq!(second["calls"], 0, "called after a deny: {second}");
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
+}
+
+/// `fuel` bounds a busy plugin by instructions: with a timeout far beyond the
+/// test's patience, the loop is stopped by its fuel.
+async fn fuel_stops_a_busy_plugin(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![hook(
+            "loop",
+            "fixture_loop",
+            "before",
+            &["metadata.update"],
+            "fuel = 50000000\ntimeout_ms = 600000",
+        )]
+    );
+    gw.session("s").await;
+    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, "hook_failed");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("loop: ") && message.contains("fuel"),
+        "{v}"
+    );
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
+}
+
+/// `optional = true`: a plugin that cannot load is skipped (the gateway
+/// starts without it); without it, the start fails naming the plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_plugins_may_fail_to_load() {
+    let missing = |optional: bool| -> gateway::config::HookConfig {
+        toml::from_str(&format!(
+            "name = \"gone\"\nwasm = \"/nonexistent/gone.wasm\"\nphase = \"before\"\nevents = [\"metadata.update\"]\noptional = {optional}\n"
+        ))
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(Backend::Embedded, &dir).unwrap();
+    cfg.hooks = vec![
+        missing(false),
+        hook("allow", "fixture_allow", "before", &["metadata.update"], ""),
+    ];
+    let err = match gateway::Gateway::start(cfg.clone(), None).await {
+        Ok(_) => panic!("started without a required plugin"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("gone"), "{err}");
+    cfg.hooks[0] = missing(true);
+    let gw = TestGateway::start(cfg).await;
+    gw.session("s").await;
+    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(gw.plugin_stats("allow").await["calls"], 1);
+    gw.stop().await;
+}
+
+/// Writes `dir/gateway.toml`: an embedded store, no watching unless `watch`,
+/// and the given `[[hooks]]` text.
+fn write_hooks_config(dir: &std::path::Path, watch: bool, hooks: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\ncache_dir = \"cache\"\nwatch = {watch}\nwatch_interval_ms = 50\n\n{hooks}"
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An edit of `gateway.toml` alone (the plugin file unchanged) is picked up
+/// by the watcher: here a hook's `config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_reloads_an_edited_gateway_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = |version: &str| {
+        format!(
+            "[[hooks]]\nname = \"tag\"\nwasm = {:?}\nphase = \"get\"\nevents = [\"metadata.get\"]\nconfig = {{ version = {version:?} }}\ntimeout_ms = 10000\n",
+            common::plugin("fixture_deny").display().to_string()
+        )
+    };
+    let cfg_path = write_hooks_config(dir.path(), true, &hooks("one"));
+    let cfg = gateway::config::Config::load(&cfg_path).unwrap();
+    let gw = TestGateway::start_with(cfg, Some(cfg_path)).await;
+    gw.session("s").await;
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "one");
+    write_hooks_config(dir.path(), true, &hooks("two"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.get("/v1/sessions/s/metadata").await.1["fixture"] != "two" {
+        assert!(
+            Instant::now() < deadline,
+            "the edited gateway.toml was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
+
+/// A reloaded version of a quarantined plugin starts with a clean slate: it
+/// is called at once, not skipped for the rest of the cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_clears_the_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hook.wasm");
+    std::fs::copy(common::plugin("fixture_trap"), &wasm).unwrap();
+    let cfg_path = write_hooks_config(
+        dir.path(),
+        false,
+        &format!(
+            "[[hooks]]\nname = \"flaky\"\nwasm = {:?}\nphase = \"before\"\nevents = [\"metadata.delete\"]\nbreaker = {{ failures = 2, cooldown_ms = 600000 }}\ntimeout_ms = 10000\n",
+            wasm.display().to_string()
+        ),
+    );
+    let cfg = gateway::config::Config::load(&cfg_path).unwrap();
+    let gw = TestGateway::start_with(cfg, Some(cfg_path)).await;
+    gw.post(
+        "/v1/sessions",
+        json!({"session_id": "s", "metadata": {"k": 1}}),
+    )
+    .await;
+    for _ in 0..2 {
+        let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=k").await;
+        assert_hook_failed(s, &v, "flaky: trapped");
+    }
+    let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=k").await;
+    assert_hook_failed(s, &v, "flaky: quarantined");
+    // The fixed version replaces it.
+    std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
+    let (s, report) = gw.post("/v1/admin/reload", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!(report["reload"]["loaded"], json!(["flaky"]), "{report}");
+    let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=k").await;
+    assert_eq!(s, StatusCode::OK, "still quarantined after the reload: {v}");
+    let p = gw.plugin_stats("flaky").await;
+    assert_eq!(p["breaker"]["quarantined_tenants"], json!([]), "{p}");
+    gw.stop().await;
+}
+
+/// The sandbox grants nothing: a Rust plugin (fixture_probe) cannot read
+/// files or list directories, sees no environment, and its stdout/stderr go
+/// nowhere (not into the gateway's output); `publish` from a before-hook is
+/// refused even when granted; the host `log` function reaches the gateway's
+/// log with the plugin's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_grants_nothing_and_log_reaches_the_gateway_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
+         [[hooks]]\nname = \"probe\"\nwasm = {:?}\nphase = \"before\"\nevents = [\"metadata.update\"]\ntimeout_ms = 10000\n\
+         grants = {{ publish = [\"probe\"] }}\nconfig = {{ marker = {marker:?} }}\n",
+        common::plugin("fixture_probe").display().to_string()
+    );
+    let gw = common::GatewayProcess::start(dir.path(), &config, "info").await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/sessions", gw.base))
+        .json(&json!({"session_id": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (s, _, v) = TestGateway::parts(
+        c.patch(format!("{}/v1/sessions/s/metadata", gw.base))
+            .json(&json!({"a": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    let report: Value = serde_json::from_str(
+        message
+            .strip_prefix("probe: ")
+            .unwrap_or_else(|| panic!("{v}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {v}"));
+    assert!(report["file"]["err"].is_string(), "read a file: {report}");
+    assert!(report["dir"]["err"].is_string(), "listed /: {report}");
+    assert_eq!(report["env"], 0, "{report}");
+    assert_eq!(report["home"], Value::Null, "{report}");
+    assert_eq!(
+        report["publish"],
+        json!({"err": "Unavailable"}),
+        "a before-hook published: {report}"
+    );
+    // The host log line, with the plugin's field; nothing of its stdio.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = gw.log_text();
+        if log.contains("probe ran") && log.contains(&marker) {
+            assert!(
+                !log.contains(&format!("probe stdout {marker}"))
+                    && !log.contains(&format!("probe stderr {marker}")),
+                "the plugin's stdio reached the gateway's output:\n{log}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no host log line from the plugin:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -255,9 +255,16 @@ fn python_plugin_check_reports_no_wasi_imports() {
 
 fn plugin_check_reports_no_wasi_imports(t: &Tagger) {
     t.require();
-    // check_plugin compiles into its own cache: not at the same time as a gateway.
+    // check_plugin compiles into a cache of its own (the same engine, so the
+    // same artifacts): share the gateways' cache with it both ways, so that
+    // the component is compiled once per run, not twice. Not at the same
+    // time as a gateway.
     let _one_at_a_time = common::SLOW_PLUGIN_START.blocking_lock();
+    let shared = common::shared_plugin_cache(t.wasm);
+    let own = std::env::temp_dir().join("session-gateway-check");
+    common::copy_plugin_artifacts(t.wasm, &shared, &own);
     let report = gateway::hooks::check_plugin(&common::plugin(t.wasm)).unwrap();
+    common::copy_plugin_artifacts(t.wasm, &own, &shared);
     assert_eq!(
         report["exports"],
         json!(["gateway:hooks/metadata-hook@0.1.0"]),

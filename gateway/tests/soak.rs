@@ -23,8 +23,8 @@ async fn soak_mixed_load() {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
          [retention]\nevents = \"30s\"\nsweep_interval_ms = 5000\n\
-         [[hooks]]\nname = \"validate\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\nconfig = {{ types = {{ status = \"string\" }} }}\n\
-         [[hooks]]\nname = \"audit\"\nwasm = {:?}\nevents = [\"metadata.update\", \"feedback.add\"]\nphase = \"after\"\n",
+         [[hooks]]\nname = \"validate\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\ntimeout_ms = 10000\nconfig = {{ types = {{ status = \"string\" }} }}\n\
+         [[hooks]]\nname = \"audit\"\nwasm = {:?}\nevents = [\"metadata.update\", \"feedback.add\"]\nphase = \"after\"\ntimeout_ms = 10000\n",
         common::plugin("metadata_validator").display().to_string(),
         common::plugin("audit_log").display().to_string(),
     );
@@ -37,12 +37,20 @@ async fn soak_mixed_load() {
         .unwrap();
 
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // The first few failures, as "METHOD path -> status body".
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let warm_until = Instant::now() + Duration::from_secs(secs.min(60) / 6);
     let end = Instant::now() + Duration::from_secs(secs);
     let mut rss_after_warmup = 0;
     let mut workers = Vec::new();
     for w in 0..8u64 {
-        let (client, base, ok, failed) = (client.clone(), base.clone(), ok.clone(), failed.clone());
+        let (client, base, ok, failed, failures) = (
+            client.clone(),
+            base.clone(),
+            ok.clone(),
+            failed.clone(),
+            failures.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < end {
@@ -82,20 +90,31 @@ async fn soak_mixed_load() {
                     ),
                 ];
                 for (m, path, body) in ops {
-                    let mut req = client.request(m, format!("{base}{path}"));
+                    let mut req = client.request(m.clone(), format!("{base}{path}"));
                     if let Some(b) = body {
                         req = req.json(&b);
                     }
-                    match req.send().await {
+                    let failure = match req.send().await {
                         // 409: the session of this block already exists (created by an earlier round).
                         Ok(r)
                             if r.status().is_success()
                                 || r.status() == reqwest::StatusCode::CONFLICT =>
                         {
-                            ok.fetch_add(1, Relaxed)
+                            ok.fetch_add(1, Relaxed);
+                            continue;
                         }
-                        _ => failed.fetch_add(1, Relaxed),
+                        Ok(r) => {
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_else(|e| format!("<{e}>"));
+                            format!("{m} {path} -> {status} {body}")
+                        }
+                        Err(e) => format!("{m} {path} -> no response: {e}"),
                     };
+                    failed.fetch_add(1, Relaxed);
+                    let mut f = failures.lock().unwrap();
+                    if f.len() < 5 {
+                        f.push(failure);
+                    }
                 }
                 n += 7;
                 if n % 200 < 7 {
@@ -138,6 +157,11 @@ async fn soak_mixed_load() {
         rss_end as i64 - rss_after_warmup as i64
     );
     drop(gw);
-    assert_eq!(failed, 0, "requests failed during the soak");
+    assert_eq!(
+        failed,
+        0,
+        "requests failed during the soak; the first ones:\n{}",
+        failures.lock().unwrap().join("\n")
+    );
     assert!(ok > 0);
 }

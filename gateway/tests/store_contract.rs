@@ -2012,7 +2012,9 @@ async fn retention_hides_and_sweeps(s: Store) {
         .await
         .unwrap();
     agent(&s, &t, "tmp", "a").await;
-    let ttl = 400;
+    // Long enough that the checks made within the lifetime cannot race it
+    // on a loaded machine; reads use the wall clock, so we poll for expiry.
+    let ttl = 3_000;
     s.set_retention(Retention {
         sessions: BTreeMap::from([("ephemeral".to_owned(), ttl)]),
         default_session_ms: None,
@@ -2023,7 +2025,7 @@ async fn retention_hides_and_sweeps(s: Store) {
         "within its lifetime"
     );
     assert_eq!(s.sweep_expired(now_ms(), 10).await.unwrap().sessions, 0);
-    tokio::time::sleep(Duration::from_millis(ttl as u64 + 100)).await;
+    wait_missing(&s, &t, "tmp").await;
 
     // Expired reads as missing everywhere, before any sweep.
     assert_not_found(s.get_session(&t, "tmp").await);
@@ -2066,8 +2068,7 @@ async fn retention_hides_and_sweeps(s: Store) {
     s.create_session(&t, new_session(Some("other"), Some("OTHER"), json!({})))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_not_found(s.get_session(&t, "other").await);
+    wait_missing(&s, &t, "other").await;
     assert!(
         s.get_session(&t, "keep").await.is_ok(),
         "its own type's lifetime applies"
@@ -2078,7 +2079,8 @@ async fn retention_hides_and_sweeps(s: Store) {
         events_ms: Some(100),
         ..Retention::default()
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The sweep is given a "now" well past the window instead of sleeping.
+    let later = now_ms() + 10_000;
     let total: usize = {
         let mut n = 0;
         for sid in ["keep", "tmp", "other"] {
@@ -2086,7 +2088,7 @@ async fn retention_hides_and_sweeps(s: Store) {
         }
         n
     };
-    let report = s.sweep_expired(now_ms(), 10).await.unwrap();
+    let report = s.sweep_expired(later, 10).await.unwrap();
     assert_eq!(report.sessions, 0);
     assert_eq!(report.events, total as u64);
     for sid in ["keep", "tmp", "other"] {
@@ -2098,9 +2100,58 @@ async fn retention_hides_and_sweeps(s: Store) {
         1,
         "a live session keeps its sequence"
     );
-    assert_eq!(
-        seq(&s, &t, "tmp").await,
-        0,
-        "a tombstone past the window is gone"
-    );
+    // Not asserted: what `latest_event_seq` says for "tmp" now that its
+    // tombstone has left the window. Event ids must never be reused (a client
+    // may still hold one as Last-Event-ID), so it should stay at the
+    // tombstone's id; today both stores drop the tombstone with its last
+    // event and a re-created "tmp" would start again at 1 (see README, Event
+    // stream). The store needs a per-session sequence that outlives the
+    // window before this can be asserted.
+}
+
+/// Polls until `sid` reads as missing (it expires by the wall clock).
+async fn wait_missing(s: &Store, t: &Tenant, sid: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.get_session(t, sid).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sid} did not expire within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `metadata_index_fields` creates one index per field on `metadata.<field>`
+/// at start-up (and listing by such a field works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_metadata_index_fields_create_indexes() {
+    let Some(mut cfg) = mongo_config() else {
+        return;
+    };
+    cfg.metadata_index_fields = vec!["status".into(), "profile.tier".into()];
+    let store: Store = Arc::new(MongoStore::connect(&cfg).await.expect("connect"));
+    let client = mongodb::Client::with_uri_str(&cfg.uri).await.unwrap();
+    let names: Vec<String> = {
+        use futures::TryStreamExt;
+        client
+            .database(&cfg.database)
+            .collection::<mongodb::bson::Document>("sessions")
+            .list_indexes()
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.keys.keys().cloned().collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    drop_database(&cfg).await;
+    for field in ["metadata.status", "metadata.profile.tier"] {
+        assert!(
+            names.iter().any(|k| k == field),
+            "no index on {field}: {names:?}"
+        );
+    }
+    drop(store);
 }

@@ -62,8 +62,16 @@ pub fn plugin(name: &str) -> PathBuf {
     p
 }
 
-/// A `[[hooks]]` entry for a plugin from `plugins/dist`.
+/// A `[[hooks]]` entry for a plugin from `plugins/dist`. Unless `extra`
+/// sets `timeout_ms`, it gets a generous one ([`HOOK_TIMEOUT`]): the default
+/// 50 ms is a production budget, which a debug build on a loaded 2-core
+/// machine can exceed now and then.
 pub fn hook(name: &str, file: &str, phase: &str, events: &[&str], extra: &str) -> HookConfig {
+    let extra = if extra.contains("timeout_ms") {
+        extra.to_owned()
+    } else {
+        format!("{extra}\n{HOOK_TIMEOUT}")
+    };
     let events: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
     let text = format!(
         "name = {name:?}\nwasm = {:?}\nphase = {phase:?}\nevents = [{}]\n{extra}\n",
@@ -72,6 +80,9 @@ pub fn hook(name: &str, file: &str, phase: &str, events: &[&str], extra: &str) -
     );
     toml::from_str(&text).unwrap_or_else(|e| panic!("bad hook config: {e}\n{text}"))
 }
+
+/// The `timeout_ms` line tests give hooks that are not about timeouts.
+pub const HOOK_TIMEOUT: &str = "timeout_ms = 10000";
 
 /// A running gateway and a client for it.
 pub struct TestGateway {
@@ -309,6 +320,21 @@ impl GatewayProcess {
     /// store); returns once `/readyz` answers 200. `config` must listen on
     /// `127.0.0.1:<port>`. Each run in `dir` logs to its own file.
     pub async fn start(dir: &std::path::Path, config: &str, rust_log: &str) -> Self {
+        Self::start_with(dir, config, rust_log, |cmd, cfg| {
+            cmd.arg("--config").arg(cfg);
+        })
+        .await
+    }
+
+    /// Like [`GatewayProcess::start`], but `configure` names the config file
+    /// (given its path) in its own way — `--config`, or `GATEWAY_CONFIG` —
+    /// and may set more of the environment (e.g. `MONGODB_URI`).
+    pub async fn start_with(
+        dir: &std::path::Path,
+        config: &str,
+        rust_log: &str,
+        configure: impl FnOnce(&mut std::process::Command, &std::path::Path),
+    ) -> Self {
         let cfg = dir.join("gateway.toml");
         std::fs::write(&cfg, config).unwrap();
         let port: u16 = config
@@ -326,16 +352,15 @@ impl GatewayProcess {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", rust_log)
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.env("RUST_LOG", rust_log)
             .env_remove("MONGODB_URI")
+            .env_remove("GATEWAY_CONFIG")
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("the gateway binary runs");
+            .stderr(out);
+        configure(&mut cmd, &cfg);
+        let child = cmd.spawn().expect("the gateway binary runs");
         let mut p = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -367,6 +392,33 @@ impl GatewayProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` ("TERM", "HUP", ...) to the process, with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(
+            status.success(),
+            "kill -s {signal} {}: {status}",
+            self.pid()
+        );
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or `None`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILL, and reap.
@@ -415,6 +467,27 @@ pub fn shared_plugin_cache(wasm: &str) -> PathBuf {
     dir
 }
 
+/// Copies the compiled artifacts of `plugins/dist/<wasm>.wasm` (the files
+/// named after its sha256: `.cwasm` and its checksum) from cache directory
+/// `from` to `to`, where missing. Artifacts are keyed by the engine too and
+/// checksummed, so a copy is used only where it is valid.
+pub fn copy_plugin_artifacts(wasm: &str, from: &std::path::Path, to: &std::path::Path) {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(plugin(wasm)).unwrap()));
+    for entry in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let target = to.join(&name);
+        if name.to_string_lossy().starts_with(&sha) && !target.exists() {
+            let _ = std::fs::create_dir_all(to);
+            // Through a temporary name, so a reader never sees half a file.
+            let tmp = to.join(format!(".{}.tmp", name.to_string_lossy()));
+            if std::fs::copy(entry.path(), &tmp).is_ok() {
+                let _ = std::fs::rename(&tmp, &target);
+            }
+        }
+    }
+}
+
 /// A gateway on the embedded store with `hooks` that load `wasm`, compiled
 /// into [`shared_plugin_cache`] and started one at a time.
 pub async fn gateway_with_slow_plugin(wasm: &str, hooks: Vec<HookConfig>) -> TestGateway {
@@ -428,4 +501,23 @@ pub async fn gateway_with_slow_plugin(wasm: &str, hooks: Vec<HookConfig>) -> Tes
     };
     gw.dir = Some(dir);
     gw
+}
+
+/// The `[storage]` tables of a `gateway.toml` for `backend` (embedded at
+/// `embedded_path`; MongoDB on `MONGODB_URI` with a fresh database); `None`
+/// when the backend is unavailable. Call once per test: every run of the
+/// binary with the returned text uses the same data.
+pub fn storage_toml(backend: Backend, embedded_path: &str) -> Option<String> {
+    Some(match backend {
+        Backend::Embedded => {
+            format!(
+                "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = {embedded_path:?}\n"
+            )
+        }
+        Backend::Mongo => format!(
+            "[storage]\ntype = \"mongodb\"\n[storage.mongodb]\nuri = {:?}\ndatabase = \"gw_test_{}\"\nserver_selection_timeout_ms = 3000\n",
+            mongo_uri()?,
+            uuid::Uuid::new_v4().simple()
+        ),
+    })
 }
