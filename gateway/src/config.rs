@@ -142,6 +142,20 @@ pub struct ServerConfig {
     /// With a store shared by several gateways (MongoDB): how often one query
     /// looks for events committed by other gateways for local subscribers.
     pub sse_poll_ms: u64,
+    /// A request's head (request line and headers) must arrive within this
+    /// long of its first byte, and a new connection's first request within
+    /// this long of connecting; otherwise the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this long without a new request (an open SSE stream is a request in
+    /// progress: it is never cut).
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once; `0` (default) derives it from
+    /// the process's file limit (`RLIMIT_NOFILE`) minus headroom for the
+    /// store, plugin files and outbound clients. A larger value is lowered to
+    /// that. At the cap, the longest-idle connection is closed to make room;
+    /// with none idle, new connections wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +170,9 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             sse_heartbeat_ms: 15_000,
             sse_poll_ms: 500,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 0,
         }
     }
 }
@@ -766,6 +783,11 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.server.max_page_size == 0 {
             return invalid("server.max_page_size must be at least 1".into());
+        }
+        if self.server.header_read_timeout_ms == 0 || self.server.idle_timeout_ms == 0 {
+            return invalid(
+                "server.header_read_timeout_ms and server.idle_timeout_ms must be positive".into(),
+            );
         }
         let mut names = BTreeMap::new();
         for (i, h) in self.hooks.iter().enumerate() {

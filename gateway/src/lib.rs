@@ -11,6 +11,7 @@
 //! - [`metadata`]: dotted-path metadata changes, shared by both stores.
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
 //! - [`routes`]: one file per resource, each with `router()`.
+//! - [`server`]: the accept loop: connection cap, header and idle timeouts, shutdown.
 //! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB.
 //! - [`hooks`]: the wasmtime host: plugins, limits, chains, hot swap.
 //! - [`events`]: runs after-hooks from the durable change-event log.
@@ -30,6 +31,7 @@ pub mod observe;
 pub mod openapi;
 pub mod outbox;
 pub mod routes;
+pub mod server;
 pub mod store;
 pub mod stream;
 
@@ -192,8 +194,9 @@ impl Gateway {
         Ok(Self { state, stop, tasks })
     }
 
-    /// Serves HTTP on `listener` until `shutdown` resolves, then drains
-    /// in-flight requests (bounded by `server.shutdown_grace_ms`) and stops the
+    /// Serves HTTP on `listener` (with the connection limits of [`server`])
+    /// until `shutdown` resolves, then ends SSE streams, drains in-flight
+    /// requests (bounded by `server.shutdown_grace_ms`) and stops the
     /// background tasks.
     ///
     /// # Errors
@@ -204,19 +207,20 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let server =
-            axum::serve(listener, app(self.state.clone())).with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stopped_tx.send(());
-            });
-        let mut server = std::pin::pin!(server.into_future());
-        tokio::select! {
-            r = &mut server => r?,
-            () = async { let _ = stopped_rx.await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time");
-            }
-        }
+        let limits = server::ConnLimits::from_config(&self.state.config);
+        let hub = self.state.hub.clone();
+        server::serve(
+            listener,
+            app(self.state.clone()),
+            limits,
+            self.state.metrics.connections.clone(),
+            shutdown,
+            // Open SSE streams end now (clients resume with Last-Event-ID),
+            // so they do not hold the shutdown for the whole grace period.
+            move || hub.close_streams(),
+            grace,
+        )
+        .await?;
         self.shutdown().await;
         Ok(())
     }

@@ -1,6 +1,10 @@
 //! The request guard: overload protection, authentication, rate limits and
 //! the request timeout, in one middleware in front of every route.
 //!
+//! `/healthz`, `/readyz` and `/metrics` bypass the in-flight limit and the
+//! rate limit: probes and monitoring must answer exactly when the gateway is
+//! overloaded.
+//!
 //! Order matters: the global in-flight limit comes first so an overloaded
 //! gateway sheds load (503 + `Retry-After`) before doing any work; then the
 //! key is checked (401/403); then the key's token bucket (429 +
@@ -54,7 +58,14 @@ impl Default for LimitsConfig {
 
 /// Paths served without a key (probes and documents).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+    is_probe(path) || path == "/openapi.json"
+}
+
+/// Health probes and metrics: exempt from the in-flight limit and the rate
+/// limit, so an overloaded gateway still answers its orchestrator and its
+/// monitoring (they are cheap, and never read request bodies).
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 /// A token bucket per key.
@@ -116,6 +127,13 @@ impl Guard {
 /// The middleware.
 pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let g = &state.guard;
+    let path = req.uri().path().to_owned();
+    if is_probe(&path) {
+        return match tokio::time::timeout(g.timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => timed_out(g.timeout),
+        };
+    }
     let Ok(_permit) = g.in_flight.clone().try_acquire_owned() else {
         return AppError::Unavailable {
             code: "overloaded",
@@ -124,7 +142,6 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         }
         .into_response();
     };
-    let path = req.uri().path().to_owned();
     if !is_public(&path) {
         match g.keys.authenticate(req.method(), &path, req.headers()) {
             Ok((id, caller)) => {
@@ -145,13 +162,17 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     match tokio::time::timeout(g.timeout, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => AppError::Unavailable {
-            code: "request_timeout",
-            message: format!("the request took longer than {} ms", g.timeout.as_millis()),
-            retry_after: Some(1),
-        }
-        .into_response(),
+        Err(_) => timed_out(g.timeout),
     }
+}
+
+fn timed_out(timeout: Duration) -> Response {
+    AppError::Unavailable {
+        code: "request_timeout",
+        message: format!("the request took longer than {} ms", timeout.as_millis()),
+        retry_after: Some(1),
+    }
+    .into_response()
 }
 
 /// Depth of the deepest nesting in a JSON value (a scalar is 0).

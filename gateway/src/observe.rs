@@ -67,14 +67,38 @@ struct RouteMetrics {
 }
 
 /// The gateway's request metrics.
+///
+/// Label sets are bounded whatever clients send: the method label is one of
+/// the standard methods or `other`, and the route label is the matched route
+/// template (never the raw path) or `unmatched`.
 #[derive(Default)]
 pub struct Metrics {
-    routes: RwLock<BTreeMap<(String, String), Arc<RouteMetrics>>>,
+    routes: RwLock<BTreeMap<(&'static str, String), Arc<RouteMetrics>>>,
+    /// Client connections (see [`crate::server`]).
+    pub connections: Arc<crate::server::ConnStats>,
+}
+
+/// The method label: a standard method, or `other` for anything else (so
+/// clients cannot add label values).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 impl Metrics {
-    fn route(&self, method: &str, route: &str) -> Arc<RouteMetrics> {
-        let key = (method.to_owned(), route.to_owned());
+    fn route(&self, method: &'static str, route: &str) -> Arc<RouteMetrics> {
+        let key = (method, route.to_owned());
         if let Some(r) = self.routes.read().expect("metrics lock").get(&key) {
             return r.clone();
         }
@@ -86,7 +110,7 @@ impl Metrics {
             .clone()
     }
 
-    fn record(&self, method: &str, route: &str, status: u16, us: u64) {
+    fn record(&self, method: &'static str, route: &str, status: u16, us: u64) {
         let r = self.route(method, route);
         r.latency.observe_us(us);
         if let Some(c) = r.statuses.read().expect("metrics lock").get(&status) {
@@ -120,7 +144,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -129,7 +153,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     let mut resp = next.run(req).instrument(span.clone()).await;
     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let status = resp.status().as_u16();
-    state.metrics.record(&method, &route, status, us);
+    state.metrics.record(method, &route, status, us);
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, us, "request failed");
@@ -223,6 +247,51 @@ pub async fn render(state: &AppState) -> String {
                 read(p)
             );
         }
+    }
+
+    let c = &state.metrics.connections;
+    let gauges: [(&str, &str, &str, &AtomicU64); 2] = [
+        (
+            "gateway_http_connections",
+            "gauge",
+            "Client connections open.",
+            &c.open,
+        ),
+        (
+            "gateway_http_connections_max",
+            "gauge",
+            "The connection cap in force (server.max_connections or derived from the file limit).",
+            &c.max,
+        ),
+    ];
+    for (name, kind, help, v) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_http_connections_accepted_total Client connections accepted.\n# TYPE gateway_http_connections_accepted_total counter\ngateway_http_connections_accepted_total {}",
+        c.accepted.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gateway_http_accept_errors_total Failed accepts (e.g. EMFILE).\n# TYPE gateway_http_accept_errors_total counter\ngateway_http_accept_errors_total {}",
+        c.accept_errors.load(Relaxed)
+    );
+    out.push_str("# HELP gateway_http_connections_closed_total Connections the gateway closed, by reason.\n# TYPE gateway_http_connections_closed_total counter\n");
+    for (reason, v) in [
+        ("header_timeout", &c.closed_header_timeout),
+        ("idle_timeout", &c.closed_idle),
+        ("evicted", &c.closed_evicted),
+    ] {
+        let _ = writeln!(
+            out,
+            "gateway_http_connections_closed_total{{reason=\"{reason}\"}} {}",
+            v.load(Relaxed)
+        );
     }
 
     out.push_str("# HELP gateway_sse_feeds Sessions with live SSE subscribers.\n# TYPE gateway_sse_feeds gauge\n");

@@ -99,6 +99,8 @@ pub async fn enrich(store: &dyn SessionStore, ev: &mut Event) {
 pub struct EventHub {
     store: Arc<dyn SessionStore>,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    /// Set at shutdown: every SSE stream ends.
+    closing: watch::Sender<bool>,
 }
 
 fn key(t: &Tenant, sid: &str) -> String {
@@ -111,6 +113,22 @@ impl EventHub {
         Self {
             store,
             feeds: Mutex::new(HashMap::new()),
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Ends every SSE stream (at shutdown): each ends after the event it is
+    /// sending, and its client resumes elsewhere (or after the restart) with
+    /// `Last-Event-ID`, losing nothing.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when [`EventHub::close_streams`] is called (at once if it was).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
         }
     }
 

@@ -89,7 +89,12 @@ pub struct HookHost {
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
     last_report: Mutex<ReloadReport>,
+    /// Called with a plugin's name as it starts compiling (tests use it to
+    /// change files in the middle of a reload).
+    compile_observer: Mutex<Option<CompileObserver>>,
 }
+
+type CompileObserver = Arc<dyn Fn(&str) + Send + Sync>;
 
 fn hook_failed(p: &Plugin, e: &CallError) -> AppError {
     AppError::Unavailable {
@@ -151,6 +156,7 @@ impl HookHost {
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             last_report: Mutex::new(ReloadReport::default()),
+            compile_observer: Mutex::new(None),
         };
         let report = host.apply(&config.hooks).await;
         for (name, why) in &report.failed {
@@ -172,6 +178,14 @@ impl HookHost {
     /// The engine, for `plugin check`.
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Sets a function called with a plugin's name each time one starts
+    /// compiling, its file already read. For tests: it lets them change a
+    /// file in the middle of a reload, deterministically.
+    #[doc(hidden)]
+    pub fn set_compile_observer(&self, f: Option<CompileObserver>) {
+        *self.compile_observer.lock().expect("observer lock") = f;
     }
 
     /// The last reload's report.
@@ -276,6 +290,10 @@ impl HookHost {
         }
         let started = std::time::Instant::now();
         tracing::info!(plugin = %hc.name, file = %hc.wasm.display(), "compiling plugin");
+        let observer = self.compile_observer.lock().expect("observer lock").clone();
+        if let Some(f) = observer {
+            f(&hc.name);
+        }
         let rt = self.runtime.clone();
         let sha2 = sha.clone();
         let component = tokio::task::spawn_blocking(move || rt.compile(&bytes, &sha2)).await??;
@@ -551,30 +569,46 @@ impl HookHost {
 
     /// Polls the config file and plugin files and reloads when one changes.
     /// Returns when `stop` resolves.
-    pub async fn watch(
+    ///
+    /// What counts as seen is the fingerprint taken *before* a reload: a file
+    /// written while the reload runs (e.g. while the previous copy compiles)
+    /// differs from it, so it is reloaded right after, never lost.
+    ///
+    /// The first fingerprint is taken when this is called, not when the
+    /// future first runs, so a change made right after start-up is seen.
+    pub fn watch(
         self: Arc<Self>,
+        interval: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut seen = self.fingerprint();
+        async move { self.watch_from(&mut seen, interval, stop).await }
+    }
+
+    async fn watch_from(
+        &self,
+        seen: &mut Vec<(PathBuf, Option<SystemTime>, u64, u64)>,
         interval: Duration,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut stop = stop;
-        let mut seen = self.fingerprint();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,
             }
-            let now = self.fingerprint();
-            if now != seen {
+            let mut now = self.fingerprint();
+            while now != *seen && !*stop.borrow() {
                 tracing::info!("plugin or config file changed; reloading");
                 let report = self.reload().await;
                 tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "reload done");
-                // Re-read: the reload may have changed the set of files watched.
-                seen = self.fingerprint();
+                *seen = now;
+                now = self.fingerprint();
             }
         }
     }
 
-    fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64, u64)> {
         let mut paths: Vec<PathBuf> = self.config_path.iter().cloned().collect();
         if let Some(cfg) = self
             .config_path
@@ -593,12 +627,15 @@ impl HookHost {
         paths
             .into_iter()
             .map(|p| {
+                use std::os::unix::fs::MetadataExt as _;
                 let m = std::fs::metadata(&p).ok();
-                let (mtime, len) = (
+                // The inode too: an atomic-rename deploy replaces the file.
+                let (mtime, len, ino) = (
                     m.as_ref().and_then(|m| m.modified().ok()),
-                    m.map_or(0, |m| m.len()),
+                    m.as_ref().map_or(0, std::fs::Metadata::len),
+                    m.map_or(0, |m| m.ino()),
                 );
-                (p, mtime, len)
+                (p, mtime, len, ino)
             })
             .collect()
     }

@@ -11,7 +11,8 @@
 //! - **Suspects:** the calls of a tenant whose recent calls to a plugin
 //!   mostly failed run on one thread of their own at `SCHED_IDLE` priority;
 //!   if they keep failing the plugin is quarantined for that tenant (see
-//!   [`super::breaker`]).
+//!   [`super::breaker`]). The caller waits for such a call only until its
+//!   deadline, so `timeout_ms` holds even when busy work starves that thread.
 //! - **Instances:** `reuse` keeps warm instances in a small pool (≈1 µs a
 //!   call); `per-call` instantiates a fresh one each time. An instance that
 //!   trapped or ran out of time is dropped, never reused.
@@ -507,7 +508,13 @@ impl Plugin {
         })
     }
 
-    async fn checkout(&self, publish_key: Option<String>) -> Result<Warm, CallError> {
+    /// An instance ready for a call that must end by `deadline` (by default,
+    /// `timeout_ms` from now).
+    async fn checkout(
+        &self,
+        publish_key: Option<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Warm, CallError> {
         let pooled = match self.config.instance {
             InstanceMode::Reuse => self.warm.lock().expect("warm pool lock").pop(),
             InstanceMode::PerCall => None,
@@ -522,7 +529,8 @@ impl Plugin {
             }
         };
         let data = w.store.data_mut();
-        data.deadline = Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        data.deadline = deadline
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(self.config.timeout_ms));
         data.publish_key = publish_key;
         data.published.clear();
         w.store.set_epoch_deadline(1);
@@ -577,7 +585,12 @@ impl Plugin {
 
     /// Runs one call for `tenant` (unless the tenant's breaker is open). A
     /// suspect's call (most of its calls in the window failed) runs on the
-    /// [`suspect_lane`], not on the request workers.
+    /// [`suspect_lane`], not on the request workers; the caller waits for it
+    /// only until the call's deadline (`timeout_ms` from now), since under CPU
+    /// contention that idle-priority thread may not run for seconds. A call
+    /// abandoned so is a timeout (the plugin's `on_error` outcome); when the
+    /// lane gets to it, it is dropped without running, or interrupted at its
+    /// deadline, and its instance discarded.
     async fn call<R: Send + 'static>(
         self: &Arc<Self>,
         tenant: &str,
@@ -591,34 +604,41 @@ impl Plugin {
             .breakers
             .admit(tenant, started)
             .map_err(CallError::Quarantined)?;
-        if !suspect {
-            return self.run(tenant, started, publish_key, f).await;
-        }
-        self.breakers.isolated.fetch_add(1, Ordering::Relaxed);
-        let (this, tenant) = (self.clone(), tenant.to_owned());
-        suspect_lane()
-            .spawn(async move { this.run(&tenant, started, publish_key, f).await })
-            .await
-            .unwrap_or_else(|e| Err(CallError::Trap(format!("failed: {e}"))))
+        let out = if suspect {
+            self.breakers.isolated.fetch_add(1, Ordering::Relaxed);
+            let deadline = started + Duration::from_millis(self.config.timeout_ms);
+            let this = self.clone();
+            let task = suspect_lane().spawn(async move {
+                if Instant::now() >= deadline {
+                    // The caller has stopped waiting: do not run at all.
+                    return Err(CallError::Trap("timed out".into()));
+                }
+                this.run(publish_key, Some(deadline), f).await
+            });
+            match tokio::time::timeout_at(deadline.into(), task).await {
+                Ok(joined) => {
+                    joined.unwrap_or_else(|e| Err(CallError::Trap(format!("failed: {e}"))))
+                }
+                Err(_) => Err(CallError::Trap(
+                    "timed out (waiting for CPU on the low-priority lane)".into(),
+                )),
+            }
+        } else {
+            self.run(publish_key, None, f).await
+        };
+        self.record(tenant, started, out.is_ok());
+        out
     }
 
     /// Runs one call on an instance, discarding the instance if it failed.
     async fn run<R>(
         &self,
-        tenant: &str,
-        started: Instant,
         publish_key: Option<String>,
+        deadline: Option<Instant>,
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
     ) -> Result<(R, Vec<Published>), CallError> {
-        let mut w = match self.checkout(publish_key).await {
-            Ok(w) => w,
-            Err(e) => {
-                self.record(tenant, started, false);
-                return Err(e);
-            }
-        };
+        let mut w = self.checkout(publish_key, deadline).await?;
         let out = f(&mut w).await;
-        self.record(tenant, started, out.is_ok());
         match out {
             Ok(r) => {
                 let published = std::mem::take(&mut w.store.data_mut().published);

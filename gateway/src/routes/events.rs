@@ -6,7 +6,8 @@
 //! events after it have expired, a `reset` event says so and the stream goes
 //! on from the oldest event still kept. Without either, the stream starts
 //! with the next change. Comment heartbeats keep proxies from closing idle
-//! streams. The stream ends after `session.deleted`.
+//! streams. The stream ends after `session.deleted`, and at shutdown (the
+//! client resumes with `Last-Event-ID`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -184,6 +185,8 @@ async fn events(
         let ev = next(&mut st).await?;
         Some((Ok(ev), st))
     });
+    // At shutdown the stream ends (the client resumes with Last-Event-ID).
+    let stream = futures::StreamExt::take_until(stream, state.hub.closed());
     let interval = Duration::from_millis(state.config.server.sse_heartbeat_ms);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(interval).text("heartbeat")))
 }
