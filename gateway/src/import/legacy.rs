@@ -20,10 +20,12 @@
 //!   placeholders: a dotted top-level key such as `"customer.tier": ""` is what
 //!   `metadata_fields` set-up leaves behind; it is dropped (a non-empty dotted key
 //!   is expanded into the nested path when that path is free).
-//! - `application_name` becomes `metadata.application_name`.
+//! - `application_name` becomes `metadata.application_name`, and the
+//!   `guardrail_events` list `metadata.guardrail_events`, keyed
+//!   `<agent_id>#<message_id>` (where the Python adapter's manager records them).
 //! - What the gateway cannot store in its own fields goes to an `_import` object
-//!   (unless provenance is off): the session's original times and guardrail
-//!   events in `metadata._import`, an agent's times in its body's `_import`, a
+//!   (unless provenance is off): the session's original times in
+//!   `metadata._import`, an agent's times in its body's `_import`, a
 //!   feedback's time in the feedback's `_import`. Message times are lost: the
 //!   gateway stamps its own and a message has no room for extras.
 //! - `session_viewer_password` (a credential of the original's Session Viewer)
@@ -48,6 +50,27 @@ pub const SOURCE_NAME: &str = "mongodb-session-manager";
 
 /// Name of the provenance object kept in metadata, agent bodies and feedbacks.
 pub const PROVENANCE_KEY: &str = "_import";
+
+/// Metadata key of the guardrail events, keyed `<agent_id>#<message_id>` (a
+/// `.` in the agent id written `%2E`), as the Python adapter's
+/// `GatewaySessionManager.redact_latest_message` records them.
+pub const GUARDRAIL_EVENTS_KEY: &str = "guardrail_events";
+
+/// The original's list of guardrail events as the gateway keeps them.
+fn guardrail_map(events: Vec<Value>) -> JsonObject {
+    let mut out = JsonObject::new();
+    for (i, e) in events.into_iter().enumerate() {
+        let key = match (
+            e.get("agent_id").and_then(Value::as_str),
+            e.get("message_id").and_then(Value::as_u64),
+        ) {
+            (Some(a), Some(m)) => format!("{}#{m}", a.replace('.', "%2E")),
+            _ => format!("event-{i}"),
+        };
+        out.insert(key, e);
+    }
+    out
+}
 
 /// Session fields the importer understands; anything else is reported as dropped.
 const KNOWN_SESSION_FIELDS: &[&str] = &[
@@ -137,7 +160,7 @@ pub struct SessionPlan {
 /// How to convert.
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
-    /// Keep original times, guardrail events in `_import` objects.
+    /// Keep the original times in `_import` objects.
     pub provenance: bool,
     /// The gateway's request limits (depth, sizes), applied as the API would.
     pub limits: LimitsConfig,
@@ -390,23 +413,23 @@ pub fn convert(doc: &Document, o: &ConvertOptions) -> Result<SessionPlan, String
         if let Some(t) = time_of(doc.get("updated_at")) {
             p.insert("updated_at".into(), t);
         }
-        if !guardrail_events.is_empty() {
-            p.insert("guardrail_events".into(), Value::Array(guardrail_events));
-        }
         if metadata.contains_key(PROVENANCE_KEY) {
             return Err(format!(
                 "metadata already has a {PROVENANCE_KEY:?} key; run with --no-provenance"
             ));
         }
         metadata.insert(PROVENANCE_KEY.into(), Value::Object(p));
-    } else if !guardrail_events.is_empty() {
-        notes.push((
-            "guardrail_events",
-            format!(
-                "{} guardrail event(s) dropped (--no-provenance)",
-                guardrail_events.len()
-            ),
-        ));
+    }
+    if !guardrail_events.is_empty() {
+        if metadata.contains_key(GUARDRAIL_EVENTS_KEY) {
+            return Err(format!(
+                "metadata already has a {GUARDRAIL_EVENTS_KEY:?} key and the session has guardrail events"
+            ));
+        }
+        metadata.insert(
+            GUARDRAIL_EVENTS_KEY.into(),
+            Value::Object(guardrail_map(guardrail_events)),
+        );
     }
     for (k, v) in &metadata {
         crate::metadata::validate_path(k).map_err(|e| format!("metadata: {e}"))?;
@@ -677,7 +700,8 @@ mod tests {
         assert_eq!(md["n"].as_i64(), Some(3));
         assert!(md["f"].is_f64());
         assert_eq!(md["_import"]["created_at"], "1970-01-01T00:00:01.000Z");
-        assert_eq!(md["_import"]["guardrail_events"][0]["message_id"], 1);
+        assert_eq!(md["guardrail_events"]["a#1"]["message_id"], 1);
+        assert_eq!(md["guardrail_events"]["a#1"]["action"], "BLOCKED");
         assert_eq!(
             p.feedbacks[0]["_import"]["created_at"],
             "1970-01-01T00:00:02.000Z"

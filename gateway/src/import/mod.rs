@@ -72,7 +72,7 @@ pub struct ImportArgs {
     /// Sessions imported at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
-    /// Do not keep the original times, guardrail events in `_import` objects.
+    /// Do not keep the original times in `_import` objects.
     #[arg(long)]
     pub no_provenance: bool,
     /// Progress on stderr: a bar on a terminal, periodic lines otherwise.
