@@ -592,6 +592,52 @@ async fn resumes_a_partial_import_and_leaves_conflicts_alone(backend: Backend) {
     let api = s.gateway().await;
     check_everything_arrived(&api, &s.docs).await;
     drop(api);
+
+    // Documents the gateway cannot hold as they are fail with a reason; the
+    // others are unaffected.
+    let coll = s
+        .source
+        .database(&s.source_db)
+        .collection::<Document>("sessions");
+    coll.insert_many([
+        ::mongodb::bson::doc! { "_id": "has space", "session_type": "AGENT" },
+        ::mongodb::bson::doc! { "_id": "legacy-gap", "agents": { "a": {
+            "agent_data": { "agent_id": "a", "state": {} },
+            "messages": [ { "message_id": 1_i32, "message": { "role": "user" } } ],
+        } } },
+    ])
+    .await
+    .unwrap();
+    let (code, r, _) = s.import(&[]);
+    assert_eq!(code, 2, "failures make the exit code 2: {r:#}");
+    assert_eq!(
+        r["sessions"],
+        json!({"seen": 5, "imported": 0, "resumed": 0, "unchanged": 3, "replaced": 0, "conflicting": 0, "failed": 2}),
+        "{r:#}"
+    );
+    let failures = r["failures"].as_array().unwrap();
+    assert_eq!(failures[0]["session_id"], "has space", "{r:#}");
+    assert!(
+        failures[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("session_id"),
+        "{r:#}"
+    );
+    assert_eq!(failures[1]["session_id"], "legacy-gap", "{r:#}");
+    assert!(
+        failures[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("id 0 is missing"),
+        "{r:#}"
+    );
+    let api = s.gateway().await;
+    let (st, _) = api
+        .call(reqwest::Method::GET, "/v1/sessions/legacy-gap", None)
+        .await;
+    assert_eq!(st, 404, "a failed session leaves nothing behind");
+    drop(api);
     s.drop_source().await;
 }
 
