@@ -254,7 +254,14 @@ impl Todo {
 pub async fn run(config_path: &Path, args: ImportArgs) -> anyhow::Result<i32> {
     crate::auth::validate_tenant(&args.tenant).map_err(anyhow::Error::msg)?;
     let config = Config::load(config_path)?;
-    let store = crate::open_store(&config).await?;
+    let store = crate::open_store(&config).await.with_context(|| {
+        if config.storage.kind == crate::config::StorageType::Embedded {
+            "opening the gateway's store (the embedded store has a single writer: \
+             stop the gateway using it first)"
+        } else {
+            "opening the gateway's store"
+        }
+    })?;
     store.set_retention(config.retention.policy().map_err(anyhow::Error::msg)?);
 
     let mut opts = mongodb::options::ClientOptions::parse(&args.source_uri)
