@@ -254,6 +254,18 @@ impl Todo {
 pub async fn run(config_path: &Path, args: ImportArgs) -> anyhow::Result<i32> {
     crate::auth::validate_tenant(&args.tenant).map_err(anyhow::Error::msg)?;
     let config = Config::load(config_path)?;
+    let target = &config.storage.mongodb;
+    if config.storage.kind == crate::config::StorageType::Mongodb
+        && target.uri.trim_end_matches('/') == args.source_uri.trim_end_matches('/')
+        && target.database == args.source_database
+    {
+        anyhow::bail!(
+            "--source-database {:?} is the gateway's own database on the same server; \
+             the gateway's collections (sessions, agents, messages, …) would mix with the \
+             original's: import into another storage.mongodb.database",
+            args.source_database
+        );
+    }
     let store = crate::open_store(&config).await.with_context(|| {
         if config.storage.kind == crate::config::StorageType::Embedded {
             "opening the gateway's store (the embedded store has a single writer: \
