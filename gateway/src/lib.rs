@@ -17,6 +17,7 @@
 //! - [`events`]: runs after-hooks from the durable change-event log.
 //! - [`outbox`]: delivers the notifications hooks publish to SNS/SQS.
 //! - [`stream`]: live per-session feeds for SSE subscribers, from the same log.
+//! - [`import`]: `gateway import`, bringing sessions over from the Python original.
 
 pub mod auth;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod hooks;
+pub mod import;
 pub mod limits;
 pub mod metadata;
 pub mod model;

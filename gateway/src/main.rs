@@ -42,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Import sessions written by the Python `mongodb-session-manager` library
+    /// into the configured store (idempotent: re-running is safe).
+    Import(Box<gateway::import::ImportArgs>),
 }
 
 #[derive(Subcommand)]
@@ -69,10 +72,23 @@ enum PluginCommand {
     },
 }
 
-fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(json: bool, command: Option<&Command>) {
+    // `import` prints its report on stdout and progress on stderr: its logs go
+    // to stderr and only warnings show by default.
+    let (level, stderr) = match command {
+        Some(Command::Import(_)) => ("warn", true),
+        _ => ("info", false),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
+    if stderr {
+        let builder = builder.with_writer(std::io::stderr);
+        if json {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+    } else if json {
         builder.json().init();
     } else {
         builder.init();
@@ -82,9 +98,14 @@ fn init_tracing(json: bool) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    init_tracing(cli.log_json, cli.command.as_ref());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
+        Command::Import(args) => {
+            let code = gateway::import::run(&cli.config, *args).await?;
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::process::exit(code);
+        }
         Command::Key {
             command: KeyCommand::New { tenant, role, id },
         } => {
