@@ -43,21 +43,43 @@ from session_gateway_strands import GatewaySessionRepository
 
 
 def user_message(i: int) -> dict[str, Any]:
-    return {"role": "user", "content": [{"text": f"Turn {i}: could you summarise the open support tickets for account ACME-42, group them by priority and tell me which ones breach the SLA this week? Please include the owner of each ticket and the last customer reply."}]}  # noqa: E501
+    return {
+        "role": "user",
+        "content": [
+            {
+                "text": f"Turn {i}: could you summarise the open support tickets for account ACME-42, group them by priority and tell me which ones breach the SLA this week? Please include the owner of each ticket and the last customer reply."
+            }
+        ],
+    }
 
 
 def assistant_message(i: int) -> dict[str, Any]:
-    return {"role": "assistant", "content": [
-        {"text": f"Turn {i}: there are 7 open tickets for ACME-42. High priority: #4411 (owner: dana, last reply 2 days ago, breaches SLA on Thursday) and #4420 (owner: li, replied today). Medium: #4398, #4402 and #4415, all owned by sam, none at risk. Low: #4371 and #4390 (owner: kim), waiting for the customer. Only #4411 breaches the SLA this week; I suggest escalating it to the on-call lead and sending the customer a status update today. Shall I draft that update?"},  # noqa: E501
-        {"toolUse": {"toolUseId": f"t-{i}", "name": "ticket_search", "input": {"account": "ACME-42", "state": "open"}}},
-    ]}
+    return {
+        "role": "assistant",
+        "content": [
+            {
+                "text": f"Turn {i}: there are 7 open tickets for ACME-42. High priority: #4411 (owner: dana, last reply 2 days ago, breaches SLA on Thursday) and #4420 (owner: li, replied today). Medium: #4398, #4402 and #4415, all owned by sam, none at risk. Low: #4371 and #4390 (owner: kim), waiting for the customer. Only #4411 breaches the SLA this week; I suggest escalating it to the on-call lead and sending the customer a status update today. Shall I draft that update?"
+            },
+            {
+                "toolUse": {
+                    "toolUseId": f"t-{i}",
+                    "name": "ticket_search",
+                    "input": {"account": "ACME-42", "state": "open"},
+                }
+            },
+        ],
+    }
 
 
 def agent(turn: int) -> SessionAgent:
     return SessionAgent(
         agent_id="assistant",
         state={"user_name": "Ada", "locale": "en-GB", "turn": turn},
-        conversation_manager_state={"__name__": "SlidingWindowConversationManager", "removed_message_count": 0, "model_call_count": turn},  # noqa: E501
+        conversation_manager_state={
+            "__name__": "SlidingWindowConversationManager",
+            "removed_message_count": 0,
+            "model_call_count": turn,
+        },
         _internal_state={"interrupt_state": {"activated": False, "context": {}, "interrupts": {}}},
     )
 
@@ -90,7 +112,13 @@ class Gateway:
         env = {**os.environ, "RUST_LOG": "warn"}
         env.pop("MONGODB_URI", None)
         self.log = open(Path(self.dir, "gateway.log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([str(Path(binary).resolve()), "--config", "gateway.toml"], cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [str(Path(binary).resolve()), "--config", "gateway.toml"],
+            cwd=self.dir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -117,8 +145,12 @@ class Gateway:
 
 
 def _agent_doc(a: SessionAgent) -> dict[str, Any]:
-    return {"agent_id": a.agent_id, "state": a.state, "conversation_manager_state": a.conversation_manager_state,
-            "_internal_state": a._internal_state}
+    return {
+        "agent_id": a.agent_id,
+        "state": a.state,
+        "conversation_manager_state": a.conversation_manager_state,
+        "_internal_state": a._internal_state,
+    }
 
 
 class Pymongo:
@@ -137,37 +169,80 @@ class Pymongo:
 
     def create_session(self, sid: str) -> None:
         now = datetime.now(timezone.utc)
-        self.coll.insert_one({"_id": sid, "session_id": sid, "session_type": "AGENT", "created_at": now,
-                              "updated_at": now, "agents": {}, "metadata": {}, "feedbacks": []})
+        self.coll.insert_one(
+            {
+                "_id": sid,
+                "session_id": sid,
+                "session_type": "AGENT",
+                "created_at": now,
+                "updated_at": now,
+                "agents": {},
+                "metadata": {},
+                "feedbacks": [],
+            }
+        )
 
     def create_agent(self, sid: str, a: SessionAgent) -> None:
         now = datetime.now(timezone.utc)
-        self.coll.update_one({"_id": sid}, {"$set": {f"agents.{a.agent_id}": {
-            "agent_data": _agent_doc(a), "created_at": now, "updated_at": now, "messages": []}}})
+        self.coll.update_one(
+            {"_id": sid},
+            {
+                "$set": {
+                    f"agents.{a.agent_id}": {
+                        "agent_data": _agent_doc(a),
+                        "created_at": now,
+                        "updated_at": now,
+                        "messages": [],
+                    }
+                }
+            },
+        )
 
     def append(self, sid: str, aid: str, m: SessionMessage) -> None:
         now = datetime.now(timezone.utc)
-        doc = {"message": m.message, "message_id": m.message_id, "redact_message": m.redact_message,
-               "created_at": now, "updated_at": now}
+        doc = {
+            "message": m.message,
+            "message_id": m.message_id,
+            "redact_message": m.redact_message,
+            "created_at": now,
+            "updated_at": now,
+        }
         self.coll.update_one({"_id": sid}, {"$push": {f"agents.{aid}.messages": doc}, "$set": {"updated_at": now}})
 
     def update_agent(self, sid: str, a: SessionAgent) -> None:
         now = datetime.now(timezone.utc)
-        self.coll.update_one({"_id": sid}, {"$set": {f"agents.{a.agent_id}.agent_data": _agent_doc(a),
-                                                     f"agents.{a.agent_id}.updated_at": now, "updated_at": now}})
+        self.coll.update_one(
+            {"_id": sid},
+            {
+                "$set": {
+                    f"agents.{a.agent_id}.agent_data": _agent_doc(a),
+                    f"agents.{a.agent_id}.updated_at": now,
+                    "updated_at": now,
+                }
+            },
+        )
 
     def latest(self, sid: str, aid: str, n: int) -> list[SessionMessage]:
         doc = self.coll.find_one({"_id": sid}, {f"agents.{aid}.messages": {"$slice": -n}})
         return [
-            SessionMessage(message=m["message"], message_id=m["message_id"], redact_message=m.get("redact_message"),
-                           created_at=m["created_at"].isoformat(), updated_at=m["updated_at"].isoformat())
+            SessionMessage(
+                message=m["message"],
+                message_id=m["message_id"],
+                redact_message=m.get("redact_message"),
+                created_at=m["created_at"].isoformat(),
+                updated_at=m["updated_at"].isoformat(),
+            )
             for m in doc["agents"][aid]["messages"]
         ]
 
     def read_session(self, sid: str) -> Session:
         doc = self.coll.find_one({"_id": sid}, {"agents": 0, "feedbacks": 0})
-        return Session(session_id=doc["session_id"], session_type=SessionType(doc["session_type"]),
-                       created_at=doc["created_at"].isoformat(), updated_at=doc["updated_at"].isoformat())
+        return Session(
+            session_id=doc["session_id"],
+            session_type=SessionType(doc["session_type"]),
+            created_at=doc["created_at"].isoformat(),
+            updated_at=doc["updated_at"].isoformat(),
+        )
 
     def close(self) -> None:
         self.client.drop_database(self.coll.database.name)
@@ -253,9 +328,11 @@ def cmd_cpu(a: argparse.Namespace) -> None:
         client.close()
     finally:
         gw.stop()
-    print(f"client CPU per operation (µs, median of {a.rounds} rounds of {a.n}; one thread; "
-          f"gateway store {a.store}; MongoDB-wire server {a.mongodb_uri})")
-    print(f"| operation | pymongo | session-gateway-strands | ratio |\n|---|---:|---:|---:|")
+    print(
+        f"client CPU per operation (µs, median of {a.rounds} rounds of {a.n}; one thread; "
+        f"gateway store {a.store}; MongoDB-wire server {a.mongodb_uri})"
+    )
+    print("| operation | pymongo | session-gateway-strands | ratio |\n|---|---:|---:|---:|")
     summary = {}
     for op in rounds["pymongo"][0]:
         m = sorted(r[op] for r in rounds["pymongo"])[len(rounds["pymongo"]) // 2]
@@ -307,8 +384,9 @@ def peer_script(uri: str) -> tuple[Any, Any]:
     from strands_agents_session import KeyValueSessionManager
     from strands_mongodb_session_manager import MongoDBSessionStorage
 
-    storage = MongoDBSessionStorage(connection_string=uri, database_name=f"bench_peer_{uuid.uuid4().hex[:8]}",
-                                    collection_name="sessions")
+    storage = MongoDBSessionStorage(
+        connection_string=uri, database_name=f"bench_peer_{uuid.uuid4().hex[:8]}", collection_name="sessions"
+    )
     storage.client.admin.command("ping")
 
     def script(sid: str) -> int:
@@ -365,11 +443,17 @@ def cmd_throughput(a: argparse.Namespace) -> None:
         storage.client.close()
     finally:
         gw.stop()
-    print(f"{a.threads} threads, Strands script (10 operations per session), {a.seconds:g} s per run; "
-          f"gateway store {a.store}; MongoDB-wire server {a.mongodb_uri}")
-    print("| round | strands-mongodb-session-manager ops/s | session-gateway-strands ops/s | ratio |\n|---|---:|---:|---:|")
+    print(
+        f"{a.threads} threads, Strands script (10 operations per session), {a.seconds:g} s per run; "
+        f"gateway store {a.store}; MongoDB-wire server {a.mongodb_uri}"
+    )
+    print(
+        "| round | strands-mongodb-session-manager ops/s | session-gateway-strands ops/s | ratio |\n|---|---:|---:|---:|"
+    )
     for i, (p, c) in enumerate(zip(results["peer"], results["client"]), 1):
-        print(f"| {i} | {p['ops_per_s']:.0f} | {c['ops_per_s']:.0f} | {c['ops_per_s'] / max(p['ops_per_s'], 1e-9):.2f} |")
+        print(
+            f"| {i} | {p['ops_per_s']:.0f} | {c['ops_per_s']:.0f} | {c['ops_per_s'] / max(p['ops_per_s'], 1e-9):.2f} |"
+        )
     print(json.dumps(results))
 
 
@@ -379,7 +463,9 @@ def main() -> None:
     for name in ("cpu", "throughput"):
         p = sub.add_parser(name)
         p.add_argument("--gateway-bin", required=True)
-        p.add_argument("--mongodb-uri", required=True, help="MongoDB-wire server (pymongo / the peer, and the gateway's store)")
+        p.add_argument(
+            "--mongodb-uri", required=True, help="MongoDB-wire server (pymongo / the peer, and the gateway's store)"
+        )
         p.add_argument("--store", choices=("mongodb", "embedded"), default="mongodb")
         p.add_argument("--rounds", type=int, default=3)
     sub.choices["cpu"].add_argument("--n", type=int, default=1000, help="operations per measurement")

@@ -93,14 +93,16 @@ async fn batch_writes_in_order(b: Backend) {
     assert_eq!(agent["message_count"], 1);
 
     // An identical retry of an append answers 200, as the endpoint does.
-    let (s, v) = gw
-        .post(
-            "/v1/sessions/b-1/batch",
-            json!({"ops": [{"op": "append_message", "agent_id": "a", "message": message(0)}]}),
-        )
-        .await;
+    let append_1 =
+        json!({"ops": [{"op": "append_message", "agent_id": "a", "message": message(1)}]});
+    let (s, v) = gw.post("/v1/sessions/b-1/batch", append_1.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["status"], 201);
+    let (s, v) = gw.post("/v1/sessions/b-1/batch", append_1).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["results"][0]["status"], 200);
+    let (_, list) = gw.get("/v1/sessions/b-1/agents/a/messages").await;
+    assert_eq!(list["total"], 2);
 }
 
 async fn batch_malformed_writes_nothing(b: Backend) {

@@ -35,6 +35,7 @@ const MAX_TYPE_LEN: usize = 64;
 /// silently dropped.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewSession)]
 struct CreateSession {
     /// Id to use; generated (UUID v4) when absent.
     #[serde(default)]

@@ -109,7 +109,7 @@ class PoolStats:
 
 
 class _Conn:
-    __slots__ = ("sock", "rfile", "used")
+    __slots__ = ("rfile", "sock", "used")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -429,7 +429,11 @@ class AsyncHttpPool:
         try:
             r, w = await asyncio.wait_for(
                 asyncio.open_connection(
-                    t.host, t.port, ssl=t.ssl_context, server_hostname=t.host if t.ssl_context else None, limit=_MAX_LINE
+                    t.host,
+                    t.port,
+                    ssl=t.ssl_context,
+                    server_hostname=t.host if t.ssl_context else None,
+                    limit=_MAX_LINE,
                 ),
                 self.timeout,
             )

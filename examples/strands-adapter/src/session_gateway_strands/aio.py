@@ -18,6 +18,7 @@ from strands.hooks.events import (
 )
 from strands.hooks.registry import HookRegistry
 from strands.types.exceptions import SessionException
+from typing_extensions import Self
 
 from . import _codec
 from ._http import AsyncHttpPool, HttpPool, Response, TransportError
@@ -79,7 +80,7 @@ class AsyncGatewaySessionManager(GatewaySessionManager):
         if self._owns_async_pool:
             await self.async_pool.aclose()
 
-    async def __aenter__(self) -> AsyncGatewaySessionManager:
+    async def __aenter__(self) -> Self:
         """Use as an async context manager that closes the connections."""
         return self
 
@@ -129,7 +130,9 @@ class AsyncGatewaySessionManager(GatewaySessionManager):
                     await self._run(c)
                 continue
             try:
-                resp = await self._send(Call("POST", _path(self.session_id) + "/batch", {"ops": [c.batch_op for c in calls]}))
+                resp = await self._send(
+                    Call("POST", _path(self.session_id) + "/batch", {"ops": [c.batch_op for c in calls]})
+                )
             except GatewayError as e:
                 if e.status in (404, 405) and e.code in ("route_not_found", "method_not_allowed"):
                     repo._batch_supported = False
@@ -314,7 +317,7 @@ class AsyncGatewaySessionManager(GatewaySessionManager):
                     await manager.delete_metadata(keys)
                     return f"Successfully deleted metadata fields: {keys}"
                 return f"Error: unknown action {action!r}; use get, set, update or delete"
-            except Exception as e:  # the agent sees the reason (e.g. a hook's denial) instead of a crash
+            except Exception as e:  # noqa: BLE001 - the agent sees the reason (e.g. a hook's denial) instead of a crash
                 return f"Error: {e}"
 
         return manage_metadata

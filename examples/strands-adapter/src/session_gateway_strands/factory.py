@@ -6,6 +6,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from typing_extensions import Self
+
 from ._http import AsyncHttpPool, HttpPool
 from .aio import AsyncGatewaySessionManager
 from .manager import GatewaySessionManager
@@ -98,7 +100,7 @@ class GatewaySessionManagerFactory:
         if self._async_pool is not None:
             await self._async_pool.aclose()
 
-    def __enter__(self) -> GatewaySessionManagerFactory:
+    def __enter__(self) -> Self:
         """Use as a context manager that closes the pool."""
         return self
 

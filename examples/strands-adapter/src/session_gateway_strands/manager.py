@@ -20,15 +20,16 @@ from strands.session.repository_session_manager import RepositorySessionManager
 from strands.types.content import Message
 from strands.types.exceptions import SessionException
 from strands.types.session import SessionMessage
+from typing_extensions import Self
 
 from ._http import HttpPool
+from .errors import GatewayError
 from .repository import GatewaySessionRepository
 
 if TYPE_CHECKING:
-    from strands.agent.agent import Agent
     from strands.types.tools import AgentTool
 
-__all__ = ["GatewaySessionManager", "HOOK_ARGUMENTS_REPLACED", "agent_config_of", "event_loop_metrics_of"]
+__all__ = ["HOOK_ARGUMENTS_REPLACED", "GatewaySessionManager", "agent_config_of", "event_loop_metrics_of"]
 
 HOOK_ARGUMENTS_REPLACED = (
     "{name} is not supported: hooks run in the gateway (sandboxed WASM plugins configured with [[hooks]] in "
@@ -158,15 +159,17 @@ class GatewaySessionManager(RepositorySessionManager):
         timeout: float = 10.0,
         pool: HttpPool | None = None,
         repository_options: dict[str, Any] | None = None,
-        metadataHook: Any = None,  # noqa: N803 - the original's spelling
-        feedbackHook: Any = None,  # noqa: N803
+        metadataHook: Any = None,
+        feedbackHook: Any = None,
         **kwargs: Any,
     ) -> None:
         """Connect to the gateway and read or create the session."""
         for name, value in (("metadataHook", metadataHook), ("feedbackHook", feedbackHook)):
             if value is not None:
                 raise TypeError(HOOK_ARGUMENTS_REPLACED.format(name=name))
-        repository = GatewaySessionRepository(base_url, api_key, timeout=timeout, pool=pool, **(repository_options or {}))
+        repository = GatewaySessionRepository(
+            base_url, api_key, timeout=timeout, pool=pool, **(repository_options or {})
+        )
         self._application_name = application_name
         self._metrics_written: dict[str, tuple[int, Any]] = {}
         self._config_of: dict[str, dict[str, Any]] = {}
@@ -192,7 +195,7 @@ class GatewaySessionManager(RepositorySessionManager):
         """Close the HTTP connections (unless the pool is shared)."""
         self.session_repository.close()
 
-    def __enter__(self) -> GatewaySessionManager:
+    def __enter__(self) -> Self:
         """Use as a context manager that closes the connections."""
         return self
 
@@ -355,8 +358,8 @@ class GatewaySessionManager(RepositorySessionManager):
             body.update(changes)
             try:
                 self.session_repository.put_agent_json(self.session_id, agent_id, body, if_match=True)
-            except Exception as e:  # a concurrent write: read again and retry
-                if getattr(e, "code", None) == "version_mismatch" and attempt < 2:
+            except GatewayError as e:  # a concurrent write: read again and retry
+                if e.code == "version_mismatch" and attempt < 2:
                     continue
                 raise
             self._config_of.setdefault(agent_id, {}).update(changes)
@@ -415,7 +418,7 @@ class GatewaySessionManager(RepositorySessionManager):
                     manager.delete_metadata(keys)
                     return f"Successfully deleted metadata fields: {keys}"
                 return f"Error: unknown action {action!r}; use get, set, update or delete"
-            except Exception as e:  # the agent sees the reason (e.g. a hook's denial) instead of a crash
+            except Exception as e:  # noqa: BLE001 - the agent sees the reason (e.g. a hook's denial) instead of a crash
                 return f"Error: {e}"
 
         return manage_metadata

@@ -56,7 +56,7 @@ def _headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str
 class Call:
     """One prepared request: what to send, how to treat failures, what to do with the answer."""
 
-    __slots__ = ("method", "path", "payload", "headers", "missing_ok", "idempotent", "done", "batch_op")
+    __slots__ = ("batch_op", "done", "headers", "idempotent", "method", "missing_ok", "path", "payload")
 
     def __init__(
         self,
