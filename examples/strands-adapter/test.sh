@@ -18,12 +18,15 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 
-# Reinstall only when the adapter's pyproject.toml changed (the install is editable).
+# The versions CI tests with (the package itself accepts ranges, see pyproject.toml).
+PINS=(orjson==3.13.0 httpx==0.28.1)
+
+# Reinstall only when the adapter's pyproject.toml or the pins changed (the install is editable).
 stamp="$VENV/.session-gateway-strands.stamp"
-want="$(sha256sum "$HERE/pyproject.toml" | cut -d' ' -f1)"
-if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]] || ! "$VENV/bin/python" -c 'import session_gateway_strands, strands, pytest' 2>/dev/null; then
+want="$( (cat "$HERE/pyproject.toml"; echo "${PINS[*]}") | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]] || ! "$VENV/bin/python" -c 'import session_gateway_strands, strands, pytest, orjson, httpx' 2>/dev/null; then
   echo "== installing examples/strands-adapter[test] into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$HERE[test]"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$HERE[test]" "${PINS[@]}"
   echo "$want" >"$stamp"
 fi
 

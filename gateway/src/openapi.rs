@@ -54,6 +54,7 @@ status; a failed request writes nothing. Bodies are JSON (the `Content-Type` is 
         crate::routes::sessions::batch_get,
         crate::routes::sessions::read,
         crate::routes::sessions::delete,
+        crate::routes::batch::batch,
         crate::routes::agents::list,
         crate::routes::agents::read,
         crate::routes::agents::put,
@@ -625,6 +626,23 @@ pub struct SessionList {
     /// Pass as `cursor` for the next page; null on the last page.
     #[schema(required = true)]
     pub next_cursor: Option<String>,
+}
+
+/// One result of `POST /v1/sessions/{sid}/batch`.
+#[derive(ToSchema)]
+pub struct BatchWriteItem {
+    /// The status the operation's own endpoint would have answered (200 or 201).
+    pub status: u16,
+    /// The body it would have answered: the message or the agent.
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+/// The answer of `POST /v1/sessions/{sid}/batch`.
+#[derive(ToSchema)]
+pub struct BatchWriteResult {
+    /// One result per operation, in order.
+    pub results: Vec<BatchWriteItem>,
 }
 
 /// The answer of `POST /v1/sessions/batch-get`.

@@ -17,6 +17,7 @@ use serde_json::Value;
 const ROUTE_FILES: &[(&str, &str)] = &[
     ("admin.rs", include_str!("../src/routes/admin.rs")),
     ("agents.rs", include_str!("../src/routes/agents.rs")),
+    ("batch.rs", include_str!("../src/routes/batch.rs")),
     ("events.rs", include_str!("../src/routes/events.rs")),
     ("feedbacks.rs", include_str!("../src/routes/feedbacks.rs")),
     ("health.rs", include_str!("../src/routes/health.rs")),

@@ -74,13 +74,13 @@ def new_key(directory: Path, tenant: str, role: str) -> tuple[str, str]:
     return key.group(0), entry
 
 
-def start_gateway(directory: Path, extra_toml: str = "") -> Gateway:
+def start_gateway(directory: Path, extra_toml: str = "", server_extra: str = "") -> Gateway:
     """Starts a gateway on a free loopback port with an embedded store in `directory`; waits for /healthz."""
     binary = gateway_bin()
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
     config.write_text(
-        '[server]\nlisten = "127.0.0.1:0"\n\n'
+        '[server]\nlisten = "127.0.0.1:0"\n' + server_extra + "\n"
         '[storage]\ntype = "embedded"\n\n[storage.embedded]\npath = "data/gateway.redb"\n\n'
         '[plugins]\ncache_dir = "data/plugin-cache"\nwatch = false\n\n' + extra_toml
     )

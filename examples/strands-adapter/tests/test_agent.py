@@ -55,10 +55,14 @@ def test_conversation_is_persisted(gateway: Gateway, sid: str) -> None:
     ]
     assert [m["message"] for m in stored["messages"]] == plain(agent.messages)
     assert all(m["redact_message"] is None for m in stored["messages"])
-    # Strands' per-message usage and metrics land in the gateway's event_loop_metrics.
-    assert [m["event_loop_metrics"] for m in stored["messages"][::2]] == [None, None]
-    for m in stored["messages"][1::2]:
-        assert m["event_loop_metrics"] == {**USAGE, "latencyMs": 42}
+    # As the original library did, each message carries the agent's accumulated event-loop metrics once
+    # a model call was measured (the first user message has none yet).
+    metrics = [m["event_loop_metrics"] for m in stored["messages"]]
+    assert metrics[0] is None
+    for m, calls in zip(metrics[1:], (1, 1, 2)):
+        assert m["accumulated_metrics"]["latencyMs"] == 42 * calls
+        assert {k: m["accumulated_usage"][k] for k in USAGE} == {k: v * calls for k, v in USAGE.items()}
+        assert m["cycle_metrics"]["cycle_count"] == calls
     # `message` is stored as the exact JSON text the adapter sent (compact, UTF-8, key order kept).
     assert json.dumps(agent.messages[0], ensure_ascii=False, separators=(",", ":")) in resp.text
 

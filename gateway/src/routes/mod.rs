@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod batch;
 pub mod events;
 pub mod feedbacks;
 pub mod health;
@@ -28,6 +29,7 @@ pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .merge(sessions::router())
         .merge(agents::router())
+        .merge(batch::router())
         .merge(messages::router())
         .merge(metadata::router())
         .merge(feedbacks::router())

@@ -29,6 +29,50 @@ const DEFAULT_LIMIT: usize = 50;
 /// Longest `session_type`.
 const MAX_TYPE_LEN: usize = 64;
 
+/// Body of `POST /v1/sessions`: a [`NewSession`], or a Strands `Session.to_dict()`
+/// (`session_id`, `session_type`, `created_at`, `updated_at`). Other unknown
+/// fields are still refused (400 `invalid_json`), so a misspelt field is not
+/// silently dropped.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = NewSession)]
+struct CreateSession {
+    /// Id to use; generated (UUID v4) when absent.
+    #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$")]
+    session_id: Option<String>,
+    /// Kind of session; defaults to `"AGENT"`.
+    #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    session_type: Option<String>,
+    /// Initial metadata: a free-form object whose top-level keys are plain
+    /// field names (no `.`, no leading `$`, no NUL).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<crate::model::JsonObject>,
+    /// Accepted and ignored (Strands' `Session.to_dict()` sends it): the
+    /// gateway stamps its own times.
+    #[serde(default)]
+    #[schema(value_type = Option<Value>)]
+    #[allow(dead_code)]
+    created_at: Option<Value>,
+    /// Accepted and ignored, like `created_at`.
+    #[serde(default)]
+    #[schema(value_type = Option<Value>)]
+    #[allow(dead_code)]
+    updated_at: Option<Value>,
+}
+
+impl CreateSession {
+    fn into_new(self) -> NewSession {
+        NewSession {
+            session_id: self.session_id,
+            session_type: self.session_type,
+            metadata: self.metadata,
+        }
+    }
+}
+
 /// Create a session
 ///
 /// An empty body creates a session with a generated id (UUID v4), `session_type`
@@ -38,7 +82,7 @@ const MAX_TYPE_LEN: usize = 64;
     path = "/v1/sessions",
     operation_id = "create_session",
     tag = "sessions",
-    request_body(content = Option<NewSession>, description = "The new session; an empty body means all defaults"),
+    request_body(content = Option<CreateSession>, description = "The new session; an empty body means all defaults. Strands' `Session.to_dict()` is accepted as is: its `created_at` and `updated_at` are ignored (the gateway stamps its own times)."),
     responses(
         (status = 201, description = "The session was created", body = Session),
         (status = 400, description = "`invalid_json`, `invalid_session_id` or `invalid_metadata_key`"),
@@ -49,15 +93,18 @@ const MAX_TYPE_LEN: usize = 64;
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    OptionalJson(new): OptionalJson<NewSession>,
+    OptionalJson(new): OptionalJson<CreateSession>,
 ) -> AppResult<impl IntoResponse> {
     caller.require_write()?;
     // An empty body means "all defaults".
-    let new = new.unwrap_or(NewSession {
-        session_id: None,
-        session_type: None,
-        metadata: None,
-    });
+    let new = new.map_or(
+        NewSession {
+            session_id: None,
+            session_type: None,
+            metadata: None,
+        },
+        CreateSession::into_new,
+    );
     if let Some(sid) = &new.session_id {
         check_sid(sid)?;
     }
