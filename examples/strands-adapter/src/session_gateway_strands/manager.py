@@ -24,7 +24,7 @@ from typing_extensions import Self
 
 from ._http import HttpPool
 from .errors import GatewayError
-from .repository import GatewaySessionRepository
+from .repository import AGENT_EXTRA, GatewaySessionRepository
 
 if TYPE_CHECKING:
     from strands.types.tools import AgentTool
@@ -253,16 +253,11 @@ class GatewaySessionManager(RepositorySessionManager):
         event-loop metrics on its latest message (when they changed since last written)."""
         config = agent_config_of(agent)
         self._config_of[agent.agent_id] = config
-        original_update = self.session_repository.update_agent
-
-        def update_agent(session_id: str, session_agent: Any, **kw: Any) -> None:
-            original_update(session_id, session_agent, extra=config, **kw)
-
-        self.session_repository.update_agent = update_agent  # type: ignore[method-assign]
+        token = AGENT_EXTRA.set(config)
         try:
             super().sync_agent(agent, **kwargs)
         finally:
-            del self.session_repository.update_agent
+            AGENT_EXTRA.reset(token)
         latest = self._latest_agent_message.get(agent.agent_id)
         metrics = event_loop_metrics_of(agent)
         if latest is None or metrics is None:
@@ -282,17 +277,11 @@ class GatewaySessionManager(RepositorySessionManager):
     def initialize(self, agent: Any, **kwargs: Any) -> None:
         """Restore (or create) the agent from the session; a new agent's record gets its model and prompt."""
         self._config_of[agent.agent_id] = agent_config_of(agent)
-        original_create = self.session_repository.create_agent
-        config = self._config_of[agent.agent_id]
-
-        def create_agent(session_id: str, session_agent: Any, **kw: Any) -> None:
-            original_create(session_id, session_agent, extra=config, **kw)
-
-        self.session_repository.create_agent = create_agent  # type: ignore[method-assign]
+        token = AGENT_EXTRA.set(self._config_of[agent.agent_id])
         try:
             super().initialize(agent, **kwargs)
         finally:
-            del self.session_repository.create_agent
+            AGENT_EXTRA.reset(token)
 
     # -- the original library's methods ---------------------------------------------------------
 

@@ -82,6 +82,9 @@ class Call:
         """This call as an operation of ``POST /v1/sessions/{sid}/batch`` (writes that may be batched)."""
 
 
+AGENT_EXTRA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("gateway_agent_extra", default=None)
+"""Fields added to agent records written in this context (the manager's ``model`` and ``system_prompt``)."""
+
 _BATCH: contextvars.ContextVar[list[tuple[str, Call]] | None] = contextvars.ContextVar("gateway_batch", default=None)
 
 
@@ -267,7 +270,7 @@ class GatewaySessionRepository(_Core, SessionRepository):
 
     def create_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
         """Store a new agent (``extra=`` adds fields to the record, e.g. ``system_prompt``)."""
-        body = _codec.agent_body(session_agent, kwargs.get("extra"))
+        body = _codec.agent_body(session_agent, kwargs.get("extra", AGENT_EXTRA.get()))
         self._run_or_queue(session_id, self._p_put_agent(session_id, session_agent.agent_id, body, if_match=False))
 
     def read_agent(self, session_id: str, agent_id: str, **kwargs: Any) -> SessionAgent | None:
@@ -295,7 +298,7 @@ class GatewaySessionRepository(_Core, SessionRepository):
     def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
         """Replace an agent's state, guarded by ``If-Match`` when its version is known
         (``extra=`` adds fields to the record)."""
-        body = _codec.agent_body(session_agent, kwargs.get("extra"))
+        body = _codec.agent_body(session_agent, kwargs.get("extra", AGENT_EXTRA.get()))
         self._run_or_queue(session_id, self._p_put_agent(session_id, session_agent.agent_id, body, if_match=True))
 
     def list_agents(self, session_id: str) -> list[dict[str, Any]]:
