@@ -296,17 +296,20 @@ pub async fn run(config_path: &Path, args: ImportArgs) -> anyhow::Result<i32> {
             { "session_id": { "$in": &args.sessions } },
         ] }
     };
-    let total = coll
-        .count_documents(filter.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "counting sessions in {}.{} at {}",
-                args.source_database,
-                args.source_collection,
-                crate::config::redact_uri(&args.source_uri)
-            )
-        })?;
+    // The whole collection: the metadata count (no scan) is enough for progress.
+    let total = if args.sessions.is_empty() {
+        coll.estimated_document_count().await
+    } else {
+        coll.count_documents(filter.clone()).await
+    };
+    let total = total.with_context(|| {
+        format!(
+            "counting sessions in {}.{} at {}",
+            args.source_database,
+            args.source_collection,
+            crate::config::redact_uri(&args.source_uri)
+        )
+    })?;
     if total == 0 {
         eprintln!(
             "import: no session documents in {}.{}; the original library's defaults are \
