@@ -201,7 +201,7 @@ pub async fn render(state: &AppState) -> String {
     }
 
     type Read = fn(&crate::hooks::runtime::Plugin) -> f64;
-    let per_plugin: [(&str, &str, Read); 7] = [
+    let per_plugin: [(&str, &str, Read); 8] = [
         ("gateway_hook_calls_total", "Hook calls by plugin.", |p| {
             p.meta.stats.calls.load(Relaxed) as f64
         }),
@@ -234,6 +234,11 @@ pub async fn render(state: &AppState) -> String {
             "gateway_hook_isolated_calls_total",
             "Hook calls of suspect tenants (mostly failing lately), run at the lowest CPU priority.",
             |p| p.breakers.isolated.load(Relaxed) as f64,
+        ),
+        (
+            "gateway_hook_isolated_inline_calls_total",
+            "Suspects' calls the low-priority thread did not start in time (busy cores), run at normal priority instead.",
+            |p| p.breakers.inline.load(Relaxed) as f64,
         ),
     ];
     let plugins = state.hooks.snapshot();

@@ -49,8 +49,11 @@ pub struct Breakers {
     pub trips: AtomicU64,
     /// Calls not made because the tenant's breaker was open.
     pub skipped: AtomicU64,
-    /// Calls of suspects, run on the low-priority lane.
+    /// Calls of suspects, offered to the low-priority lane.
     pub isolated: AtomicU64,
+    /// Suspects' calls the lane did not start in time (the cores were busy),
+    /// run by their caller at normal priority instead.
+    pub inline: AtomicU64,
 }
 
 impl Breakers {
@@ -62,6 +65,7 @@ impl Breakers {
             trips: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             isolated: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
         }
     }
 

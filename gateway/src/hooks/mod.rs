@@ -558,6 +558,7 @@ impl HookHost {
                         "trips": p.breakers.trips.load(Relaxed),
                         "skipped_calls": p.breakers.skipped.load(Relaxed),
                         "isolated_calls": p.breakers.isolated.load(Relaxed),
+                        "isolated_inline_calls": p.breakers.inline.load(Relaxed),
                         "quarantined_tenants": p.breakers.open(std::time::Instant::now()),
                     },
                     "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),

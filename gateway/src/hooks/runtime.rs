@@ -11,8 +11,8 @@
 //! - **Suspects:** the calls of a tenant whose recent calls to a plugin
 //!   mostly failed run on one thread of their own at `SCHED_IDLE` priority;
 //!   if they keep failing the plugin is quarantined for that tenant (see
-//!   [`super::breaker`]). The caller waits for such a call only until its
-//!   deadline, so `timeout_ms` holds even when busy work starves that thread.
+//!   [`super::breaker`]). When busy work starves that thread, the caller
+//!   runs the call itself after a few milliseconds, so `timeout_ms` holds.
 //! - **Instances:** `reuse` keeps warm instances in a small pool (≈1 µs a
 //!   call); `per-call` instantiates a fresh one each time. An instance that
 //!   trapped or ran out of time is dropped, never reused.
@@ -56,6 +56,12 @@ const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 const IDLE_TICK: Duration = Duration::from_millis(100);
 /// Epoch tick.
 const TICK: Duration = Duration::from_millis(1);
+/// Longest a suspect's call waits for the low-priority lane to start it
+/// before its caller runs it (see `Plugin::call`).
+const LANE_START_WAIT: Duration = Duration::from_millis(5);
+/// How long past a call's deadline its caller waits for the lane's answer
+/// (the lane notices the deadline at its next epoch tick).
+const LANE_GRACE: Duration = Duration::from_millis(5);
 
 /// The process-wide engine and linker.
 pub struct Runtime {
@@ -508,13 +514,7 @@ impl Plugin {
         })
     }
 
-    /// An instance ready for a call that must end by `deadline` (by default,
-    /// `timeout_ms` from now).
-    async fn checkout(
-        &self,
-        publish_key: Option<String>,
-        deadline: Option<Instant>,
-    ) -> Result<Warm, CallError> {
+    async fn checkout(&self, publish_key: Option<String>) -> Result<Warm, CallError> {
         let pooled = match self.config.instance {
             InstanceMode::Reuse => self.warm.lock().expect("warm pool lock").pop(),
             InstanceMode::PerCall => None,
@@ -529,8 +529,7 @@ impl Plugin {
             }
         };
         let data = w.store.data_mut();
-        data.deadline = deadline
-            .unwrap_or_else(|| Instant::now() + Duration::from_millis(self.config.timeout_ms));
+        data.deadline = Instant::now() + Duration::from_millis(self.config.timeout_ms);
         data.publish_key = publish_key;
         data.published.clear();
         w.store.set_epoch_deadline(1);
@@ -583,14 +582,18 @@ impl Plugin {
         }
     }
 
-    /// Runs one call for `tenant` (unless the tenant's breaker is open). A
-    /// suspect's call (most of its calls in the window failed) runs on the
-    /// [`suspect_lane`], not on the request workers; the caller waits for it
-    /// only until the call's deadline (`timeout_ms` from now), since under CPU
-    /// contention that idle-priority thread may not run for seconds. A call
-    /// abandoned so is a timeout (the plugin's `on_error` outcome); when the
-    /// lane gets to it, it is dropped without running, or interrupted at its
-    /// deadline, and its instance discarded.
+    /// Runs one call for `tenant` (unless the tenant's breaker is open).
+    ///
+    /// A suspect's call (most of its calls in the window failed) is offered
+    /// to the [`suspect_lane`], so that a plugin burning its budget only gets
+    /// CPU nothing else wants. But that idle-priority thread may not run at
+    /// all while other work keeps the cores busy, and `timeout_ms` must still
+    /// bound the call for its caller: when the lane has not started the call
+    /// within [`LANE_START_WAIT`] (a quarter of `timeout_ms` at most), the
+    /// caller runs it itself, at normal priority, with its full budget. So a
+    /// call ends within `timeout_ms` plus that wait (plus [`LANE_GRACE`] for
+    /// one the lane started), whatever the load, and a healthy plugin that
+    /// timed out once on a busy machine is not starved into failing again.
     async fn call<R: Send + 'static>(
         self: &Arc<Self>,
         tenant: &str,
@@ -606,25 +609,48 @@ impl Plugin {
             .map_err(CallError::Quarantined)?;
         let out = if suspect {
             self.breakers.isolated.fetch_add(1, Ordering::Relaxed);
-            let deadline = started + Duration::from_millis(self.config.timeout_ms);
-            let this = self.clone();
-            let task = suspect_lane().spawn(async move {
-                if Instant::now() >= deadline {
-                    // The caller has stopped waiting: do not run at all.
-                    return Err(CallError::Trap("timed out".into()));
+            let timeout = Duration::from_millis(self.config.timeout_ms);
+            let wait = (timeout / 4).clamp(Duration::from_millis(1), LANE_START_WAIT);
+            // Whoever takes the job first runs it: the lane, or the caller.
+            let job = Arc::new(Mutex::new(Some((publish_key, f))));
+            let (this, lane_job) = (self.clone(), job.clone());
+            let mut task = suspect_lane().spawn(async move {
+                let taken = lane_job.lock().expect("job lock").take();
+                match taken {
+                    Some((key, f)) => Some(this.run(key, f).await),
+                    None => None,
                 }
-                this.run(publish_key, Some(deadline), f).await
             });
-            match tokio::time::timeout_at(deadline.into(), task).await {
-                Ok(joined) => {
-                    joined.unwrap_or_else(|e| Err(CallError::Trap(format!("failed: {e}"))))
+            let joined = |r: Result<Option<Result<_, CallError>>, tokio::task::JoinError>| match r {
+                Ok(Some(out)) => out,
+                Ok(None) => Err(CallError::Trap("not run".into())),
+                Err(e) => Err(CallError::Trap(format!("failed: {e}"))),
+            };
+            tokio::select! {
+                r = &mut task => joined(r),
+                () = tokio::time::sleep(wait) => {
+                    let taken = job.lock().expect("job lock").take();
+                    match taken {
+                        Some((key, f)) => {
+                            // The lane did not get CPU in time: a busy machine.
+                            self.breakers.inline.fetch_add(1, Ordering::Relaxed);
+                            self.run(key, f).await
+                        }
+                        None => {
+                            let bound = Instant::now() + timeout + LANE_GRACE;
+                            match tokio::time::timeout_at(bound.into(), task).await {
+                                Ok(r) => joined(r),
+                                // Preempted past its deadline on the lane: it
+                                // is interrupted (and its instance dropped)
+                                // when it runs again.
+                                Err(_) => Err(CallError::Trap("timed out".into())),
+                            }
+                        }
+                    }
                 }
-                Err(_) => Err(CallError::Trap(
-                    "timed out (waiting for CPU on the low-priority lane)".into(),
-                )),
             }
         } else {
-            self.run(publish_key, None, f).await
+            self.run(publish_key, f).await
         };
         self.record(tenant, started, out.is_ok());
         out
@@ -634,10 +660,9 @@ impl Plugin {
     async fn run<R>(
         &self,
         publish_key: Option<String>,
-        deadline: Option<Instant>,
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
     ) -> Result<(R, Vec<Published>), CallError> {
-        let mut w = self.checkout(publish_key, deadline).await?;
+        let mut w = self.checkout(publish_key).await?;
         let out = f(&mut w).await;
         match out {
             Ok(r) => {
