@@ -562,7 +562,7 @@ async fn hook_timeout_holds_for_suspects_under_cpu_contention() {
 
 /// A measurement (BENCHMARKS.md, "Reliability"): the gateway binary with a
 /// fail-closed `timeout_ms = 20` hook that loops, a suspect tenant, and two
-/// `yes > /dev/null` processes (bounded by `timeout`) keeping both cores
+/// `yes > /dev/null` processes (killed when the test ends) keeping both cores
 /// busy; prints each request's latency and the admin API's slowest call. Run
 /// with `cargo test -p session-gateway --test security_process -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,8 +593,9 @@ async fn measure_hook_deadline_with_busy_processes() {
     let busy: Vec<_> = (0..2)
         .map(|_| {
             common::KillOnDrop(
-                std::process::Command::new("timeout")
-                    .args(["60", "yes"])
+                // `yes` itself (not under `timeout`): KillOnDrop's SIGKILL
+                // must reach the busy process, on panic too.
+                std::process::Command::new("yes")
                     .stdout(std::process::Stdio::null())
                     .spawn()
                     .unwrap(),
