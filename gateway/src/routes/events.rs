@@ -6,7 +6,9 @@
 //! events after it have expired, a `reset` event says so and the stream goes
 //! on from the oldest event still kept. Without either, the stream starts
 //! with the next change. Comment heartbeats keep proxies from closing idle
-//! streams. The stream ends after `session.deleted`.
+//! streams. The stream ends after `session.deleted`. Metadata in events,
+//! live or replayed, is shaped by the get-hooks like a read
+//! ([`crate::hooks::display::redact_event`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -27,6 +29,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Path, Query};
+use crate::hooks::HookHost;
 use crate::model::{Event, EventType, Tenant, format_ms};
 use crate::store::SessionStore;
 use crate::stream::EventHub;
@@ -68,6 +71,7 @@ impl Drop for Subscription {
 
 struct StreamState {
     store: Arc<dyn SessionStore>,
+    hooks: Arc<HookHost>,
     rx: broadcast::Receiver<Arc<Event>>,
     last_sent: u64,
     backfilling: bool,
@@ -168,6 +172,7 @@ async fn events(
     };
     let st = StreamState {
         store: state.store.clone(),
+        hooks: state.hooks.clone(),
         rx,
         last_sent,
         backfilling: resume.is_some(),
@@ -228,6 +233,9 @@ async fn next(st: &mut StreamState) -> Option<SseEvent> {
                     st.backfilling = evs.len() == BACKFILL;
                     for mut ev in evs {
                         crate::stream::enrich(&*st.store, &mut ev).await;
+                        // Replayed events are shaped like live ones (the
+                        // feed shapes those before broadcasting them).
+                        crate::hooks::display::redact_event(&st.hooks, &*st.store, &mut ev).await;
                         st.queued.push_back(ev);
                     }
                 }
