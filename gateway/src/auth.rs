@@ -1,20 +1,26 @@
 //! Who is calling: the tenant a request acts for and what its role allows.
 //!
-//! Keys are sent as `Authorization: Bearer <key>` and configured hashed
-//! (sha256 of the key) in `gateway.toml`, each bound to a tenant and a role.
-//! `gateway key new --tenant T --role R` makes one. A key never sees another
-//! tenant's sessions: the store scopes every read and write by tenant, so a
-//! foreign session id answers 404 exactly like a missing one.
+//! Keys are sent as `Authorization: Bearer <key>` (the scheme name is
+//! case-insensitive, RFC 9110 §11.1) and configured hashed (sha256 of the key)
+//! in `gateway.toml`, each bound to a tenant and a role. `gateway key new
+//! --tenant T --role R` makes one. A key never sees another tenant's sessions:
+//! the store scopes every read and write by tenant, so a foreign session id
+//! answers 404 exactly like a missing one. The `admin` role's `/v1/admin/*`
+//! views and actions are scoped to its own tenant too; only the `operator`
+//! role acts across tenants (reload plugins for everyone, every tenant's
+//! outbox). A 401 carries `WWW-Authenticate: Bearer realm="session-gateway"`
+//! (with `error="invalid_token"` when a key was sent but is not valid, RFC
+//! 6750 §3).
 //!
 //! With `auth.mode = "none"` (local development only) every request acts for
-//! the default tenant with the admin role, and the gateway says so loudly at
-//! start-up.
+//! the default tenant with the operator role, and the gateway says so loudly
+//! at start-up.
 
 use std::collections::HashMap;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -53,7 +59,7 @@ pub struct KeyConfig {
     pub id: String,
     /// Tenant the key acts for.
     pub tenant: String,
-    /// `agent`, `reader` or `admin`.
+    /// `agent`, `reader`, `admin` or `operator`.
     pub role: Role,
     /// sha256 (hex) of the key.
     pub sha256: String,
@@ -173,20 +179,12 @@ impl Keys {
             let key = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .ok_or_else(|| {
-                    AppError::Unauthorized(
-                        "an API key is required: Authorization: Bearer <key>".into(),
-                    )
-                })?;
+                .and_then(bearer_token)
+                .ok_or_else(|| AppError::Unauthorized(KEY_REQUIRED.into()))?;
             self.by_hash
                 .get(&hash_key(key))
                 .cloned()
-                .ok_or_else(|| AppError::Unauthorized("invalid API key".into()))?
+                .ok_or_else(|| AppError::Unauthorized(INVALID_KEY.into()))?
         };
         if path.starts_with("/v1/admin") {
             caller.require_admin()?;
@@ -201,6 +199,37 @@ impl Keys {
     }
 }
 
+/// The 401 message when no bearer key was sent.
+const KEY_REQUIRED: &str = "an API key is required: Authorization: Bearer <key>";
+/// The 401 message when the key sent is not a configured one.
+const INVALID_KEY: &str = "invalid API key";
+
+/// The key of an `Authorization: Bearer <key>` header value. The scheme name
+/// is matched case-insensitively (RFC 9110 §11.1) and may be followed by any
+/// run of spaces; `None` for another scheme or an empty key.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let key = rest.trim();
+    (!key.is_empty()).then_some(key)
+}
+
+/// The `WWW-Authenticate` challenge of a 401 with this message (RFC 6750 §3):
+/// the realm always, `error="invalid_token"` when a key was sent but is not
+/// valid (no error code when the request carried no bearer key at all).
+pub fn challenge(message: &str) -> HeaderValue {
+    if message == INVALID_KEY {
+        HeaderValue::from_static(
+            "Bearer realm=\"session-gateway\", error=\"invalid_token\", \
+             error_description=\"the API key is not valid\"",
+        )
+    } else {
+        HeaderValue::from_static("Bearer realm=\"session-gateway\"")
+    }
+}
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,8 +238,12 @@ pub enum Role {
     Agent,
     /// Session API, GET only.
     Reader,
-    /// Everything, including `/v1/admin/*`.
+    /// Session API and `/v1/admin/*`, scoped to the key's tenant: its own
+    /// outbox items and quarantines; no plugin reload.
     Admin,
+    /// Everything `admin` may, across tenants: plugin reload (for everyone),
+    /// every tenant's outbox, process-wide plugin and dispatcher counters.
+    Operator,
 }
 
 /// The caller of a request: set by the auth layer as a request extension.
@@ -223,12 +256,18 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller when authentication is off.
+    /// The caller when authentication is off (local development): the
+    /// default tenant with the operator role.
     pub fn anonymous() -> Self {
         Self {
             tenant: Tenant::default_tenant(),
-            role: Role::Admin,
+            role: Role::Operator,
         }
+    }
+
+    /// Whether the caller may act across tenants (`operator`).
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
     }
 
     /// Refuses read-only callers.
@@ -244,17 +283,49 @@ impl Caller {
         Ok(())
     }
 
-    /// Refuses non-admin callers.
+    /// Refuses callers that are neither `admin` nor `operator`.
     ///
     /// # Errors
-    /// 403 unless the role is `admin`.
+    /// 403 unless the role is `admin` or `operator`.
     pub fn require_admin(&self) -> Result<(), AppError> {
-        if self.role != Role::Admin {
+        if !matches!(self.role, Role::Admin | Role::Operator) {
             return Err(AppError::Forbidden(
                 "this endpoint needs a key with the admin role".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Refuses callers without the `operator` role (cross-tenant operations).
+    ///
+    /// # Errors
+    /// 403 unless the role is `operator`, saying what the action affects.
+    pub fn require_operator(&self, what: &str) -> Result<(), AppError> {
+        if self.role != Role::Operator {
+            return Err(AppError::Forbidden(format!(
+                "{what} affects every tenant: it needs a key with the operator role"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The tenant an admin view is limited to: the caller's own, or for an
+    /// operator the one asked for (`None`: every tenant).
+    ///
+    /// # Errors
+    /// 403 when a non-operator asks for another tenant; 400 for a bad name.
+    pub fn admin_scope<'a>(&'a self, asked: Option<&'a str>) -> Result<Option<&'a str>, AppError> {
+        if let Some(t) = asked {
+            validate_tenant(t).map_err(|m| AppError::bad_request("invalid_query", m))?;
+        }
+        match (self.is_operator(), asked) {
+            (true, asked) => Ok(asked),
+            (false, Some(t)) if t != self.tenant.as_str() => Err(AppError::Forbidden(
+                "an admin key sees its own tenant only; other tenants need the operator role"
+                    .into(),
+            )),
+            (false, _) => Ok(Some(self.tenant.as_str())),
+        }
     }
 }
 
@@ -336,6 +407,18 @@ mod tests {
             keys.authenticate(&Method::GET, "/v1/admin/plugins", &bearer(&agent)),
             Err(AppError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("BEARER   k1 "), Some("k1"));
+        assert_eq!(bearer_token("bEaReR\tk1"), Some("k1"));
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerk1"), None);
     }
 
     #[test]

@@ -178,6 +178,11 @@ impl IntoResponse for AppError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Self::Unauthorized(message) = &self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, crate::auth::challenge(message));
+        }
         response
     }
 }

@@ -165,7 +165,7 @@ impl Gateway {
             events_wake: Arc::new(Notify::new()),
             outbox_wake: Arc::new(Notify::new()),
             outbox_stats: Arc::new(outbox::OutboxStats::default()),
-            hub: Arc::new(stream::EventHub::new(store.clone())),
+            hub: Arc::new(stream::EventHub::new(store.clone(), hooks.clone())),
             guard,
             metrics: Arc::new(observe::Metrics::default()),
         };

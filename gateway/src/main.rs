@@ -50,12 +50,21 @@ enum Command {
 #[derive(Subcommand)]
 enum KeyCommand {
     /// Print a new API key and the `[[auth.keys]]` entry to paste into gateway.toml.
+    ///
+    /// Roles: `agent` uses the session API (read and write) of its tenant;
+    /// `reader` only reads it; `admin` also uses /v1/admin/*, limited to its
+    /// own tenant (its outbox items, its plugin quarantines; no plugin
+    /// reload); `operator` is admin across every tenant (reload plugins for
+    /// everyone, every tenant's outbox, process-wide counters). Give operator
+    /// keys to the people who run the gateway, not to tenants.
     New {
-        /// Tenant the key acts for ([a-z0-9_-], 1–64 characters).
+        /// Tenant the key acts for ([a-z0-9_-], 1–64 characters); for an
+        /// operator key, the tenant its session-API calls act for.
         #[arg(long)]
         tenant: String,
-        /// agent (session API), reader (GET only) or admin (/v1/admin/*).
-        #[arg(long, value_parser = ["agent", "reader", "admin"])]
+        /// agent (session API), reader (GET only), admin (/v1/admin/* for its
+        /// own tenant) or operator (/v1/admin/* across all tenants).
+        #[arg(long, value_parser = ["agent", "reader", "admin", "operator"])]
         role: String,
         /// A label for logs (default: <tenant>-<role>).
         #[arg(long)]

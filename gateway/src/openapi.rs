@@ -228,23 +228,36 @@ impl Modify for Common {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "`Authorization: Bearer <key>` with a key configured in `[[auth.keys]]` (bound to a tenant and \
-                         a role: `agent`, `reader` or `admin`). Required when `auth.mode = \"keys\"`; with \
-                         `auth.mode = \"none\"` (local development) it is ignored and every request acts as admin \
-                         of the default tenant.",
+                        "`Authorization: Bearer <key>` (scheme name case-insensitive) with a key configured in \
+                         `[[auth.keys]]` (bound to a tenant and a role: `agent`, `reader`, `admin` — `/v1/admin/*` \
+                         for its own tenant — or `operator` — `/v1/admin/*` across tenants). Required when \
+                         `auth.mode = \"keys\"`; with `auth.mode = \"none\"` (local development) it is ignored \
+                         and every request acts as operator of the default tenant. A 401 carries \
+                         `WWW-Authenticate: Bearer realm=\"session-gateway\"` (plus `error=\"invalid_token\"` \
+                         when the key sent is not valid).",
                     ))
                     .build(),
             ),
         );
         let shared = [
-            (
-                "Unauthorized",
-                error_response("`unauthorized`: no valid API key", false),
-            ),
+            ("Unauthorized", {
+                let mut r = error_response("`unauthorized`: no valid API key", false);
+                r.headers.insert(
+                    "WWW-Authenticate".into(),
+                    HeaderBuilder::new()
+                        .schema(string_schema())
+                        .description(Some(
+                            "The challenge (RFC 6750): `Bearer realm=\"session-gateway\"`, plus \
+                             `error=\"invalid_token\"` when the key sent is not valid",
+                        ))
+                        .build(),
+                );
+                r
+            }),
             (
                 "Forbidden",
                 error_response(
-                    "`forbidden`: the key's role may not do this (`reader` writes, non-admin on `/v1/admin`)",
+                    "`forbidden`: the key's role may not do this (`reader` writes, non-admin on `/v1/admin`, non-operator on cross-tenant admin operations)",
                     false,
                 ),
             ),
@@ -645,6 +658,40 @@ pub struct BatchWriteResult {
     pub results: Vec<BatchWriteItem>,
 }
 
+/// The answer of `POST /v1/sessions`: the session as get-hooks show it, and
+/// `metadata_withheld` when a get-hook failed after the session was stored.
+#[derive(ToSchema)]
+pub struct CreatedSession {
+    /// The client's id for the session.
+    pub session_id: String,
+    /// Kind of session.
+    pub session_type: String,
+    /// When the session was created.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// When anything in the session last changed.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// The metadata after get-hooks; `{}` when `metadata_withheld` is present.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// Ids of the agents in the session.
+    pub agents: Vec<String>,
+    /// Present only when the metadata is withheld (a display failure after
+    /// the commit, not a failed write).
+    pub metadata_withheld: Option<Withheld>,
+}
+
+/// Why metadata was withheld from an answer or an SSE event: a get-hook
+/// failed after the change was committed.
+#[derive(ToSchema)]
+pub struct Withheld {
+    /// The error a read would have answered, e.g. `hook_failed`.
+    pub code: String,
+    /// What failed (names the plugin).
+    pub message: String,
+}
+
 /// The answer of `POST /v1/sessions/batch-get`.
 #[derive(ToSchema)]
 pub struct BatchGetResult {
@@ -790,7 +837,10 @@ pub struct StreamEvent {
     pub ts: String,
     /// The session.
     pub session_id: String,
-    /// Details of the change; the shape depends on `type`.
+    /// Details of the change; the shape depends on `type`. Metadata in it
+    /// (`session.created`: `metadata`; `metadata.*`: `change`, `changed`,
+    /// `values`) is shaped by get-hooks as a read would be; when a get-hook
+    /// fails it is emptied and `metadata_withheld` (`{"code","message"}`) says so.
     #[schema(value_type = Value)]
     pub payload: Value,
 }
@@ -983,9 +1033,13 @@ pub struct OutboxItem {
     /// The last delivery error, or null.
     #[schema(required = true)]
     pub last_error: Option<String>,
-    /// The published JSON payload.
+    /// The published JSON payload; null when withheld.
     #[schema(value_type = Value)]
     pub payload: Value,
+    /// True when `payload` is withheld: for admin (not operator) keys while
+    /// a get-hook shapes metadata, since after-hooks publish from the change
+    /// as stored.
+    pub payload_withheld: bool,
 }
 
 /// The answer of `GET /v1/admin/outbox`.
@@ -993,16 +1047,16 @@ pub struct OutboxItem {
 pub struct OutboxList {
     /// Items, oldest first.
     pub items: Vec<OutboxItem>,
-    /// Items pending in total.
+    /// Items pending in total (of the caller's tenant, for an admin key).
     pub pending: u64,
-    /// Dead items in total.
+    /// Dead items in total (of the caller's tenant, for an admin key).
     pub dead: u64,
-    /// Delivered since start.
-    pub delivered: u64,
-    /// Retries since start.
-    pub retried: u64,
-    /// Items given up on since start.
-    pub dead_lettered: u64,
-    /// Whether the dispatcher runs (notifications configured).
-    pub dispatcher_running: bool,
+    /// Delivered since start (operator keys only).
+    pub delivered: Option<u64>,
+    /// Retries since start (operator keys only).
+    pub retried: Option<u64>,
+    /// Items given up on since start (operator keys only).
+    pub dead_lettered: Option<u64>,
+    /// Whether the dispatcher runs (operator keys only).
+    pub dispatcher_running: Option<bool>,
 }

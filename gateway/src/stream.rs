@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+use crate::hooks::HookHost;
 use crate::model::{Event, EventType, Tenant, now_ms};
 use crate::store::{SessionStore, StoreResult};
 
@@ -44,8 +45,9 @@ impl Feed {
         self.tx.subscribe()
     }
 
-    /// Reads events after the last broadcast one and broadcasts them.
-    async fn pump(&self, store: &dyn SessionStore) -> StoreResult<()> {
+    /// Reads events after the last broadcast one and broadcasts them, with
+    /// their metadata shaped by the get-hooks once for every subscriber.
+    async fn pump(&self, store: &dyn SessionStore, hooks: &HookHost) -> StoreResult<()> {
         let mut last = self.last_seq.lock().await;
         loop {
             let events = store
@@ -55,6 +57,7 @@ impl Feed {
             for mut ev in events {
                 *last = ev.seq;
                 enrich(store, &mut ev).await;
+                crate::hooks::display::redact_event(hooks, store, &mut ev).await;
                 let _ = self.tx.send(Arc::new(ev));
             }
             if n < READ_BATCH {
@@ -98,6 +101,7 @@ pub async fn enrich(store: &dyn SessionStore, ev: &mut Event) {
 /// All live feeds of this gateway.
 pub struct EventHub {
     store: Arc<dyn SessionStore>,
+    hooks: Arc<HookHost>,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     /// Set at shutdown: every SSE stream ends.
     closing: watch::Sender<bool>,
@@ -108,10 +112,12 @@ fn key(t: &Tenant, sid: &str) -> String {
 }
 
 impl EventHub {
-    /// A hub over `store`.
-    pub fn new(store: Arc<dyn SessionStore>) -> Self {
+    /// A hub over `store`; events are shaped by `hooks`' get-hooks before
+    /// they are broadcast.
+    pub fn new(store: Arc<dyn SessionStore>, hooks: Arc<HookHost>) -> Self {
         Self {
             store,
+            hooks,
             feeds: Mutex::new(HashMap::new()),
             closing: watch::Sender::new(false),
         }
@@ -196,8 +202,9 @@ impl EventHub {
             .cloned();
         if let Some(feed) = feed {
             let store = self.store.clone();
+            let hooks = self.hooks.clone();
             tokio::spawn(async move {
-                if let Err(e) = feed.pump(&*store).await {
+                if let Err(e) = feed.pump(&*store, &hooks).await {
                     tracing::warn!(error = %e, session_id = %feed.session_id, "cannot read new events for subscribers");
                 }
             });

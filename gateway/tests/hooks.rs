@@ -655,7 +655,7 @@ async fn repeated_failures_quarantine_the_plugin_per_tenant(backend: Backend) {
         keys: vec![
             entry("a", "team-a", Role::Agent, &a),
             entry("b", "team-b", Role::Agent, &b),
-            entry("admin", "ops", Role::Admin, &admin),
+            entry("admin", "ops", Role::Operator, &admin),
         ],
     };
     let gw = TestGateway::start(cfg).await;

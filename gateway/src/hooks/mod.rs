@@ -10,6 +10,7 @@
 //! a reload never changes the plugins under an in-flight request.
 
 pub mod breaker;
+pub mod display;
 pub mod runtime;
 pub mod v0_1_0;
 
@@ -52,6 +53,14 @@ impl Loaded {
             }
         }
         kinds
+    }
+
+    /// Whether some get-hook shapes metadata on its way out (`metadata.get`):
+    /// then every exit of stored metadata goes through it (see [`display`]).
+    pub fn shapes_metadata(&self) -> bool {
+        self.plugins.iter().any(|p| {
+            p.config.phase == HookPhase::Get && p.config.events.iter().any(|e| e == "metadata.get")
+        })
     }
 
     fn chain(&self, phase: HookPhase, event: &str) -> Vec<Arc<Plugin>> {
@@ -394,7 +403,24 @@ impl HookHost {
         session_type: &str,
         metadata: JsonObject,
     ) -> Result<JsonObject, AppError> {
-        let chain = self.snapshot().chain(HookPhase::Get, "metadata.get");
+        self.show_metadata_in(&self.snapshot(), t, sid, session_type, metadata)
+            .await
+    }
+
+    /// [`HookHost::show_metadata`] with the plugin set `loaded` (a request's
+    /// snapshot).
+    ///
+    /// # Errors
+    /// As [`HookHost::show_metadata`].
+    pub async fn show_metadata_in(
+        &self,
+        loaded: &Loaded,
+        t: &Tenant,
+        sid: &str,
+        session_type: &str,
+        metadata: JsonObject,
+    ) -> Result<JsonObject, AppError> {
+        let chain = loaded.chain(HookPhase::Get, "metadata.get");
         if chain.is_empty() {
             return Ok(metadata);
         }
@@ -410,7 +436,9 @@ impl HookHost {
         Ok(metadata)
     }
 
-    /// [`HookHost::show_metadata`] over a session's metadata.
+    /// [`HookHost::show_metadata`] over a session's metadata: what every read
+    /// of a session shows. A failing fail-closed get-hook fails the read (503:
+    /// nothing was written, a retry is safe).
     ///
     /// # Errors
     /// As [`HookHost::show_metadata`].
@@ -424,30 +452,6 @@ impl HookHost {
             .show_metadata(t, &session.session_id, &session.session_type, md)
             .await?;
         Ok(session)
-    }
-
-    /// [`HookHost::show_metadata`] when only the session id is at hand (the
-    /// session type is read only when a get-hook is configured).
-    ///
-    /// # Errors
-    /// As [`HookHost::show_metadata`], or a store error.
-    pub async fn redact_metadata(
-        &self,
-        store: &dyn SessionStore,
-        t: &Tenant,
-        sid: &str,
-        metadata: JsonObject,
-    ) -> Result<JsonObject, AppError> {
-        if self
-            .snapshot()
-            .chain(HookPhase::Get, "metadata.get")
-            .is_empty()
-        {
-            return Ok(metadata);
-        }
-        let session = store.get_session(t, sid).await?;
-        self.show_metadata(t, sid, &session.session_type, metadata)
-            .await
     }
 
     /// Runs the after-chain for one committed event and returns the
@@ -525,15 +529,49 @@ impl HookHost {
         out
     }
 
-    /// Plugins as listed by `GET /v1/admin/plugins`.
+    /// Plugins as listed by `GET /v1/admin/plugins` for an operator.
     pub fn describe(&self) -> Value {
+        self.describe_for(None)
+    }
+
+    /// Plugins as listed by `GET /v1/admin/plugins`: everything for an
+    /// operator (`tenant` `None`); for one tenant's admin, the plugins'
+    /// configuration and load state and that tenant's own quarantine only —
+    /// no other tenant's name, and none of the process-wide call counters,
+    /// which also count other tenants' traffic.
+    pub fn describe_for(&self, tenant: Option<&str>) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let loaded = self.snapshot();
         let report = self.last_report();
+        let now = std::time::Instant::now();
         let plugins: Vec<Value> = loaded
             .plugins
             .iter()
             .map(|p| {
+                if let Some(t) = tenant {
+                    let quarantined: Vec<String> = p
+                        .breakers
+                        .open(now)
+                        .into_iter()
+                        .filter(|q| q == t)
+                        .collect();
+                    return json!({
+                        "name": p.meta.name,
+                        "wasm": p.config.wasm,
+                        "sha256": p.sha256,
+                        "events": p.config.events,
+                        "phase": p.config.phase,
+                        "instance": p.config.instance,
+                        "on_error": p.config.on_error,
+                        "exports": p.exports,
+                        "loaded_at": format_ms(p.loaded_at),
+                        "breaker": {
+                            "config": p.config.breaker,
+                            "quarantined_tenants": quarantined,
+                        },
+                        "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
+                    });
+                }
                 let s = &p.meta.stats;
                 let calls = s.calls.load(Relaxed);
                 let total = s.latency_us_total.load(Relaxed);
@@ -559,7 +597,7 @@ impl HookHost {
                         "skipped_calls": p.breakers.skipped.load(Relaxed),
                         "isolated_calls": p.breakers.isolated.load(Relaxed),
                         "isolated_inline_calls": p.breakers.inline.load(Relaxed),
-                        "quarantined_tenants": p.breakers.open(std::time::Instant::now()),
+                        "quarantined_tenants": p.breakers.open(now),
                     },
                     "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
                 })

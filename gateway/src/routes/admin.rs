@@ -1,4 +1,10 @@
 //! Admin endpoints: plugins (list, reload) and the notification outbox.
+//!
+//! Tenancy: an `admin` key sees and acts on its own tenant only (its outbox
+//! items, the counts of its items, its plugin quarantines); another tenant's
+//! outbox item answers 404 like a missing one. Operations that affect every
+//! tenant (plugin reload) and cross-tenant views (every tenant's outbox,
+//! process-wide plugin and dispatcher counters) need the `operator` role.
 
 use axum::Router;
 use axum::extract::State;
@@ -23,8 +29,12 @@ pub fn router() -> Router<AppState> {
 
 /// List plugins
 ///
-/// Every loaded plugin with its file hash, events, load time and call
-/// statistics, and the outcome of the last (re)load.
+/// Every loaded plugin with its file hash, events, load time and the outcome
+/// of the last (re)load. An `admin` key sees whether the plugin is
+/// quarantined for its own tenant (`breaker.quarantined_tenants` holds at
+/// most its own name); an `operator` key sees every quarantined tenant and
+/// the process-wide call statistics (`calls`, `errors`, latency, trips…),
+/// which `admin` answers leave out.
 #[utoipa::path(
     get,
     path = "/v1/admin/plugins",
@@ -36,13 +46,15 @@ pub fn router() -> Router<AppState> {
 )]
 async fn plugins(State(state): State<AppState>, caller: Caller) -> AppResult<axum::Json<Value>> {
     caller.require_admin()?;
-    Ok(axum::Json(state.hooks.describe()))
+    let scope = caller.admin_scope(None)?;
+    Ok(axum::Json(state.hooks.describe_for(scope)))
 }
 
 /// Reload plugins
 ///
 /// Re-reads the config file and the plugin files now (as on `SIGHUP`). A
-/// plugin that fails to load keeps its previous version serving.
+/// plugin that fails to load keeps its previous version serving. Plugins are
+/// shared by every tenant, so this needs an `operator` key (403 for `admin`).
 #[utoipa::path(
     post,
     path = "/v1/admin/reload",
@@ -50,15 +62,23 @@ async fn plugins(State(state): State<AppState>, caller: Caller) -> AppResult<axu
     tag = "admin",
     responses(
         (status = 200, description = "The reload report", body = crate::openapi::ReloadResult),
+        (status = 403, description = "`forbidden`: not an operator key"),
     )
 )]
 async fn reload(State(state): State<AppState>, caller: Caller) -> AppResult<axum::Json<Value>> {
-    caller.require_admin()?;
+    caller.require_operator("reloading plugins")?;
     let report = state.hooks.reload().await;
     Ok(axum::Json(json!({ "reload": report })))
 }
 
-fn item_json(i: &OutboxItem) -> Value {
+/// An outbox item as the admin API shows it. `show_payload` false replaces
+/// the payload with `null` and sets `payload_withheld` (see [`outbox`]).
+fn item_json(i: &OutboxItem, show_payload: bool) -> Value {
+    let payload = if show_payload {
+        serde_json::from_str::<Value>(&i.payload).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     json!({
         "id": i.id,
         "target": i.target,
@@ -70,14 +90,28 @@ fn item_json(i: &OutboxItem) -> Value {
         "created_at": format_ms(i.created_at),
         "next_attempt_at": format_ms(i.next_attempt_at),
         "last_error": i.last_error,
-        "payload": serde_json::from_str::<Value>(&i.payload).unwrap_or(Value::Null),
+        "payload": payload,
+        "payload_withheld": !show_payload,
     })
+}
+
+/// Whether a caller is shown notification payloads: an operator always; a
+/// tenant admin only while no get-hook shapes metadata, because after-hooks
+/// publish from the change as stored, so a payload may hold values a get-hook
+/// (e.g. a redactor) hides from the session API.
+fn shows_payloads(state: &AppState, caller: &Caller) -> bool {
+    caller.is_operator() || !state.hooks.snapshot().shapes_metadata()
 }
 
 /// List outbox notifications
 ///
 /// Notifications published by after-hooks, waiting for delivery (`pending`)
-/// or given up on (`dead`), with the dispatcher's counters.
+/// or given up on (`dead`). An `admin` key sees its own tenant's items and
+/// counts; an `operator` key sees every tenant's (or one, with `tenant`) and
+/// the dispatcher's process-wide counters. While a get-hook shapes metadata,
+/// payloads are withheld from `admin` keys (`payload: null`,
+/// `payload_withheld: true`): they are published from the change as stored
+/// and may hold what the get-hook hides.
 #[utoipa::path(
     get,
     path = "/v1/admin/outbox",
@@ -86,10 +120,12 @@ fn item_json(i: &OutboxItem) -> Value {
     params(
         ("state" = Option<crate::openapi::OutboxStateParam>, Query, description = "Only items in this state"),
         ("limit" = Option<u64>, Query, description = "At most this many items: default 100, capped at `server.max_page_size`"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's items (operator keys; an admin key may name only its own tenant)"),
     ),
     responses(
         (status = 200, description = "Outbox items and counters", body = crate::openapi::OutboxList),
         (status = 400, description = "`invalid_query`"),
+        (status = 403, description = "`forbidden`: an admin key named another tenant"),
     )
 )]
 async fn outbox(
@@ -98,7 +134,8 @@ async fn outbox(
     q: Query,
 ) -> AppResult<axum::Json<Value>> {
     caller.require_admin()?;
-    q.only(&["state", "limit"])?;
+    q.only(&["state", "limit", "tenant"])?;
+    let scope = caller.admin_scope(q.get("tenant")?)?;
     let filter = match q.get("state")? {
         None => None,
         Some("pending") => Some(OutboxState::Pending),
@@ -114,13 +151,17 @@ async fn outbox(
         .get_u64("limit")?
         .unwrap_or(100)
         .min(state.config.server.max_page_size as u64) as usize;
-    let items = state.store.list_outbox(filter, limit).await?;
-    let (pending, dead) = state.store.outbox_counts().await?;
-    let items: Vec<Value> = items.iter().map(item_json).collect();
-    // Counters since start: delivered, retried, dead_lettered, dispatcher_running.
-    let stats = state.outbox_stats.to_json();
+    let items = state.store.list_outbox_of(scope, filter, limit).await?;
+    let (pending, dead) = state.store.outbox_counts_of(scope).await?;
+    let show = shows_payloads(&state, &caller);
+    let items: Vec<Value> = items.iter().map(|i| item_json(i, show)).collect();
     let mut body = json!({ "items": items, "pending": pending, "dead": dead });
-    if let (Some(body), Value::Object(stats)) = (body.as_object_mut(), stats) {
+    // Counters since start (delivered, retried, dead_lettered,
+    // dispatcher_running) cover every tenant: operators only.
+    if caller.is_operator()
+        && let (Some(body), Value::Object(stats)) =
+            (body.as_object_mut(), state.outbox_stats.to_json())
+    {
         body.extend(stats);
     }
     Ok(axum::Json(body))
@@ -128,7 +169,8 @@ async fn outbox(
 
 /// Retry an outbox notification
 ///
-/// Makes the item pending again with its next attempt due now.
+/// Makes the item pending again with its next attempt due now. An `admin`
+/// key may retry its own tenant's items only (another tenant's is 404).
 #[utoipa::path(
     post,
     path = "/v1/admin/outbox/{id}/retry",
@@ -138,7 +180,7 @@ async fn outbox(
     responses(
         (status = 200, description = "The item, pending again", body = crate::openapi::OutboxItem),
         (status = 400, description = "`invalid_path`"),
-        (status = 404, description = "`not_found`: no such outbox item"),
+        (status = 404, description = "`not_found`: no such outbox item (or another tenant's, for an admin key)"),
     )
 )]
 async fn retry(
@@ -147,7 +189,11 @@ async fn retry(
     Path(id): Path<String>,
 ) -> AppResult<axum::Json<Value>> {
     caller.require_admin()?;
-    let item = state.store.retry_outbox(&id, now_ms()).await?;
+    let scope = caller.admin_scope(None)?;
+    let item = state.store.retry_outbox_of(scope, &id, now_ms()).await?;
     state.outbox_wake.notify_one();
-    Ok(axum::Json(item_json(&item)))
+    Ok(axum::Json(item_json(
+        &item,
+        shows_payloads(&state, &caller),
+    )))
 }

@@ -7,7 +7,9 @@
 //! on from the oldest event still kept. Without either, the stream starts
 //! with the next change. Comment heartbeats keep proxies from closing idle
 //! streams. The stream ends after `session.deleted`, and at shutdown (the
-//! client resumes with `Last-Event-ID`).
+//! client resumes with `Last-Event-ID`). Metadata in events, live or
+//! replayed, is shaped by the get-hooks like a read
+//! ([`crate::hooks::display::redact_event`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -28,6 +30,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Path, Query};
+use crate::hooks::HookHost;
 use crate::model::{Event, EventType, Tenant, format_ms};
 use crate::store::SessionStore;
 use crate::stream::EventHub;
@@ -69,6 +72,7 @@ impl Drop for Subscription {
 
 struct StreamState {
     store: Arc<dyn SessionStore>,
+    hooks: Arc<HookHost>,
     rx: broadcast::Receiver<Arc<Event>>,
     last_sent: u64,
     backfilling: bool,
@@ -169,6 +173,7 @@ async fn events(
     };
     let st = StreamState {
         store: state.store.clone(),
+        hooks: state.hooks.clone(),
         rx,
         last_sent,
         backfilling: resume.is_some(),
@@ -231,6 +236,9 @@ async fn next(st: &mut StreamState) -> Option<SseEvent> {
                     st.backfilling = evs.len() == BACKFILL;
                     for mut ev in evs {
                         crate::stream::enrich(&*st.store, &mut ev).await;
+                        // Replayed events are shaped like live ones (the
+                        // feed shapes those before broadcasting them).
+                        crate::hooks::display::redact_event(&st.hooks, &*st.store, &mut ev).await;
                         st.queued.push_back(ev);
                     }
                 }

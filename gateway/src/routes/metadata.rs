@@ -3,6 +3,7 @@
 
 use axum::Router;
 use axum::extract::State;
+use axum::response::Response;
 use axum::routing::get;
 use serde_json::Value;
 
@@ -71,7 +72,10 @@ async fn read(
 ///
 /// Each key is a dotted path (`profile.tier` sets a nested field, creating
 /// intermediate objects); each value replaces what is there. Before-hooks may
-/// deny or rewrite the change; nothing is written when any part fails.
+/// deny or rewrite the change; nothing is written when any part fails. Once
+/// the change is stored the answer is 200 whatever happens: if a fail-closed
+/// get-hook fails while showing the result, the body is `{}` with the
+/// `Metadata-Withheld` header (a retry of the same patch is harmless).
 #[utoipa::path(
     patch,
     path = "/v1/sessions/{sid}/metadata",
@@ -80,7 +84,9 @@ async fn read(
     params(crate::openapi::SessionPath),
     request_body = crate::openapi::MetadataPatch,
     responses(
-        (status = 200, description = "The full metadata after the change (after get-hooks)", body = crate::openapi::Metadata),
+        (status = 200, description = "The full metadata after the change (after get-hooks). With the `Metadata-Withheld` header the change is stored but a get-hook failed while showing the result, so the body is `{}`",
+            body = crate::openapi::Metadata,
+            headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body is then `{}`, not the metadata"))),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_metadata_key` or `invalid_session_id`"),
         (status = 404, description = "`not_found`: no such session"),
         (status = 422, description = "`metadata_path_conflict`, `denied_by_hook`, `too_many_keys`, `too_deep` or `too_large`"),
@@ -91,7 +97,7 @@ async fn patch(
     caller: Caller,
     Path(sid): Path<String>,
     Json(body): Json<Value>,
-) -> AppResult<axum::Json<JsonObject>> {
+) -> AppResult<Response> {
     caller.require_write()?;
     check_sid(&sid)?;
     let Value::Object(body) = body else {
@@ -133,7 +139,9 @@ async fn patch(
             description = "Comma-separated dotted paths to remove, e.g. `status,profile.tier` (segments non-empty, not starting with `$`)"),
     ),
     responses(
-        (status = 200, description = "The full metadata after the change (after get-hooks)", body = crate::openapi::Metadata),
+        (status = 200, description = "The full metadata after the change (after get-hooks). With the `Metadata-Withheld` header the change is stored but a get-hook failed while showing the result, so the body is `{}`",
+            body = crate::openapi::Metadata,
+            headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body is then `{}`, not the metadata"))),
         (status = 400, description = "`invalid_query` (`keys` missing, repeated or unknown parameter), `invalid_metadata_key` or `invalid_session_id`"),
         (status = 404, description = "`not_found`: no such session"),
         (status = 422, description = "`denied_by_hook` or `metadata_path_conflict`"),
@@ -144,7 +152,7 @@ async fn delete(
     caller: Caller,
     Path(sid): Path<String>,
     q: Query,
-) -> AppResult<axum::Json<JsonObject>> {
+) -> AppResult<Response> {
     caller.require_write()?;
     check_sid(&sid)?;
     q.only(&["keys"])?;
@@ -163,8 +171,14 @@ async fn apply(
     caller: Caller,
     sid: String,
     change: MetadataChange,
-) -> AppResult<axum::Json<JsonObject>> {
+) -> AppResult<Response> {
     change.validate().map_err(bad_key)?;
+    let loaded = state.hooks.snapshot();
+    // Read before the write so that showing the result needs no store read.
+    let session_type = state
+        .hooks
+        .session_type_for_display(&loaded, &*state.store, &caller.tenant, &sid)
+        .await?;
     let change = state
         .hooks
         .before_metadata(&*state.store, &caller.tenant, &sid, change)
@@ -174,9 +188,19 @@ async fn apply(
         .change_metadata(&caller.tenant, &sid, &change)
         .await?;
     state.committed(&caller.tenant, &sid);
-    let shown = state
+    // Committed: a failing get-hook withholds the metadata, it does not fail the write.
+    let (shown, withheld) = state
         .hooks
-        .redact_metadata(&*state.store, &caller.tenant, &sid, result.metadata)
-        .await?;
-    Ok(axum::Json(shown))
+        .display_metadata(
+            &loaded,
+            &caller.tenant,
+            &sid,
+            session_type.as_deref(),
+            result.metadata,
+        )
+        .await;
+    Ok(crate::hooks::display::metadata_response(
+        shown,
+        withheld.as_ref(),
+    ))
 }

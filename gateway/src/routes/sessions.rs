@@ -77,6 +77,10 @@ impl CreateSession {
 ///
 /// An empty body creates a session with a generated id (UUID v4), `session_type`
 /// `"AGENT"` and empty metadata. The answer is the session as get-hooks show it.
+/// Once the session is stored the answer is 201 whatever happens: if a
+/// fail-closed get-hook fails while showing it, the metadata is withheld
+/// (`metadata: {}`, a `metadata_withheld` object and the `Metadata-Withheld`
+/// header) rather than answering an error for a committed write.
 #[utoipa::path(
     post,
     path = "/v1/sessions",
@@ -84,7 +88,9 @@ impl CreateSession {
     tag = "sessions",
     request_body(content = Option<CreateSession>, description = "The new session; an empty body means all defaults. Strands' `Session.to_dict()` is accepted as is: its `created_at` and `updated_at` are ignored (the gateway stamps its own times)."),
     responses(
-        (status = 201, description = "The session was created", body = Session),
+        (status = 201, description = "The session was created. With the `Metadata-Withheld` header the metadata is withheld (`{}`) because a get-hook failed: the session is stored all the same (a retry answers 409)",
+            body = crate::openapi::CreatedSession,
+            headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body's `metadata` is then `{}` and `metadata_withheld` says why"))),
         (status = 400, description = "`invalid_json`, `invalid_session_id` or `invalid_metadata_key`"),
         (status = 409, description = "`session_exists`: a session with this id exists"),
         (status = 422, description = "`invalid_session_type`, `too_deep` or `too_large` (metadata)"),
@@ -130,10 +136,19 @@ async fn create(
             Some(limits.max_metadata_bytes),
         )?;
     }
+    let loaded = state.hooks.snapshot();
     let session = state.store.create_session(&caller.tenant, new).await?;
     state.committed(&caller.tenant, &session.session_id);
-    let session = state.hooks.redact_session(&caller.tenant, session).await?;
-    Ok((StatusCode::CREATED, axum::Json(session)))
+    // Committed: from here on nothing turns the answer into an error.
+    let (session, withheld) = state
+        .hooks
+        .display_session(&loaded, &caller.tenant, session)
+        .await;
+    Ok(crate::hooks::display::session_response(
+        StatusCode::CREATED,
+        &session,
+        withheld.as_ref(),
+    ))
 }
 
 /// Get a session
@@ -197,7 +212,11 @@ async fn delete(
 /// AND. Metadata filters are query parameters named `metadata.<path>` (a
 /// dotted path into the metadata, e.g. `metadata.profile.tier=gold`); the
 /// value is parsed as a JSON scalar when it is one (`5`, `true`, `null`,
-/// `"5"`), otherwise matched as a string.
+/// `"5"`), otherwise matched as a string. Filters match the metadata as
+/// get-hooks show it (a masked field matches only its mask, a hidden one
+/// nothing); with a get-hook loaded, at most `server.max_page_size` sessions
+/// are examined per request, so a page may be short (even empty) while
+/// `next_cursor` is not null: keep following it.
 #[utoipa::path(
     get,
     path = "/v1/sessions",
@@ -281,11 +300,16 @@ async fn list(
         session_type: q.get("session_type")?.map(str::to_owned),
         metadata,
     };
-    let page = state.store.list_sessions(&caller.tenant, &query).await?;
-    let mut sessions = Vec::with_capacity(page.sessions.len());
-    for s in page.sessions {
-        sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
-    }
+    // Metadata filters match the metadata as get-hooks show it.
+    let page = crate::hooks::display::list_sessions(
+        &state.hooks,
+        &*state.store,
+        &caller.tenant,
+        query,
+        max,
+    )
+    .await?;
+    let sessions = page.sessions;
     Ok(axum::Json(
         json!({ "sessions": sessions, "next_cursor": page.next_cursor }),
     ))

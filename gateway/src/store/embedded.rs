@@ -1292,18 +1292,22 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn list_outbox(
+    async fn list_outbox_of(
         &self,
+        tenant: Option<&str>,
         state: Option<OutboxState>,
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>> {
+        let tenant = tenant.map(str::to_owned);
         self.read(move |txn| {
             let table = open_read(txn, OUTBOX)?;
             let mut out = Vec::new();
             for row in table.iter().map_err(internal)? {
                 let (_, v) = row.map_err(internal)?;
                 let item: OutboxItem = from_json(v.value())?;
-                if state.is_none_or(|s| s == item.state) {
+                if state.is_none_or(|s| s == item.state)
+                    && tenant.as_ref().is_none_or(|t| *t == item.tenant)
+                {
                     out.push(item);
                 }
             }
@@ -1314,8 +1318,14 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn retry_outbox(&self, id: &str, now: i64) -> StoreResult<OutboxItem> {
+    async fn retry_outbox_of(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<OutboxItem> {
         let id = id.to_owned();
+        let tenant = tenant.map(str::to_owned);
         self.write(move |txn| {
             let mut table = txn.open_table(OUTBOX).map_err(internal)?;
             let mut item = table
@@ -1323,6 +1333,7 @@ impl SessionStore for EmbeddedStore {
                 .map_err(internal)?
                 .map(|v| from_json::<OutboxItem>(v.value()))
                 .transpose()?
+                .filter(|i: &OutboxItem| tenant.as_ref().is_none_or(|t| *t == i.tenant))
                 .ok_or_else(|| StoreError::NotFound(format!("outbox item {id:?} not found")))?;
             item.state = OutboxState::Pending;
             item.attempts = 0;
@@ -1335,8 +1346,9 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn outbox_counts(&self) -> StoreResult<(u64, u64)> {
-        self.read(|txn| {
+    async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)> {
+        let tenant = tenant.map(str::to_owned);
+        self.read(move |txn| {
             let table = open_read(txn, OUTBOX)?;
             let (mut pending, mut dead) = (0, 0);
             if table.len().map_err(internal)? == 0 {
@@ -1344,7 +1356,11 @@ impl SessionStore for EmbeddedStore {
             }
             for row in table.iter().map_err(internal)? {
                 let (_, v) = row.map_err(internal)?;
-                match from_json::<OutboxItem>(v.value())?.state {
+                let item = from_json::<OutboxItem>(v.value())?;
+                if tenant.as_ref().is_some_and(|t| *t != item.tenant) {
+                    continue;
+                }
+                match item.state {
                     OutboxState::Pending => pending += 1,
                     OutboxState::Dead => dead += 1,
                 }

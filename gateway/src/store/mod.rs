@@ -408,12 +408,38 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         state: Option<OutboxState>,
         limit: usize,
+    ) -> StoreResult<Vec<OutboxItem>> {
+        self.list_outbox_of(None, state, limit).await
+    }
+
+    /// [`SessionStore::list_outbox`] limited to one tenant's items (`None`: all).
+    async fn list_outbox_of(
+        &self,
+        tenant: Option<&str>,
+        state: Option<OutboxState>,
+        limit: usize,
     ) -> StoreResult<Vec<OutboxItem>>;
 
     /// Re-queues an item (dead or pending) for immediate delivery with its
     /// attempt count reset. `NotFound` when absent.
-    async fn retry_outbox(&self, id: &str, now: i64) -> StoreResult<OutboxItem>;
+    async fn retry_outbox(&self, id: &str, now: i64) -> StoreResult<OutboxItem> {
+        self.retry_outbox_of(None, id, now).await
+    }
+
+    /// [`SessionStore::retry_outbox`] of an item of `tenant` only (`None`:
+    /// any); another tenant's item is `NotFound`, like a missing one.
+    async fn retry_outbox_of(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<OutboxItem>;
 
     /// Number of (pending, dead) outbox items.
-    async fn outbox_counts(&self) -> StoreResult<(u64, u64)>;
+    async fn outbox_counts(&self) -> StoreResult<(u64, u64)> {
+        self.outbox_counts_of(None).await
+    }
+
+    /// [`SessionStore::outbox_counts`] of one tenant's items (`None`: all).
+    async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)>;
 }

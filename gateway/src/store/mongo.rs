@@ -8,7 +8,7 @@
 //! | `messages` | unique `(uid, agent_id, message_id)` | `doc`: the whole [`Message`] as JSON text (`message` kept byte for byte) |
 //! | `feedbacks` | unique `(uid, idx)` | `body`: the feedback object as JSON text |
 //! | `events` | unique `(key, seq)` | `tenant`, `session_id`, `type`, `doc` (the [`Event`] as JSON text), `ts`, `hooks_pending`, `lease_until` |
-//! | `outbox` | `_id`: item id | the [`OutboxItem`] fields; indexed on `(state, next_attempt_at)` |
+//! | `outbox` | `_id`: item id | the [`OutboxItem`] fields; indexed on `(state, next_attempt_at)` and `(tenant, created_at)` |
 //! | `purges` | `_id`: uid | children of a deleted incarnation still to be removed |
 //!
 //! - Session and agent ids cannot contain `/`, `%` or `$`, so `"<tenant>/<sid>"`
@@ -804,6 +804,8 @@ impl MongoStore {
                 vec![
                     index(doc! { "state": 1, "next_attempt_at": 1 }, false),
                     index(doc! { "created_at": 1 }, false),
+                    // A tenant admin's view of its own outbox.
+                    index(doc! { "tenant": 1, "created_at": 1 }, false),
                 ],
             ),
         ];
@@ -2258,15 +2260,19 @@ impl SessionStore for MongoStore {
         Ok(())
     }
 
-    async fn list_outbox(
+    async fn list_outbox_of(
         &self,
+        tenant: Option<&str>,
         state: Option<OutboxState>,
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let filter = state.map_or_else(Document::new, |s| doc! { "state": state_str(s) });
+        let mut filter = state.map_or_else(Document::new, |s| doc! { "state": state_str(s) });
+        if let Some(t) = tenant {
+            filter.insert("tenant", t);
+        }
         let docs: Vec<Document> = self
             .c
             .outbox
@@ -2281,12 +2287,21 @@ impl SessionStore for MongoStore {
         docs.iter().map(outbox_from_doc).collect()
     }
 
-    async fn retry_outbox(&self, id: &str, now: i64) -> StoreResult<OutboxItem> {
+    async fn retry_outbox_of(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<OutboxItem> {
+        let mut filter = doc! { "_id": id };
+        if let Some(t) = tenant {
+            filter.insert("tenant", t);
+        }
         let d = self
             .c
             .outbox
             .find_one_and_update(
-                doc! { "_id": id },
+                filter,
                 doc! { "$set": {
                     "state": state_str(OutboxState::Pending),
                     "attempts": 0i64,
@@ -2300,11 +2315,13 @@ impl SessionStore for MongoStore {
         outbox_from_doc(&d)
     }
 
-    async fn outbox_counts(&self) -> StoreResult<(u64, u64)> {
+    async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)> {
         let count = |s: OutboxState| {
-            self.c
-                .outbox
-                .count_documents(doc! { "state": state_str(s) })
+            let mut filter = doc! { "state": state_str(s) };
+            if let Some(t) = tenant {
+                filter.insert("tenant", t);
+            }
+            self.c.outbox.count_documents(filter)
         };
         let (pending, dead) =
             futures::try_join!(async { count(OutboxState::Pending).await }, async {

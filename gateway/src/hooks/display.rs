@@ -1,0 +1,419 @@
+//! Every way stored metadata leaves the gateway goes through the get-hooks.
+//!
+//! A get-hook (`phase = "get"`, event `metadata.get`, e.g. the
+//! `metadata-redactor` plugin) shapes metadata on its way out. The exits are:
+//!
+//! | exit | how it is shaped |
+//! |---|---|
+//! | `GET /v1/sessions/{sid}`, `GET …/metadata`, `GET /v1/sessions`, `POST /v1/sessions/batch-get` | each session's metadata through the chain; a failing fail-closed hook fails the read (503, nothing written) |
+//! | `metadata.<path>=<value>` filters of `GET /v1/sessions` | evaluated on the shaped metadata, never on what is stored ([`list_sessions`]) |
+//! | answers of writes (`POST /v1/sessions`, `PATCH`/`DELETE …/metadata`) | shaped after the commit; a failing hook is a *display* failure: the success status stays, the metadata is withheld ([`Withheld`]) |
+//! | SSE `session.created`, `metadata.updated`, `metadata.deleted` (live and replayed) | [`redact_event`] before the event is sent |
+//! | admin outbox payloads | withheld from tenant admins while a get-hook is loaded (`routes::admin`) |
+//!
+//! After-hooks (and so what they publish to SNS/SQS) see the change as
+//! stored: routing and auditing need the real values, and their targets are
+//! the operator's. Which fields a plugin publishes is its config's business.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{HookHost, Loaded};
+use crate::error::AppError;
+use crate::metadata;
+use crate::model::{Event, EventType, JsonObject, Session, Tenant};
+use crate::store::{ListQuery, Page, SessionStore, StoreError};
+
+/// Response header set when the answer of a committed write withholds the
+/// metadata because a get-hook failed: its value is the error code
+/// (`hook_failed`).
+pub const WITHHELD_HEADER: HeaderName = HeaderName::from_static("metadata-withheld");
+
+/// Sessions read from the store per round while a metadata filter is
+/// evaluated on shaped metadata.
+const SCAN_BATCH: usize = 100;
+
+/// Why metadata was not shown: the get-chain failed after the change was
+/// committed (a display failure, not a write failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// The error code the read would have answered, e.g. `hook_failed`.
+    pub code: &'static str,
+    /// What failed, e.g. `"redactor: call timed out after 20 ms"`.
+    pub message: String,
+}
+
+impl Withheld {
+    fn from_error(e: &AppError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+
+    /// `{"code","message"}`, the `metadata_withheld` field of answers and events.
+    pub fn to_json(&self) -> Value {
+        json!({ "code": self.code, "message": self.message })
+    }
+}
+
+impl HookHost {
+    /// The session type needed to show a session's metadata through the
+    /// get-chain of `loaded`: read (before a write) only when some get-hook
+    /// is loaded, so the answer after the commit needs no further store read.
+    ///
+    /// # Errors
+    /// A store error (404 for a missing session).
+    pub async fn session_type_for_display(
+        &self,
+        loaded: &Loaded,
+        store: &dyn SessionStore,
+        t: &Tenant,
+        sid: &str,
+    ) -> Result<Option<String>, AppError> {
+        if !loaded.shapes_metadata() {
+            return Ok(None);
+        }
+        Ok(Some(store.get_session(t, sid).await?.session_type))
+    }
+
+    /// Metadata of a committed write as its answer shows it. Never an error:
+    /// a failing fail-closed get-hook withholds the metadata (empty object and
+    /// a [`Withheld`]) instead of turning the committed write into a 503.
+    pub async fn display_metadata(
+        &self,
+        loaded: &Loaded,
+        t: &Tenant,
+        sid: &str,
+        session_type: Option<&str>,
+        md: JsonObject,
+    ) -> (JsonObject, Option<Withheld>) {
+        if !loaded.shapes_metadata() {
+            return (md, None);
+        }
+        let Some(session_type) = session_type else {
+            return (
+                JsonObject::new(),
+                Some(Withheld {
+                    code: "hook_failed",
+                    message: "the session type was not read before the write".into(),
+                }),
+            );
+        };
+        match self
+            .show_metadata_in(loaded, t, sid, session_type, md)
+            .await
+        {
+            Ok(md) => (md, None),
+            Err(e) => (JsonObject::new(), Some(Withheld::from_error(&e))),
+        }
+    }
+
+    /// [`HookHost::display_metadata`] over a just-created session.
+    pub async fn display_session(
+        &self,
+        loaded: &Loaded,
+        t: &Tenant,
+        mut session: Session,
+    ) -> (Session, Option<Withheld>) {
+        let md = std::mem::take(&mut session.metadata);
+        let (sid, ty) = (session.session_id.clone(), session.session_type.clone());
+        let (md, withheld) = self.display_metadata(loaded, t, &sid, Some(&ty), md).await;
+        session.metadata = md;
+        (session, withheld)
+    }
+}
+
+fn withheld_header(response: &mut Response, w: &Withheld) {
+    response.headers_mut().insert(
+        WITHHELD_HEADER,
+        HeaderValue::from_str(w.code).unwrap_or(HeaderValue::from_static("hook_failed")),
+    );
+}
+
+/// The answer of a committed write that returns a session: `status` always;
+/// when withheld, `metadata` is `{}`, the body gains `metadata_withheld` and
+/// the `Metadata-Withheld` header is set.
+pub fn session_response(
+    status: StatusCode,
+    session: &Session,
+    withheld: Option<&Withheld>,
+) -> Response {
+    let Some(w) = withheld else {
+        return (status, axum::Json(session)).into_response();
+    };
+    let mut body = serde_json::to_value(session).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("metadata_withheld".into(), w.to_json());
+    }
+    let mut response = (status, axum::Json(body)).into_response();
+    withheld_header(&mut response, w);
+    response
+}
+
+/// The answer of a committed metadata change: 200 with the metadata; when
+/// withheld, `{}` and the `Metadata-Withheld` header (the body is the
+/// metadata object itself, so it has no room for a marker of its own).
+pub fn metadata_response(md: JsonObject, withheld: Option<&Withheld>) -> Response {
+    let mut response = (StatusCode::OK, axum::Json(md)).into_response();
+    if let Some(w) = withheld {
+        withheld_header(&mut response, w);
+    }
+    response
+}
+
+/// Lists sessions with their metadata as get-hooks show it.
+///
+/// Without a get-hook, or without metadata filters, this is the store's page
+/// with each session shaped. With both, the filters match what the caller
+/// can read: the store lists without the metadata filters, each session is
+/// shaped, and the filters are applied to the shaped metadata, so a filter on
+/// a masked or hidden field cannot confirm a guess of the stored value. At
+/// most `scan_budget` sessions are examined per request; a page may then hold
+/// fewer than `limit` sessions (even none) with a non-null `next_cursor` to
+/// go on from.
+///
+/// # Errors
+/// A store error, or 503 `hook_failed` when a fail-closed get-hook fails.
+pub async fn list_sessions(
+    hooks: &HookHost,
+    store: &dyn SessionStore,
+    t: &Tenant,
+    mut q: ListQuery,
+    scan_budget: usize,
+) -> Result<Page, AppError> {
+    let loaded = hooks.snapshot();
+    let show = |s: Session| {
+        let loaded = loaded.clone();
+        async move {
+            let mut s = s;
+            let md = std::mem::take(&mut s.metadata);
+            s.metadata = hooks
+                .show_metadata_in(&loaded, t, &s.session_id, &s.session_type, md)
+                .await?;
+            Ok::<_, AppError>(s)
+        }
+    };
+    if q.metadata.is_empty() || !loaded.shapes_metadata() {
+        let page = store.list_sessions(t, &q).await?;
+        let mut sessions = Vec::with_capacity(page.sessions.len());
+        for s in page.sessions {
+            sessions.push(show(s).await?);
+        }
+        return Ok(Page {
+            sessions,
+            next_cursor: page.next_cursor,
+        });
+    }
+    let filters = std::mem::take(&mut q.metadata);
+    let want = q.limit;
+    let budget = scan_budget.max(want);
+    let mut out = Vec::new();
+    let mut scanned = 0usize;
+    loop {
+        let batch = SCAN_BATCH.max(want).min(budget - scanned).max(1);
+        let page = store
+            .list_sessions(
+                t,
+                &ListQuery {
+                    limit: batch,
+                    ..q.clone()
+                },
+            )
+            .await?;
+        let n = page.sessions.len();
+        for (i, s) in page.sessions.into_iter().enumerate() {
+            scanned += 1;
+            let id = s.session_id.clone();
+            let s = show(s).await?;
+            if filters
+                .iter()
+                .all(|(p, v)| metadata::get_path(&s.metadata, p) == Some(v))
+            {
+                out.push(s);
+                if out.len() == want {
+                    let more = i + 1 < n || page.next_cursor.is_some();
+                    return Ok(Page {
+                        sessions: out,
+                        next_cursor: more.then_some(id),
+                    });
+                }
+            }
+        }
+        match page.next_cursor {
+            None => {
+                return Ok(Page {
+                    sessions: out,
+                    next_cursor: None,
+                });
+            }
+            Some(c) if scanned >= budget => {
+                return Ok(Page {
+                    sessions: out,
+                    next_cursor: Some(c),
+                });
+            }
+            Some(c) => q.after = Some(c),
+        }
+    }
+}
+
+/// Shapes an event's metadata the way a read of the session would, before it
+/// is sent to an SSE subscriber (live or replayed).
+///
+/// - `session.created`: `payload.metadata` through the get-chain.
+/// - `metadata.updated` / `metadata.deleted`: the get-chain runs over the
+///   session's metadata as stored now with the event's paths set to their
+///   values (`null` for deleted paths), so a hook that decides from context
+///   sees it; each path of `change`, `changed` and `values` then takes its
+///   shaped value (deleted paths stay `null`), and paths the hook removes are
+///   left out of all three.
+///
+/// When the chain fails (fail closed) or the metadata cannot be put together,
+/// the metadata parts are removed (`metadata` → `{}`; `change`, `changed`,
+/// `values` emptied) and `metadata_withheld: {"code","message"}` is added.
+pub async fn redact_event(hooks: &HookHost, store: &dyn SessionStore, ev: &mut Event) {
+    let loaded = hooks.snapshot();
+    if !loaded.shapes_metadata() {
+        return;
+    }
+    let t = Tenant(ev.tenant.clone());
+    match ev.kind {
+        EventType::SessionCreated => {
+            let md = match ev.payload.get("metadata") {
+                Some(Value::Object(m)) => m.clone(),
+                _ => JsonObject::new(),
+            };
+            let shown = hooks
+                .show_metadata_in(&loaded, &t, &ev.session_id, &ev.session_type, md)
+                .await;
+            let Some(obj) = ev.payload.as_object_mut() else {
+                return;
+            };
+            match shown {
+                Ok(md) => {
+                    obj.insert("metadata".into(), Value::Object(md));
+                }
+                Err(e) => {
+                    obj.insert("metadata".into(), json!({}));
+                    obj.insert(
+                        "metadata_withheld".into(),
+                        Withheld::from_error(&e).to_json(),
+                    );
+                }
+            }
+        }
+        EventType::MetadataUpdated | EventType::MetadataDeleted => {
+            let outcome = shape_change(hooks, &loaded, store, &t, ev).await;
+            let Some(obj) = ev.payload.as_object_mut() else {
+                return;
+            };
+            match outcome {
+                Ok((change, changed, values)) => {
+                    obj.insert("change".into(), change);
+                    obj.insert("changed".into(), Value::from(changed));
+                    obj.insert("values".into(), Value::Object(values));
+                }
+                Err(w) => {
+                    let empty_change = if ev.kind == EventType::MetadataDeleted {
+                        json!([])
+                    } else {
+                        json!({})
+                    };
+                    obj.insert("change".into(), empty_change);
+                    obj.insert("changed".into(), json!([]));
+                    obj.insert("values".into(), json!({}));
+                    obj.insert("metadata_withheld".into(), w.to_json());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The shaped `(change, changed, values)` of a metadata event.
+async fn shape_change(
+    hooks: &HookHost,
+    loaded: &Loaded,
+    store: &dyn SessionStore,
+    t: &Tenant,
+    ev: &Event,
+) -> Result<(Value, Vec<String>, JsonObject), Withheld> {
+    let deleted = ev.kind == EventType::MetadataDeleted;
+    // The paths the event names, with their new values.
+    let assignments: Vec<(String, Value)> = match ev.payload.get("change") {
+        Some(Value::Object(m)) if !deleted => {
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+        Some(Value::Array(keys)) if deleted => keys
+            .iter()
+            .filter_map(|k| k.as_str().map(|k| (k.to_owned(), Value::Null)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let changed: Vec<String> = ev
+        .payload
+        .get("changed")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut md = match store.get_metadata(t, &ev.session_id).await {
+        Ok(md) => md,
+        // Deleted since: nothing to give context.
+        Err(StoreError::NotFound(_)) => JsonObject::new(),
+        Err(e) => {
+            let e = AppError::from(e);
+            return Err(Withheld::from_error(&e));
+        }
+    };
+    for (p, v) in &assignments {
+        if let Err(m) = metadata::apply_set(&mut md, p, v.clone()) {
+            return Err(Withheld {
+                code: "metadata_path_conflict",
+                message: format!("the event no longer fits the stored metadata: {m}"),
+            });
+        }
+    }
+    let shown = hooks
+        .show_metadata_in(loaded, t, &ev.session_id, &ev.session_type, md)
+        .await
+        .map_err(|e| Withheld::from_error(&e))?;
+    let visible = |p: &str| metadata::get_path(&shown, p);
+    let change = if deleted {
+        Value::from(
+            assignments
+                .iter()
+                .filter(|(p, _)| visible(p).is_some())
+                .map(|(p, _)| p.clone())
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        Value::Object(
+            assignments
+                .iter()
+                .filter_map(|(p, _)| visible(p).map(|v| (p.clone(), v.clone())))
+                .collect(),
+        )
+    };
+    let changed: Vec<String> = changed
+        .into_iter()
+        .filter(|p| visible(p).is_some())
+        .collect();
+    let values: JsonObject = changed
+        .iter()
+        .map(|p| {
+            let v = if deleted {
+                Value::Null
+            } else {
+                visible(p).cloned().unwrap_or(Value::Null)
+            };
+            (p.clone(), v)
+        })
+        .collect();
+    Ok((change, changed, values))
+}
