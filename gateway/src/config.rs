@@ -135,6 +135,11 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most keys one metadata patch may set; more is 422.
     pub max_patch_keys: usize,
+    /// Byte budget of one message list response: a page that would exceed it
+    /// is shortened (at least one message is always returned) and says where
+    /// to continue (`next_offset`, `truncated`). Also bounds what one list
+    /// request reads from the store at a time.
+    pub max_response_bytes: usize,
     /// How long graceful shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
     /// Interval of SSE heartbeat comments on idle event streams.
@@ -167,6 +172,7 @@ impl Default for ServerConfig {
             max_batch_ids: 100,
             max_message_bytes: 512 * 1024,
             max_patch_keys: 100,
+            max_response_bytes: 8 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             sse_heartbeat_ms: 15_000,
             sse_poll_ms: 500,
@@ -843,6 +849,9 @@ impl Config {
             return invalid(
                 "limits.max_in_flight and limits.request_timeout_ms must be positive".into(),
             );
+        }
+        if self.server.max_response_bytes == 0 {
+            return invalid("server.max_response_bytes must be positive".into());
         }
         if self.retention.sweep_interval_ms == 0 {
             return invalid("retention.sweep_interval_ms must be positive".into());

@@ -115,7 +115,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>
             tracing::info!(path = %path.display(), "opening embedded store");
             Arc::new(
                 store::embedded::EmbeddedStore::open(path, config.storage.embedded.cache_mb)
-                    .with_context(|| format!("opening {}", path.display()))?,
+                    .with_context(|| format!("opening {}", path.display()))?
+                    .with_max_read_bytes(config.server.max_response_bytes),
             )
         }
         StorageType::Mongodb => {

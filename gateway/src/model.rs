@@ -244,10 +244,18 @@ impl MessageInput {
     }
 }
 
+/// Same text, or the same JSON value. Two texts that cannot be parsed into
+/// a tree (deeper than the parser's recursion limit) are the same only when
+/// their text is, so a failed parse never makes different messages equal.
 fn same_json(a: &RawValue, b: &RawValue) -> bool {
     a.get() == b.get()
-        || serde_json::from_str::<Value>(a.get()).ok()
-            == serde_json::from_str::<Value>(b.get()).ok()
+        || matches!(
+            (
+                serde_json::from_str::<Value>(a.get()),
+                serde_json::from_str::<Value>(b.get()),
+            ),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// A partial update of a message (`PATCH …/messages/{mid}`). At least one

@@ -45,7 +45,11 @@ use crate::model::{EventType, Message, Session};
 feedback and per-message metrics, with metadata and feedback hooks as sandboxed WebAssembly components.\n\n\
 Every error is `{\"error\":{\"code\":\"snake_case_code\",\"message\":\"human text\"}}` with the matching \
 status; a failed request writes nothing. Bodies are JSON (the `Content-Type` is not checked). Ids are 1 to \
-128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.",
+128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.\n\n\
+Every JSON body passes one rule before it is parsed or stored: objects/arrays nested at most \
+`limits.max_json_depth` (32) levels inside the body's object (422 `too_deep`); no key twice in one object \
+(400 `duplicate_key`); outside `message` and `redact_message` (kept as the exact text sent), integers within \
+64 bits and other numbers exactly representable as a 64-bit double (400 `invalid_number`).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -749,10 +753,19 @@ pub struct AgentList {
 /// The answer of `GET …/messages`.
 #[derive(ToSchema)]
 pub struct MessageList {
-    /// The messages, ascending by id.
+    /// The messages, ascending by id: at most `server.max_page_size`, and cut
+    /// short (at least one) where they would exceed `server.max_response_bytes`.
     pub messages: Vec<Message>,
     /// The agent's message count.
     pub total: u64,
+    /// The `offset` that continues after the last message returned; null
+    /// when no message follows it.
+    #[schema(required = true)]
+    pub next_offset: Option<u64>,
+    /// True when the page holds fewer messages than asked for (by `limit` or
+    /// `latest`) because of the page size or the byte budget: continue at
+    /// `next_offset`.
+    pub truncated: bool,
 }
 
 manual_schema!(

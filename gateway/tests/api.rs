@@ -177,14 +177,13 @@ async fn list_and_batch(b: Backend) {
         .await;
     let (_, v) = gw.get(&format!("/v1/sessions?updated_after={mark}")).await;
     assert_eq!(ids(&v), ["l-5"]);
-    // Bad queries are 400.
+    // Bad queries are 400 (limit=0 and limits above the page size are not:
+    // see tests/security_input.rs).
     for q in [
-        "limit=0",
         "limit=abc",
         "updated_after=yesterday",
         "bogus=1",
         "metadata.$x=1",
-        "limit=100000",
     ] {
         let (s, v) = gw.get(&format!("/v1/sessions?{q}")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");

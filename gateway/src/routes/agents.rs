@@ -13,6 +13,7 @@ use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
 use crate::model::{AGENT_SERVER_FIELDS, Agent, JsonObject};
+use crate::store::StoreError;
 
 /// Agent routes.
 pub fn router() -> Router<AppState> {
@@ -31,13 +32,25 @@ fn with_etag(status: StatusCode, agent: &Agent) -> Response {
     resp
 }
 
-/// Parses `If-Match: "3"` (also `3` and `W/"3"`).
-/// Also accepts `If-None-Match: *` (create only): the version of an agent
-/// that does not exist is 0, so it is the same as `If-Match: "0"`.
-fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
+/// A write precondition from the request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Precondition {
+    /// No precondition.
+    None,
+    /// The stored version must be this one (0: the agent must not exist).
+    Version(u64),
+    /// `If-Match: *`: the agent must exist, whatever its version (RFC 9110).
+    Exists,
+}
+
+/// Parses `If-Match: "3"` (also `3` and `W/"3"`) and `If-Match: *` (the
+/// agent exists, any version). Also accepts `If-None-Match: *` (create
+/// only): the version of an agent that does not exist is 0, so it is the
+/// same as `If-Match: "0"`.
+fn if_match(headers: &HeaderMap) -> AppResult<Precondition> {
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
         if v.to_str().ok().map(str::trim) == Some("*") {
-            return Ok(Some(0));
+            return Ok(Precondition::Version(0));
         }
         return Err(AppError::bad_request(
             "invalid_if_none_match",
@@ -45,8 +58,11 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
         ));
     }
     let Some(v) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
+        return Ok(Precondition::None);
     };
+    if v.to_str().ok().map(str::trim) == Some("*") {
+        return Ok(Precondition::Exists);
+    }
     let bad = || {
         AppError::bad_request(
             "invalid_if_match",
@@ -59,8 +75,15 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
         .unwrap_or(s);
-    s.parse::<u64>().map(Some).map_err(|_| bad())
+    s.parse::<u64>()
+        .map(Precondition::Version)
+        .map_err(|_| bad())
 }
+
+/// Attempts of an `If-Match: *` write: each reads the current version and
+/// writes only while it is still current, so a concurrent writer makes it
+/// try again rather than overwrite a version it did not see.
+const IF_MATCH_ANY_ATTEMPTS: usize = 16;
 
 /// Create or replace an agent
 ///
@@ -78,7 +101,7 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
     tag = "agents",
     params(
         crate::openapi::AgentPath,
-        ("If-Match" = Option<String>, Header, pattern = r#"^(W/)?("[0-9]+"|[0-9]+)$"#, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`)"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^((W/)?("[0-9]+"|[0-9]+)|\*)$"#, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`); `*`: only if the agent exists, whatever its version"),
         ("If-None-Match" = Option<String>, Header, pattern = r"^\*$", description = "`*`: create only, fail with 412 if the agent exists (the same as `If-Match: \"0\"`); takes precedence over `If-Match`"),
     ),
     request_body = crate::openapi::AgentBody,
@@ -89,7 +112,7 @@ fn if_match(headers: &HeaderMap) -> AppResult<Option<u64>> {
             headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"2\"`"))),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_if_match`, `invalid_if_none_match`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session"),
-        (status = 412, description = "`version_mismatch`: `If-Match` names a version that is not current, or `If-None-Match: *` and the agent exists"),
+        (status = 412, description = "`version_mismatch`: `If-Match` names a version that is not current, `If-Match: *` and the agent does not exist, or `If-None-Match: *` and the agent exists"),
         (status = 422, description = "`agent_id_mismatch` or `too_deep`"),
     )
 )]
@@ -119,11 +142,21 @@ async fn put(
         ));
     }
     body.retain(|k, _| !AGENT_SERVER_FIELDS.contains(&k.as_str()));
-    let version = if_match(&headers)?;
-    let (agent, created) = state
-        .store
-        .put_agent(&caller.tenant, &sid, &aid, body as JsonObject, version)
-        .await?;
+    let (agent, created) = match if_match(&headers)? {
+        Precondition::None => {
+            state
+                .store
+                .put_agent(&caller.tenant, &sid, &aid, body, None)
+                .await?
+        }
+        Precondition::Version(v) => {
+            state
+                .store
+                .put_agent(&caller.tenant, &sid, &aid, body, Some(v))
+                .await?
+        }
+        Precondition::Exists => put_existing(&state, &caller, &sid, &aid, body).await?,
+    };
     state.committed(&caller.tenant, &sid);
     Ok(with_etag(
         if created {
@@ -133,6 +166,41 @@ async fn put(
         },
         &agent,
     ))
+}
+
+/// `If-Match: *`: replaces the agent only if it exists (412 otherwise).
+async fn put_existing(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    aid: &str,
+    body: JsonObject,
+) -> AppResult<(Agent, bool)> {
+    let mut last = None;
+    for _ in 0..IF_MATCH_ANY_ATTEMPTS {
+        let current = match state.store.get_agent(&caller.tenant, sid, aid).await {
+            Ok(a) => a.version,
+            Err(StoreError::NotFound(_)) => {
+                // 404 when the session is missing, 412 when only the agent is.
+                state.store.get_session(&caller.tenant, sid).await?;
+                return Err(AppError::PreconditionFailed(format!(
+                    "If-Match: * but agent {aid:?} does not exist"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match state
+            .store
+            .put_agent(&caller.tenant, sid, aid, body.clone(), Some(current))
+            .await
+        {
+            Err(e @ StoreError::VersionMismatch { .. }) => last = Some(e),
+            other => return Ok(other?),
+        }
+    }
+    Err(last
+        .map(AppError::from)
+        .unwrap_or_else(|| AppError::Internal("If-Match: * made no attempt".into())))
 }
 
 /// Get an agent

@@ -2,10 +2,11 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{check_aid, check_sid};
 use crate::AppState;
@@ -33,13 +34,30 @@ fn check(sid: &str, aid: &str) -> AppResult<()> {
     check_aid(aid)
 }
 
-fn check_size(state: &AppState, input_len: usize) -> AppResult<()> {
+/// Checks each stored part of a message against `server.max_message_bytes`,
+/// so one stored message is at most three times that (which bounds what a
+/// list read holds per message).
+fn check_size(
+    state: &AppState,
+    message: Option<&RawValue>,
+    redact: Option<&RawValue>,
+    metrics: Option<&Value>,
+) -> AppResult<()> {
     let max = state.config.server.max_message_bytes;
-    if input_len > max {
-        return Err(AppError::unprocessable(
+    let too_large = |what: &str| {
+        Err(AppError::unprocessable(
             "message_too_large",
-            format!("a message may be at most {max} bytes"),
-        ));
+            format!("{what} may be at most {max} bytes"),
+        ))
+    };
+    if message.is_some_and(|m| m.get().len() > max) {
+        return too_large("a message");
+    }
+    if redact.is_some_and(|r| r.get().len() > max) {
+        return too_large("redact_message");
+    }
+    if metrics.is_some_and(|m| serde_json::to_vec(m).map_or(usize::MAX, |b| b.len()) > max) {
+        return too_large("event_loop_metrics");
     }
     Ok(())
 }
@@ -73,7 +91,12 @@ async fn append(
 ) -> AppResult<impl IntoResponse> {
     caller.require_write()?;
     check(&sid, &aid)?;
-    check_size(&state, input.message.get().len())?;
+    check_size(
+        &state,
+        Some(&input.message),
+        input.redact_message.as_deref(),
+        input.event_loop_metrics.as_ref(),
+    )?;
     match state
         .store
         .append_message(&caller.tenant, &sid, &aid, input)
@@ -92,6 +115,14 @@ async fn append(
 /// Either a page in ascending id order (`limit` + `offset`, Strands
 /// `list_messages`) or the last `latest` messages (ascending); `latest` cannot
 /// be combined with `limit` or `offset`. `total` is the agent's message count.
+///
+/// A page holds at most `server.max_page_size` messages (a larger `limit` or
+/// `latest` is clamped to it; `limit=0` or no `limit` means that size) and at
+/// most about `server.max_response_bytes` of JSON (at least one message).
+/// When it holds fewer messages than asked for, `truncated` is true; whenever
+/// messages follow the last one returned, `next_offset` is the `offset` that
+/// continues after it (null at the end). Read everything with
+/// `offset=0`, then `offset=next_offset` until it is null.
 #[utoipa::path(
     get,
     path = "/v1/sessions/{sid}/agents/{aid}/messages",
@@ -99,12 +130,12 @@ async fn append(
     tag = "messages",
     params(
         crate::openapi::AgentPath,
-        ("limit" = Option<u64>, Query, description = "Page size: default and maximum `server.max_page_size` (default 1000)"),
+        ("limit" = Option<u64>, Query, description = "Page size: default and maximum `server.max_page_size` (default 1000); larger values are clamped, 0 means the default"),
         ("offset" = Option<u64>, Query, description = "Id of the first message of the page (default 0)"),
-        ("latest" = Option<u64>, Query, description = "The last N messages instead of a page (at most `server.max_page_size`)"),
+        ("latest" = Option<u64>, Query, description = "The last N messages instead of a page; beyond `server.max_page_size` (or the byte budget) the first part of them, with `next_offset` to continue"),
     ),
     responses(
-        (status = 200, description = "The messages and the agent's message count", body = crate::openapi::MessageList),
+        (status = 200, description = "The messages, the agent's message count and where to continue", body = crate::openapi::MessageList),
         (status = 400, description = "`invalid_query`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session or agent"),
     )
@@ -114,14 +145,10 @@ async fn list(
     caller: Caller,
     Path((sid, aid)): Path<(String, String)>,
     q: Query,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<Response> {
     check(&sid, &aid)?;
     q.only(&["limit", "offset", "latest"])?;
-    let max = state.config.server.max_page_size as u64;
-    let too_big = |name: &str| {
-        AppError::bad_request("invalid_query", format!("{name} must be at most {max}"))
-    };
-    let range = match (
+    let wanted = match (
         q.get_u64("latest")?,
         q.get_u64("limit")?,
         q.get_u64("offset")?,
@@ -132,19 +159,149 @@ async fn list(
                 "latest cannot be combined with limit or offset",
             ));
         }
-        (Some(n), None, None) if n > max => return Err(too_big("latest")),
-        (Some(n), None, None) => MessageRange::Latest(n),
-        (None, Some(l), _) if l > max => return Err(too_big("limit")),
-        (None, limit, offset) => MessageRange::Page {
-            limit: limit.unwrap_or(max),
+        (Some(n), None, None) => Wanted::Latest(n),
+        (None, limit, offset) => Wanted::Page {
+            limit: limit.filter(|l| *l > 0),
             offset: offset.unwrap_or(0),
         },
     };
-    let (messages, total) = state
-        .store
-        .list_messages(&caller.tenant, &sid, &aid, range)
-        .await?;
-    Ok(axum::Json(json!({ "messages": messages, "total": total })))
+    let body = read_page(&state, &caller, &sid, &aid, wanted).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// What a list request asked for.
+#[derive(Debug, Clone, Copy)]
+enum Wanted {
+    /// `limit` (None: the page size) messages from `offset`.
+    Page { limit: Option<u64>, offset: u64 },
+    /// The last `n` messages.
+    Latest(u64),
+}
+
+/// How many messages one store read may return. The embedded store stops
+/// reading at the byte budget itself (`EmbeddedStore::with_max_read_bytes`),
+/// so it is asked for the whole page at once; other stores return what they
+/// are asked for, so they are asked for as many as fit in the budget if every
+/// message were as large as allowed (a stored message is at most three times
+/// `server.max_message_bytes`; the budget assumes one), which bounds what a
+/// request holds to a few times the budget.
+fn read_chunk(state: &AppState) -> u64 {
+    if state.store.name() == "embedded" {
+        u64::MAX
+    } else {
+        let s = &state.config.server;
+        (s.max_response_bytes / s.max_message_bytes.max(1)).max(1) as u64
+    }
+}
+
+/// Reads a page within the page size and the byte budget, serialized as the
+/// response body: messages are written out as they are read (their text kept
+/// as stored, never parsed into a JSON tree), so a request holds at most one
+/// store read plus the budget.
+async fn read_page(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    aid: &str,
+    wanted: Wanted,
+) -> AppResult<Vec<u8>> {
+    let store = &state.store;
+    let cap = state.config.server.max_page_size as u64;
+    let budget = state.config.server.max_response_bytes;
+    let chunk = read_chunk(state);
+    let t = &caller.tenant;
+    // A first read, when the request is answered by one `Latest` read.
+    let mut first = None;
+    let (start, want) = match wanted {
+        Wanted::Page { limit, offset } => (offset, limit.unwrap_or(cap)),
+        Wanted::Latest(n) if n <= cap && n <= chunk => {
+            let (msgs, total) = store
+                .list_messages(t, sid, aid, MessageRange::Latest(n))
+                .await?;
+            first = Some((msgs, total));
+            (total.saturating_sub(n), n)
+        }
+        Wanted::Latest(n) => {
+            let (_, total) = store
+                .list_messages(
+                    t,
+                    sid,
+                    aid,
+                    MessageRange::Page {
+                        limit: 0,
+                        offset: 0,
+                    },
+                )
+                .await?;
+            (total.saturating_sub(n), n)
+        }
+    };
+    let end = start.saturating_add(want.min(cap));
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"messages\":[");
+    let mut next = start;
+    let mut total: u64;
+    let mut count = 0u64;
+    let mut one = Vec::new();
+    'read: loop {
+        let (msgs, t_now) = match first.take() {
+            Some(read) => read,
+            None => {
+                let limit = (end - next).min(chunk);
+                store
+                    .list_messages(
+                        t,
+                        sid,
+                        aid,
+                        MessageRange::Page {
+                            limit,
+                            offset: next,
+                        },
+                    )
+                    .await?
+            }
+        };
+        total = t_now;
+        if msgs.is_empty() {
+            break;
+        }
+        for m in msgs {
+            one.clear();
+            serde_json::to_writer(&mut one, &m).map_err(|e| {
+                AppError::Internal(format!("message {} does not serialize: {e}", m.message_id))
+            })?;
+            if count > 0 && out.len() + one.len() + 1 > budget {
+                break 'read;
+            }
+            if count > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&one);
+            count += 1;
+            next = m.message_id + 1;
+        }
+        if next >= end.min(total) {
+            break;
+        }
+    }
+    let next_offset = if count > 0 && next < total {
+        next.to_string()
+    } else {
+        "null".to_owned()
+    };
+    let truncated = next < start.saturating_add(want).min(total);
+    out.extend_from_slice(
+        format!("],\"total\":{total},\"next_offset\":{next_offset},\"truncated\":{truncated}}}")
+            .as_bytes(),
+    );
+    Ok(out)
 }
 
 /// Get a message
@@ -201,7 +358,12 @@ async fn replace(
 ) -> AppResult<axum::Json<Message>> {
     caller.require_write()?;
     check(&sid, &aid)?;
-    check_size(&state, input.message.get().len())?;
+    check_size(
+        &state,
+        Some(&input.message),
+        input.redact_message.as_deref(),
+        input.event_loop_metrics.as_ref(),
+    )?;
     if input.message_id.is_some_and(|id| id != mid) {
         return Err(AppError::unprocessable(
             "message_id_mismatch",
@@ -248,9 +410,12 @@ async fn patch(
             "nothing to change: give message, redact_message or event_loop_metrics",
         ));
     }
-    if let Some(m) = &patch.message {
-        check_size(&state, m.get().len())?;
-    }
+    check_size(
+        &state,
+        patch.message.as_deref(),
+        patch.redact_message.as_ref().and_then(|r| r.as_deref()),
+        patch.event_loop_metrics.as_ref().and_then(|m| m.as_ref()),
+    )?;
     update(state, caller, sid, aid, mid, patch).await
 }
 

@@ -223,7 +223,7 @@ async fn delete(
     operation_id = "list_sessions",
     tag = "sessions",
     params(
-        ("limit" = Option<u64>, Query, minimum = 1, description = "Page size: default 50, at most `server.max_page_size` (default 1000)"),
+        ("limit" = Option<u64>, Query, description = "Page size: default 50 (also for 0); a value above `server.max_page_size` (default 1000) is clamped to it"),
         ("cursor" = Option<String>, Query, pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$",
             description = "Start after this session id: the `next_cursor` of the previous page"),
         ("updated_after" = Option<String>, Query, format = DateTime, description = "Only sessions changed after this RFC 3339 time"),
@@ -248,22 +248,13 @@ async fn list(
         "session_type",
         "metadata.",
     ])?;
+    // The same rule as for messages: no limit or 0 is the default page, and
+    // a limit above `server.max_page_size` is clamped (continue with
+    // `next_cursor`).
     let max = state.config.server.max_page_size;
     let limit = match q.get_u64("limit")? {
-        None => DEFAULT_LIMIT.min(max),
-        Some(0) => {
-            return Err(AppError::bad_request(
-                "invalid_query",
-                "limit must be at least 1",
-            ));
-        }
-        Some(n) if n as usize > max => {
-            return Err(AppError::bad_request(
-                "invalid_query",
-                format!("limit must be at most {max}"),
-            ));
-        }
-        Some(n) => n as usize,
+        None | Some(0) => DEFAULT_LIMIT.min(max),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max),
     };
     let after = q.get("cursor")?.map(str::to_owned);
     if let Some(c) = &after {
@@ -329,15 +320,19 @@ fn filter_value(raw: &str) -> Value {
 #[serde(deny_unknown_fields)]
 #[schema(as = BatchGetRequest)]
 struct BatchGet {
-    /// Session ids to read (at most `server.max_batch_ids`, default 100).
+    /// Session ids to read (at most `server.max_batch_ids`, default 100); a
+    /// repeated id is read and answered once.
     #[schema(value_type = Vec<crate::openapi::SessionId>)]
     ids: Vec<String>,
 }
 
+impl crate::extract::JsonBody for BatchGet {}
+
 /// Get many sessions
 ///
 /// Reads the named sessions in one store round trip; ids that do not exist
-/// (or belong to another tenant) are listed in `missing`.
+/// (or belong to another tenant) are listed in `missing`. A repeated id is
+/// answered once.
 #[utoipa::path(
     post,
     path = "/v1/sessions/batch-get",
@@ -365,12 +360,15 @@ async fn batch_get(
     for id in &body.ids {
         check_sid(id)?;
     }
-    let found = state
-        .store
-        .batch_get_sessions(&caller.tenant, &body.ids)
-        .await?;
-    let missing: Vec<&String> = body
+    // Each id once, in the order first given.
+    let mut seen = std::collections::HashSet::with_capacity(body.ids.len());
+    let ids: Vec<String> = body
         .ids
+        .into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    let found = state.store.batch_get_sessions(&caller.tenant, &ids).await?;
+    let missing: Vec<&String> = ids
         .iter()
         .filter(|id| !found.iter().any(|s| &&s.session_id == id))
         .collect();

@@ -130,6 +130,9 @@ pub struct EmbeddedStore {
     after_hooked: std::sync::atomic::AtomicU8,
     writer: Option<mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Bytes of stored messages one `list_messages` call reads at most (it
+    /// returns the messages read so far once past it, at least one).
+    max_read_bytes: usize,
 }
 
 impl Drop for EmbeddedStore {
@@ -201,7 +204,21 @@ impl EmbeddedStore {
             after_hooked: std::sync::atomic::AtomicU8::new(0),
             writer: Some(tx),
             writer_thread: Some(thread),
+            max_read_bytes: Self::DEFAULT_MAX_READ_BYTES,
         })
+    }
+
+    /// Default of [`EmbeddedStore::with_max_read_bytes`] (8 MiB, the default
+    /// `server.max_response_bytes`).
+    pub const DEFAULT_MAX_READ_BYTES: usize = 8 << 20;
+
+    /// Bounds what one `list_messages` call reads: once the stored messages
+    /// read add up to `bytes`, it returns those (a prefix of the range asked
+    /// for, at least one message); the caller continues from the next id.
+    #[must_use]
+    pub fn with_max_read_bytes(mut self, bytes: usize) -> Self {
+        self.max_read_bytes = bytes.max(1);
+        self
     }
 
     fn after_hooked(&self) -> AfterHooked {
@@ -810,6 +827,7 @@ impl SessionStore for EmbeddedStore {
         range: MessageRange,
     ) -> StoreResult<(Vec<Message>, u64)> {
         let ret = self.retention();
+        let max_read = self.max_read_bytes;
         let key = skey(t, sid);
         let (sid, aid) = (sid.to_owned(), aid.to_owned());
         self.read(move |txn| {
@@ -827,13 +845,19 @@ impl SessionStore for EmbeddedStore {
                 MessageRange::Latest(n) => (total.saturating_sub(n), total),
             };
             let table = open_read(txn, MESSAGES)?;
-            let mut out = Vec::with_capacity((to - from) as usize);
+            let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
+            let mut bytes = 0usize;
             for row in table
                 .range((rec.uid, aid.as_str(), from)..(rec.uid, aid.as_str(), to))
                 .map_err(internal)?
             {
                 let (_, v) = row.map_err(internal)?;
-                out.push(from_json::<Message>(v.value())?);
+                let raw = v.value();
+                if !out.is_empty() && bytes.saturating_add(raw.len()) > max_read {
+                    break;
+                }
+                bytes = bytes.saturating_add(raw.len());
+                out.push(from_json::<Message>(raw)?);
             }
             Ok((out, total))
         })
