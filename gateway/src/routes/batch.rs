@@ -293,3 +293,7 @@ async fn partial(e: AppError, failed: usize, results: Vec<Value>) -> Response {
     }
     out
 }
+
+// Messages inside a batch pass the body rule with the batch: their numbers
+// are checked like any other field's (only a top-level `message` is verbatim).
+impl crate::extract::JsonBody for Batch {}

@@ -327,6 +327,7 @@ struct BatchGet {
 }
 
 impl crate::extract::JsonBody for BatchGet {}
+impl crate::extract::JsonBody for CreateSession {}
 
 /// Get many sessions
 ///
