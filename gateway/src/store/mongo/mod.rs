@@ -54,6 +54,9 @@
 //! `complete_event` queues outbox items with `$setOnInsert` upserts: a
 //! duplicate-key insert would abort the whole transaction.
 
+mod fast_path;
+mod group_commit;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, RwLock, Weak};
@@ -73,10 +76,11 @@ use mongodb::options::{
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::Value;
 
-use super::embedded::{message_conflict, message_event_payload, message_gap};
+use self::fast_path::Fast;
 use super::{
     AfterHooked, Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention,
-    SessionStore, StoreError, StoreResult, SweepReport,
+    SessionStore, StoreError, StoreResult, SweepReport, message_conflict, message_event_payload,
+    message_gap,
 };
 use crate::config::MongoConfig;
 use crate::metadata::{self, MetadataChange};
@@ -134,6 +138,11 @@ pub struct MongoStore {
     locks: SessionLocks,
     pool: Arc<PoolStats>,
     after_hooked: std::sync::atomic::AtomicU8,
+    /// The group commit of the fast path; `None` on servers before 8.0 (or
+    /// `write_path = "transaction"`): every write is its own transaction.
+    writer: Option<group_commit::GroupCommit>,
+    /// What the fast path knows of sessions this gateway wrote.
+    known: fast_path::KnownSessions,
 }
 
 /// Connection-pool gauges and counters, kept from the driver's CMAP events.
@@ -337,6 +346,54 @@ async fn commit_with_retry(s: &mut ClientSession) -> Result<(), MongoError> {
 
 fn skey(t: &Tenant, sid: &str) -> String {
     format!("{}/{}", t.as_str(), sid)
+}
+
+/// Drops what the fast path knows of a session when dropped.
+struct Forget<'a>(&'a fast_path::KnownSessions, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+/// The message an append stores as id `next`.
+fn new_message(input: &MessageInput, next: u64, now: i64) -> Message {
+    Message {
+        message_id: next,
+        message: input.message.clone(),
+        redact_message: input
+            .redact_message
+            .clone()
+            .filter(|r| r.get().trim() != "null"),
+        event_loop_metrics: input.event_loop_metrics.clone().filter(|v| !v.is_null()),
+        created_at: format_ms(now),
+        updated_at: format_ms(now),
+    }
+}
+
+/// The session-document update of a metadata change: `$set`/`$unset` of
+/// `metadata.<path>`, `updated_at`, and the next `seq`.
+fn metadata_update(change: &MetadataChange, now: i64) -> Document {
+    let mut set = doc! { "updated_at": date(now) };
+    let mut update = Document::new();
+    match change {
+        MetadataChange::Update(assignments) => {
+            for (p, v) in assignments {
+                set.insert(format!("metadata.{p}"), json_to_bson(v));
+            }
+        }
+        MetadataChange::Delete(paths) => {
+            let mut unset = Document::new();
+            for p in paths {
+                unset.insert(format!("metadata.{p}"), "");
+            }
+            update.insert("$unset", unset);
+        }
+    }
+    update.insert("$set", set);
+    update.insert("$inc", doc! { "seq": 1i64 });
+    update
 }
 
 /// An agent id as a field name: dots would be path separators.
@@ -737,7 +794,7 @@ impl MongoStore {
             outbox: db.collection("outbox"),
             purges: db.collection("purges"),
         };
-        let store = Self {
+        let mut store = Self {
             client,
             db,
             c,
@@ -745,7 +802,10 @@ impl MongoStore {
             locks: SessionLocks::default(),
             pool,
             after_hooked: std::sync::atomic::AtomicU8::new(0),
+            writer: None,
+            known: fast_path::KnownSessions::default(),
         };
+        store.writer = store.choose_write_path(cfg).await?;
         let started = std::time::Instant::now();
         tracing::info!("creating MongoDB indexes (idempotent)");
         store.create_indexes(cfg).await?;
@@ -862,6 +922,8 @@ impl MongoStore {
             Some(key) => Some(self.locks.lock(key).await),
             None => None,
         };
+        // Whatever this transaction does, the fast path re-reads the session.
+        let _forget = session_key.map(|key| Forget(&self.known, key));
         let mut s = self
             .client
             .start_session()
@@ -919,6 +981,82 @@ impl MongoStore {
         }
     }
 
+    /// Which write path this gateway uses: the group commit when the server
+    /// has `bulkWrite` (8.0+) and `write_path` (or `MONGODB_WRITE_PATH`) allows it.
+    async fn choose_write_path(
+        &self,
+        cfg: &MongoConfig,
+    ) -> StoreResult<Option<group_commit::GroupCommit>> {
+        // The environment overrides the default only (e.g. to run a test
+        // suite on the path older servers get).
+        let wanted = match std::env::var("MONGODB_WRITE_PATH") {
+            Ok(v) if !v.is_empty() && cfg.write_path == "auto" => v,
+            _ => cfg.write_path.clone(),
+        };
+        let bulk = match wanted.as_str() {
+            "transaction" => false,
+            "auto" | "group_commit" => {
+                let hello = self
+                    .db
+                    .run_command(doc! { "hello": 1 })
+                    .await
+                    .map_err(|e| mongo_err("hello", &e))?;
+                let has = fast_path::server_has_bulk_write(&hello);
+                if !has && wanted == "group_commit" {
+                    return Err(StoreError::Internal(
+                        "mongodb: write_path = \"group_commit\" needs MongoDB 8.0 or later (bulkWrite)"
+                            .into(),
+                    ));
+                }
+                has
+            }
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "mongodb: write_path {other:?} is not one of \"auto\", \"group_commit\", \"transaction\""
+                )));
+            }
+        };
+        tracing::info!(
+            write_path = if bulk { "group_commit" } else { "transaction" },
+            "MongoDB write path"
+        );
+        Ok(bulk.then(|| group_commit::GroupCommit::start(self.client.clone())))
+    }
+
+    /// The stored form of an event.
+    #[allow(clippy::too_many_arguments)]
+    fn event_doc(
+        &self,
+        tenant: &str,
+        sid: &str,
+        session_type: &str,
+        seq: u64,
+        kind: EventType,
+        now: i64,
+        payload: Value,
+    ) -> StoreResult<Document> {
+        let ev = Event {
+            tenant: tenant.to_owned(),
+            session_id: sid.to_owned(),
+            session_type: session_type.to_owned(),
+            seq,
+            kind,
+            ts: now,
+            payload,
+        };
+        Ok(doc! {
+            "tenant": tenant,
+            "session_id": sid,
+            "key": format!("{tenant}/{sid}"),
+            "seq": to_i64(seq),
+            "type": kind.as_str(),
+            "doc": to_json_text(&ev)?,
+            "ts": date(now),
+            "hooks_pending": self.after_hooked().contains(kind),
+            "lease_until": 0i64,
+        })
+    }
+
     /// Records an event inside a transaction.
     #[allow(clippy::too_many_arguments)]
     async fn insert_event(
@@ -932,26 +1070,7 @@ impl MongoStore {
         now: i64,
         payload: Value,
     ) -> Result<(), TxErr> {
-        let ev = Event {
-            tenant: tenant.to_owned(),
-            session_id: sid.to_owned(),
-            session_type: session_type.to_owned(),
-            seq,
-            kind,
-            ts: now,
-            payload,
-        };
-        let d = doc! {
-            "tenant": tenant,
-            "session_id": sid,
-            "key": format!("{tenant}/{sid}"),
-            "seq": to_i64(seq),
-            "type": kind.as_str(),
-            "doc": to_json_text(&ev)?,
-            "ts": date(now),
-            "hooks_pending": self.after_hooked().contains(kind),
-            "lease_until": 0i64,
-        };
+        let d = self.event_doc(tenant, sid, session_type, seq, kind, now, payload)?;
         self.c.events.insert_one(d).session(&mut *s).await?;
         Ok(())
     }
@@ -1299,17 +1418,7 @@ impl MongoStore {
         let next = count
             .checked_sub(1)
             .ok_or_else(|| malformed("session document", "message count"))?;
-        let msg = Message {
-            message_id: next,
-            message: input.message.clone(),
-            redact_message: input
-                .redact_message
-                .clone()
-                .filter(|r| r.get().trim() != "null"),
-            event_loop_metrics: input.event_loop_metrics.clone().filter(|v| !v.is_null()),
-            created_at: format_ms(now),
-            updated_at: format_ms(now),
-        };
+        let msg = new_message(input, next, now);
         self.c
             .messages
             .insert_one(doc! {
@@ -1419,24 +1528,7 @@ impl MongoStore {
     ) -> TxResult<MetadataResult> {
         let key = skey(t, sid);
         let now = now_ms();
-        let mut set = doc! { "updated_at": date(now) };
-        let mut update = Document::new();
-        match change {
-            MetadataChange::Update(assignments) => {
-                for (p, v) in assignments {
-                    set.insert(format!("metadata.{p}"), json_to_bson(v));
-                }
-            }
-            MetadataChange::Delete(paths) => {
-                let mut unset = Document::new();
-                for p in paths {
-                    unset.insert(format!("metadata.{p}"), "");
-                }
-                update.insert("$unset", unset);
-            }
-        }
-        update.insert("$set", set);
-        update.insert("$inc", doc! { "seq": 1i64 });
+        let update = metadata_update(change, now);
         let res = self
             .c
             .sessions
@@ -1486,10 +1578,7 @@ impl MongoStore {
         let seq = seq_of(&before)? + 1;
         let session_type = get_str(&before, "session_type", "session document")?;
         let payload = metadata::event_payload(change, &applied);
-        let kind = match change {
-            MetadataChange::Update(_) => EventType::MetadataUpdated,
-            MetadataChange::Delete(_) => EventType::MetadataDeleted,
-        };
+        let kind = super::metadata_event_type(change);
         self.insert_event(s, t.as_str(), sid, session_type, seq, kind, now, payload)
             .await?;
         Ok(Step::Commit(MetadataResult {
@@ -1606,6 +1695,13 @@ impl SessionStore for MongoStore {
             .unwrap_or_else(|| DEFAULT_SESSION_TYPE.to_owned());
         let metadata = new.metadata.unwrap_or_default();
         let (sid, session_type, metadata) = (&sid, &session_type, &metadata);
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.create_fast(t, sid, session_type, metadata).await {
+                return r;
+            }
+        }
         self.transaction("create_session", Some(&skey(t, sid)), |mut s| async move {
             let r = self.create_tx(&mut s, t, sid, session_type, metadata).await;
             (s, r)
@@ -1749,6 +1845,13 @@ impl SessionStore for MongoStore {
     ) -> StoreResult<(Agent, bool)> {
         let text = to_json_text(&body)?;
         let (body, text) = (&body, text.as_str());
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.put_agent_fast(t, sid, aid, body, text, if_match).await {
+                return r;
+            }
+        }
         self.transaction("put_agent", Some(&skey(t, sid)), |mut s| async move {
             let r = self
                 .put_agent_tx(&mut s, t, sid, aid, body, text, if_match)
@@ -1827,6 +1930,13 @@ impl SessionStore for MongoStore {
         input: MessageInput,
     ) -> StoreResult<Appended> {
         let input = &input;
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.append_fast(t, sid, aid, input).await {
+                return r;
+            }
+        }
         self.transaction("append_message", Some(&skey(t, sid)), |mut s| async move {
             let r = self.append_tx(&mut s, t, sid, aid, input).await;
             (s, r)
@@ -1923,6 +2033,13 @@ impl SessionStore for MongoStore {
         sid: &str,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult> {
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.metadata_fast(t, sid, change).await {
+                return r;
+            }
+        }
         let res = self
             .transaction("change_metadata", Some(&skey(t, sid)), |mut s| async move {
                 let r = self.change_metadata_tx(&mut s, t, sid, change).await;
@@ -1944,6 +2061,13 @@ impl SessionStore for MongoStore {
 
     async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
         let body = &body;
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.feedback_fast(t, sid, body).await {
+                return r;
+            }
+        }
         self.transaction("add_feedback", Some(&skey(t, sid)), |mut s| async move {
             let r = self.add_feedback_tx(&mut s, t, sid, body).await;
             (s, r)
