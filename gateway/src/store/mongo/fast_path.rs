@@ -68,7 +68,7 @@ pub(super) struct Known {
 }
 
 fn small(m: &JsonObject) -> bool {
-    serde_json::to_vec(m).map_or(false, |v| v.len() <= MAX_KNOWN_METADATA)
+    serde_json::to_vec(m).is_ok_and(|v| v.len() <= MAX_KNOWN_METADATA)
 }
 
 impl Known {

@@ -32,8 +32,25 @@
 //!   drops events older than the event window (index on `ts`) and tombstones
 //!   whose events are all gone.
 //!
-//! ## Write path
-//! Every mutating call runs in one multi-document transaction that first does a
+//! ## Write paths
+//! **Group commit** (`write_path = "auto"` on MongoDB 8.0+, the default): a
+//! write of a session this gateway knows (it created or last wrote it, or read
+//! it once with one `find`) is built from what it knows — `seq`, agent versions
+//! and message counts, feedback count, metadata — as a conditional update of
+//! the session document whose filter names that `seq`, plus the child document
+//! and the event. One writer task per gateway commits every write queued
+//! meanwhile, of any number of sessions, as **one `bulkWrite` command across
+//! the collections plus `commitTransaction`** (`group_commit.rs`). A write
+//! whose filter no longer matches (another gateway wrote the session; it
+//! expired or was deleted), or whose precondition the kept state cannot decide
+//! (`If-Match` that fails, a message id that is not the next one, a metadata
+//! path MongoDB may refuse), is taken out of the batch and runs as its own
+//! transaction below, which reads the stored state and answers
+//! authoritatively (`fast_path.rs`).
+//!
+//! **One transaction per write** (servers before 8.0, `write_path =
+//! "transaction"`, and every fallback): every mutating call runs in one
+//! multi-document transaction that first does a
 //! conditional `findAndModify` on the session document — the conditions (live
 //! session, agent present, `If-Match` version, next message id) are in the
 //! filter, the update bumps `seq`, stamps `updated_at` and applies the change —
