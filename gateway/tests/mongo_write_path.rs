@@ -2,7 +2,11 @@
 //! the concurrent writes of many sessions, built from per-session state the
 //! gateway keeps) and the one-transaction-per-write path of servers before
 //! 8.0, alone and side by side on one database, as two gateways would be.
-//! Needs `MONGODB_URI` (skipped without it unless `REQUIRE_MONGODB=1`).
+//! The group-commit gateways are asked for by name (`"group_commit"`), so
+//! `MONGODB_WRITE_PATH=transaction`, which re-runs the other suites on the
+//! per-write path, does not turn these into per-write tests. Needs a server
+//! with `bulkWrite` at `MONGODB_URI` (skipped without it unless
+//! `REQUIRE_MONGODB=1`).
 #![allow(missing_docs)]
 
 use std::sync::Arc;
@@ -116,9 +120,9 @@ async fn event_seqs(s: &Store, sid: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_and_per_write_gateways_append_to_one_agent() {
     with_db(|cfg| async move {
-        let g1 = connect(&cfg, "auto").await;
+        let g1 = connect(&cfg, "group_commit").await;
         let g2 = connect(&cfg, "transaction").await;
-        let g3 = connect(&cfg, "auto").await;
+        let g3 = connect(&cfg, "group_commit").await;
         create(&g1, "s").await;
         g2.put_agent(&t(), "s", "a", obj(json!({})), None)
             .await
@@ -184,8 +188,8 @@ async fn group_commit_and_per_write_gateways_append_to_one_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_state_is_checked_against_other_gateways_writes() {
     with_db(|cfg| async move {
-        let g1 = connect(&cfg, "auto").await;
-        let g2 = connect(&cfg, "auto").await;
+        let g1 = connect(&cfg, "group_commit").await;
+        let g2 = connect(&cfg, "group_commit").await;
         create(&g1, "s").await;
         let set = |k: &str, v: i64| MetadataChange::Update(vec![(k.to_owned(), json!(v))]);
         let r = g1.change_metadata(&t(), "s", &set("x", 1)).await.unwrap();
@@ -276,7 +280,7 @@ async fn kept_state_is_checked_against_other_gateways_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_sessions_are_committed_together_and_fail_alone() {
     with_db(|cfg| async move {
-        let g = connect(&cfg, "auto").await;
+        let g = connect(&cfg, "group_commit").await;
         create(&g, "taken").await;
         let mut tasks = Vec::new();
         for w in 0..48 {
