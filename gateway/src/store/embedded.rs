@@ -821,12 +821,7 @@ impl SessionStore for EmbeddedStore {
                 .get(&aid)
                 .ok_or_else(|| StoreError::agent_not_found(&sid, &aid))?
                 .message_count;
-            let (from, to) = match range {
-                MessageRange::Page { limit, offset } => {
-                    (offset.min(total), offset.saturating_add(limit).min(total))
-                }
-                MessageRange::Latest(n) => (total.saturating_sub(n), total),
-            };
+            let (from, to) = super::message_bounds(range, total);
             let table = open_read(txn, MESSAGES)?;
             let mut out = Vec::with_capacity((to - from) as usize);
             for row in table

@@ -447,6 +447,16 @@ pub(crate) fn message_event_payload(aid: &str, msg: &Message) -> Value {
     })
 }
 
+/// The ids `from..to` a message range selects of an agent with `total` messages.
+pub(crate) fn message_bounds(range: MessageRange, total: u64) -> (u64, u64) {
+    match range {
+        MessageRange::Page { limit, offset } => {
+            (offset.min(total), offset.saturating_add(limit).min(total))
+        }
+        MessageRange::Latest(n) => (total.saturating_sub(n), total),
+    }
+}
+
 /// The event type of a metadata change.
 pub(crate) fn metadata_event_type(change: &MetadataChange) -> crate::model::EventType {
     match change {

@@ -29,7 +29,7 @@ use mongodb::options::{
 use super::group_commit::{Guard, Outcome};
 use super::{
     MongoStore, agent_summary, crosses_array, date, doc_to_obj, enc, get_str, int, metadata_update,
-    new_message, obj_to_doc, seq_of, skey, to_i64, to_json_text, uid_of,
+    new_message, new_session_fields, seq_of, skey, to_i64, to_json_text, uid_of,
 };
 use crate::metadata::{self, MetadataChange};
 use crate::model::{
@@ -225,21 +225,11 @@ impl MongoStore {
     ) -> Fast<Session> {
         let key = skey(t, sid);
         let now = now_ms();
-        let uid = (rand::random::<i64>() & i64::MAX).max(1);
-        let session = doc! {
-            "_id": &key,
-            "tenant": t.as_str(),
-            "session_id": sid,
-            "session_type": session_type,
-            "created_at": date(now),
-            "updated_at": date(now),
-            "metadata": obj_to_doc(metadata),
-            "uid": uid,
-            "agents": {},
-            "feedbacks": 0i64,
-            "deleted": false,
-            "seq": 1i64,
-        };
+        let mut session = doc! { "_id": &key };
+        let fields = new_session_fields(t, sid, session_type, metadata, now);
+        let uid = known_or_fallback!(fields.get_i64("uid").ok());
+        session.extend(fields);
+        session.insert("seq", 1i64);
         let payload = serde_json::json!({ "session_type": session_type, "metadata": metadata });
         let event = known_or_fallback!(
             self.event_doc(

@@ -374,6 +374,29 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// The fields of a new session incarnation (with a fresh `uid`), without
+/// `_id` and `seq`.
+fn new_session_fields(
+    t: &Tenant,
+    sid: &str,
+    session_type: &str,
+    metadata: &JsonObject,
+    now: i64,
+) -> Document {
+    doc! {
+        "tenant": t.as_str(),
+        "session_id": sid,
+        "session_type": session_type,
+        "created_at": date(now),
+        "updated_at": date(now),
+        "metadata": obj_to_doc(metadata),
+        "uid": (rand::random::<i64>() & i64::MAX).max(1),
+        "agents": {},
+        "feedbacks": 0i64,
+        "deleted": false,
+    }
+}
+
 /// The message an append stores as id `next`.
 fn new_message(input: &MessageInput, next: u64, now: i64) -> Message {
     Message {
@@ -1135,20 +1158,8 @@ impl MongoStore {
     ) -> TxResult<Session> {
         let key = skey(t, sid);
         let now = now_ms();
-        let uid = (rand::random::<i64>() & i64::MAX).max(1);
         let update = doc! {
-            "$set": {
-                "tenant": t.as_str(),
-                "session_id": sid,
-                "session_type": session_type,
-                "created_at": date(now),
-                "updated_at": date(now),
-                "metadata": obj_to_doc(metadata),
-                "uid": uid,
-                "agents": {},
-                "feedbacks": 0i64,
-                "deleted": false,
-            },
+            "$set": new_session_fields(t, sid, session_type, metadata, now),
             "$inc": { "seq": 1i64 },
         };
         // Matches a tombstone (revived, keeping its seq) or inserts; a live
@@ -1969,12 +1980,7 @@ impl SessionStore for MongoStore {
         range: MessageRange,
     ) -> StoreResult<(Vec<Message>, u64)> {
         let (uid, _, total) = self.read_agent_summary(&skey(t, sid), sid, aid).await?;
-        let (from, to) = match range {
-            MessageRange::Page { limit, offset } => {
-                (offset.min(total), offset.saturating_add(limit).min(total))
-            }
-            MessageRange::Latest(n) => (total.saturating_sub(n), total),
-        };
+        let (from, to) = super::message_bounds(range, total);
         if from >= to {
             return Ok((Vec::new(), total));
         }
