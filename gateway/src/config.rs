@@ -265,6 +265,11 @@ pub struct MongoConfig {
     pub retry_writes: bool,
     /// Metadata fields to index (`metadata.<field>`) for `GET /v1/sessions?metadata.<field>=…`.
     pub metadata_index_fields: Vec<String>,
+    /// `"auto"` (the default): concurrent writes are group-committed in one
+    /// `bulkWrite` transaction on MongoDB 8.0+, one transaction per write on
+    /// older servers; `"group_commit"` (refuse to start without 8.0) or
+    /// `"transaction"` forces one. `MONGODB_WRITE_PATH` overrides `"auto"`.
+    pub write_path: String,
 }
 
 impl Default for MongoConfig {
@@ -285,6 +290,7 @@ impl Default for MongoConfig {
             retry_reads: true,
             retry_writes: true,
             metadata_index_fields: Vec::new(),
+            write_path: "auto".into(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::http::Http;
 use crate::raw::Raw;
+use crate::raw_min::RawMin;
 use crate::stats::{Caps, Rec, Summary, timed};
 
 /// What performs the operations.
@@ -14,8 +15,11 @@ use crate::stats::{Caps, Rec, Summary, timed};
 pub enum Driver {
     /// The gateway over HTTP.
     Http(Http),
-    /// The MongoDB driver directly.
+    /// The MongoDB driver directly, doing what the gateway's store did
+    /// before the group commit (a transaction per write).
     Raw(Arc<Raw>),
+    /// The MongoDB driver directly, one command per operation.
+    RawMin(Arc<RawMin>),
 }
 
 /// A session script.
@@ -42,6 +46,7 @@ async fn session(d: &Driver, mix: Mix, sid: &str, rec: &mut Rec, deadline: Insta
             let ok = match d {
                 Driver::Http($h) => timed(rec, $name, $http).await.is_some(),
                 Driver::Raw($r) => timed(rec, $name, $raw).await.is_some(),
+                Driver::RawMin($r) => timed(rec, $name, $raw).await.is_some(),
             };
             if !ok {
                 return;

@@ -17,6 +17,7 @@ mod gateway;
 mod http;
 mod load;
 mod raw;
+mod raw_min;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use gateway::{Gateway, Hook, Spec, Store};
 use http::Http;
 use load::{AID, Driver, Mix};
 use raw::Raw;
+use raw_min::RawMin;
 use stats::{Caps, Pct, Rec, Summary, us};
 
 /// Command line.
@@ -98,6 +100,12 @@ struct Report {
     machine: Value,
     mix: Vec<MixRow>,
     p1: Option<f64>,
+    /// Gateway (MongoDB) ÷ raw-min ops/s at the P1 concurrency.
+    p1_min: Option<f64>,
+    /// Gateway p50 − raw-min p50 at c=1, mix-weighted.
+    p2_min_us: Option<f64>,
+    /// Server commands per acknowledged write, gateway (MongoDB), by concurrency.
+    cmd: BTreeMap<usize, f64>,
     p2_us: Option<f64>,
     p2_by_op: BTreeMap<String, f64>,
     hooks: Value,
@@ -123,6 +131,51 @@ struct MixRow {
     /// CPU time per operation (µs) of the gateway, the MongoDB server and this
     /// process (the load generator, and for raw the driver), from /proc.
     cpu_us_per_op: Option<[f64; 3]>,
+    /// Server commands per acknowledged write over the load point.
+    cmd_per_write: Option<f64>,
+}
+
+/// Commands the MongoDB-wire server has received: the sum of
+/// `serverStatus.metrics.commands.<name>.total` when the server keeps them
+/// (less `serverStatus` itself), else the sum of `opcounters` (less one for
+/// the `serverStatus` of the previous sample).
+async fn server_commands(c: &mongodb::Client) -> Option<u64> {
+    use mongodb::bson::{Bson, doc};
+    let s = c
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await
+        .ok()?;
+    let num = |b: &Bson| match b {
+        Bson::Int32(i) => u64::try_from(*i).unwrap_or(0),
+        Bson::Int64(i) => u64::try_from(*i).unwrap_or(0),
+        Bson::Double(f) => *f as u64,
+        _ => 0,
+    };
+    if let Ok(cmds) = s
+        .get_document("metrics")
+        .and_then(|m| m.get_document("commands"))
+    {
+        let total: u64 = cmds
+            .iter()
+            .filter(|(name, _)| name.as_str() != "serverStatus")
+            .filter_map(|(_, v)| v.as_document()?.get("total").map(num))
+            .sum();
+        if total > 0 {
+            return Some(total);
+        }
+    }
+    let o = s.get_document("opcounters").ok()?;
+    Some(o.iter().map(|(_, v)| num(v)).sum::<u64>().saturating_sub(1))
+}
+
+/// Acknowledged writes of a mix run (every operation but the two reads).
+fn writes(s: &Summary) -> u64 {
+    s.per_op
+        .iter()
+        .filter(|(op, _)| !matches!(op.as_str(), "list_latest_20" | "get_session"))
+        .map(|(_, p)| p.n)
+        .sum()
 }
 
 /// utime + stime of a process, in clock ticks (0 when unknown).
@@ -366,7 +419,7 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
     let levels = if !ctx.a.concurrency.is_empty() {
         ctx.a.concurrency.clone()
     } else if ctx.a.quick {
-        vec![1, 32]
+        vec![1, 16, 32]
     } else {
         vec![1, 4, 16, 32, 64]
     };
@@ -389,6 +442,7 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
                 mix: "full".into(),
                 summary: s,
                 cpu_us_per_op: cpu,
+                cmd_per_write: None,
             });
         }
         print_mix_table("Request mix, embedded store", &rows);
@@ -414,35 +468,51 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
         )
         .await?;
     let raw = Raw::connect(&uri, &ctx.db("raw")).await?;
+    let raw_min = RawMin::connect(&uri, &ctx.db("rawmin")).await?;
     let dg = Driver::Http(Http::new(&gw.base, 64));
     let dr = Driver::Raw(raw.clone());
+    let dm = Driver::RawMin(raw_min.clone());
     load::run(&dg, Mix::Full, 4, Caps::new(0.5, 2000), "warm").await;
     load::run(&dr, Mix::Full, 4, Caps::new(0.5, 2000), "warm").await;
+    load::run(&dm, Mix::Full, 4, Caps::new(0.5, 2000), "warm").await;
     let mut rows = Vec::new();
-    // Interleaved per level, so background noise hits both alike.
+    // Interleaved per level, so background noise hits all alike.
     for &c in &levels {
-        let (s, cpu) =
-            run_measured(&dg, Mix::Full, c, caps, &format!("mgw-c{c}"), Some(gw.pid)).await;
-        note_errors(ctx, &format!("gateway-mongodb c={c}"), &s);
-        eprintln!(
-            "gateway-mongodb c={c}: {:.0} ops/s p50 {} µs",
-            s.ops_per_s, s.all.p50
-        );
-        rows.push(MixRow {
-            target: "gateway (mongodb)".into(),
-            mix: "full".into(),
-            summary: s,
-            cpu_us_per_op: cpu,
-        });
-        let (s, cpu) = run_measured(&dr, Mix::Full, c, caps, &format!("raw-c{c}"), None).await;
-        note_errors(ctx, &format!("raw c={c}"), &s);
-        eprintln!("raw c={c}: {:.0} ops/s p50 {} µs", s.ops_per_s, s.all.p50);
-        rows.push(MixRow {
-            target: "raw driver".into(),
-            mix: "full".into(),
-            summary: s,
-            cpu_us_per_op: cpu,
-        });
+        let targets: [(&str, &Driver, &str, Option<u32>); 3] = [
+            ("gateway (mongodb)", &dg, "mgw", Some(gw.pid)),
+            ("raw driver", &dr, "raw", None),
+            ("raw-min", &dm, "rawmin", None),
+        ];
+        for (target, d, tag, pid) in targets {
+            let before = server_commands(raw.client()).await;
+            let (s, cpu) = run_measured(d, Mix::Full, c, caps, &format!("{tag}-c{c}"), pid).await;
+            let after = server_commands(raw.client()).await;
+            let cmd = match (before, after) {
+                (Some(b), Some(a)) if writes(&s) > 0 => {
+                    Some(a.saturating_sub(b) as f64 / writes(&s) as f64)
+                }
+                _ => None,
+            };
+            note_errors(ctx, &format!("{target} c={c}"), &s);
+            eprintln!(
+                "{target} c={c}: {:.0} ops/s p50 {} µs, {} commands per write",
+                s.ops_per_s,
+                s.all.p50,
+                fmt_opt(cmd, |v| format!("{v:.2}"))
+            );
+            if target == "gateway (mongodb)"
+                && let Some(v) = cmd
+            {
+                ctx.r.cmd.insert(c, v);
+            }
+            rows.push(MixRow {
+                target: target.into(),
+                mix: "full".into(),
+                summary: s,
+                cpu_us_per_op: cpu,
+                cmd_per_write: cmd,
+            });
+        }
     }
     print_mix_table(
         &format!(
@@ -470,6 +540,42 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
             g.ops_per_s,
             r.ops_per_s,
             g.ops_per_s / r.ops_per_s
+        );
+    }
+    if let (Some(g), Some(r)) = (find("gateway (mongodb)", p1_c), find("raw-min", p1_c)) {
+        ctx.r.p1_min = Some(g.ops_per_s / r.ops_per_s);
+        println!(
+            "\nP1 (raw-min) = gateway/raw-min throughput at c={p1_c}: {:.0} / {:.0} = {:.2}",
+            g.ops_per_s,
+            r.ops_per_s,
+            g.ops_per_s / r.ops_per_s
+        );
+    }
+    if let (Some(g), Some(r)) = (find("gateway (mongodb)", 1), find("raw-min", 1)) {
+        let (mut total, mut weight) = (0.0, 0.0);
+        for (op, gp) in &g.per_op {
+            if let Some(rp) = r.per_op.get(op) {
+                total += (f64::from(gp.p50) - f64::from(rp.p50)) * gp.n as f64;
+                weight += gp.n as f64;
+            }
+        }
+        if weight > 0.0 {
+            ctx.r.p2_min_us = Some(total / weight);
+            println!(
+                "\nP2 (raw-min) = mix-weighted added p50 at c=1: {}",
+                us(total / weight)
+            );
+        }
+    }
+    println!("\nServer commands per acknowledged write (serverStatus, diffed per load point):\n");
+    println!("| target | c | commands/write |");
+    println!("|---|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} |",
+            r.target,
+            r.summary.concurrency,
+            fmt_opt(r.cmd_per_write, |v| format!("{v:.2}"))
         );
     }
     if let (Some(g), Some(r)) = (find("gateway (mongodb)", 1), find("raw driver", 1)) {
@@ -503,6 +609,7 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.r.mix.extend(rows);
     gw.stop().await;
     raw.drop_db().await;
+    raw_min.drop_db().await;
     let _ = raw.client().database(&gdb).drop().await;
     Ok(())
 }
@@ -768,6 +875,7 @@ async fn phase_peer(ctx: &mut Ctx) -> anyhow::Result<()> {
                     mix: "strands".into(),
                     summary: s,
                     cpu_us_per_op: cpu,
+                    cmd_per_write: None,
                 });
             }
             Err(e) => {
@@ -794,6 +902,7 @@ async fn phase_peer(ctx: &mut Ctx) -> anyhow::Result<()> {
             mix: "strands".into(),
             summary: s,
             cpu_us_per_op: cpu,
+            cmd_per_write: None,
         });
     }
     gw.stop().await;
@@ -819,6 +928,7 @@ async fn phase_peer(ctx: &mut Ctx) -> anyhow::Result<()> {
             mix: "strands".into(),
             summary: s,
             cpu_us_per_op: cpu,
+            cmd_per_write: None,
         });
         gw.stop().await;
     }
@@ -1357,6 +1467,31 @@ fn verdicts(r: &Report) -> Vec<(String, String, String, Option<bool>)> {
             r.p1.map(|v| v >= 0.85),
         ),
         (
+            "P1 gateway/raw-min ops/s at c=32".into(),
+            "≥ 0.85".into(),
+            fmt_opt(r.p1_min, |v| format!("{v:.3}")),
+            r.p1_min.map(|v| v >= 0.85),
+        ),
+        (
+            "P2 added p50 vs raw-min (c=1)".into(),
+            "≤ 150 µs".into(),
+            fmt_opt(r.p2_min_us, |v| format!("{v:.0} µs")),
+            r.p2_min_us.map(|v| v <= 150.0),
+        ),
+        (
+            "CMD server commands per write, c=16 / c=1".into(),
+            "≤ 1.5 / ≤ 3".into(),
+            format!(
+                "{} / {}",
+                fmt_opt(r.cmd.get(&16).copied(), |v| format!("{v:.2}")),
+                fmt_opt(r.cmd.get(&1).copied(), |v| format!("{v:.2}"))
+            ),
+            match (r.cmd.get(&16), r.cmd.get(&1)) {
+                (Some(a), Some(b)) => Some(*a <= 1.5 && *b <= 3.0),
+                _ => None,
+            },
+        ),
+        (
             "P2 added p50 (c=1)".into(),
             "≤ 150 µs".into(),
             fmt_opt(r.p2_us, |v| format!("{v:.0} µs")),
@@ -1522,9 +1657,11 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nP1={} P2={} P3={}/{} P4={} P5={} P6={} P7={}/{}",
+        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{}",
         fmt_opt(r.p1, |v| format!("{v:.2}")),
+        fmt_opt(r.p1_min, |v| format!("{v:.2}")),
         fmt_opt(r.p2_us, |v| format!("{v:.0}us")),
+        fmt_opt(r.p2_min_us, |v| format!("{v:.0}us")),
         fmt_opt(r.p3_reuse_us, |v| format!("{v:.0}us")),
         fmt_opt(r.p3_per_call_us, |v| format!("{v:.0}us")),
         fmt_opt(r.p4, |v| format!("{v:.2}")),
@@ -1532,6 +1669,8 @@ async fn main() -> anyhow::Result<()> {
         r.p6.map_or("n/a".into(), |v| v.to_string()),
         fmt_opt(r.p7_idle_mb, |v| format!("{v:.0}MB")),
         fmt_opt(r.p7_per_request_kb, |v| format!("{v:.1}KB")),
+        fmt_opt(r.cmd.get(&16).copied(), |v| format!("{v:.2}")),
+        fmt_opt(r.cmd.get(&1).copied(), |v| format!("{v:.2}")),
     );
     if let Some(p) = &ctx.a.json_out {
         let mut v = serde_json::to_value(&ctx.r)?;

@@ -39,7 +39,8 @@ use serde_json::Value;
 
 use super::{
     AfterHooked, Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention,
-    SessionStore, StoreError, StoreResult, SweepReport,
+    SessionStore, StoreError, StoreResult, SweepReport, message_conflict, message_event_payload,
+    message_gap,
 };
 use crate::metadata::{self, MetadataChange};
 use crate::model::{
@@ -838,12 +839,7 @@ impl SessionStore for EmbeddedStore {
                 .get(&aid)
                 .ok_or_else(|| StoreError::agent_not_found(&sid, &aid))?
                 .message_count;
-            let (from, to) = match range {
-                MessageRange::Page { limit, offset } => {
-                    (offset.min(total), offset.saturating_add(limit).min(total))
-                }
-                MessageRange::Latest(n) => (total.saturating_sub(n), total),
-            };
+            let (from, to) = super::message_bounds(range, total);
             let table = open_read(txn, MESSAGES)?;
             let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
             let mut bytes = 0usize;
@@ -962,10 +958,7 @@ impl SessionStore for EmbeddedStore {
                 })?;
             let payload = metadata::event_payload(&change, &applied);
             rec.metadata = applied.metadata.clone();
-            let kind = match change {
-                MetadataChange::Update(_) => EventType::MetadataUpdated,
-                MetadataChange::Delete(_) => EventType::MetadataDeleted,
-            };
+            let kind = super::metadata_event_type(&change);
             let seq = record_event(txn, hooked, &t, &key, &mut rec, kind, now_ms(), payload)?;
             Ok(MetadataResult {
                 metadata: applied.metadata,
@@ -1393,31 +1386,4 @@ impl SessionStore for EmbeddedStore {
         })
         .await
     }
-}
-
-pub(crate) fn message_conflict(mid: u64) -> StoreError {
-    StoreError::Conflict {
-        code: "message_conflict",
-        message: format!("message {mid} already exists with different content"),
-    }
-}
-
-pub(crate) fn message_gap(mid: u64, next: u64) -> StoreError {
-    StoreError::Conflict {
-        code: "message_id_gap",
-        message: format!("message_id {mid} is ahead of the next id {next}; ids are sequential"),
-    }
-}
-
-/// Payload of `message.appended` / `message.updated` events.
-///
-/// Only ids: the log never holds message content, so a redaction (an update
-/// of `message`/`redact_message`) leaves no copy of the original text behind
-/// for the event window. SSE readers get the message as it is stored now (see
-/// [`crate::stream::enrich`]).
-pub(crate) fn message_event_payload(aid: &str, msg: &Message) -> Value {
-    serde_json::json!({
-        "agent_id": aid,
-        "message_id": msg.message_id,
-    })
 }

@@ -443,3 +443,50 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`SessionStore::outbox_counts`] of one tenant's items (`None`: all).
     async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)>;
 }
+
+// ---- shared by both backends ----
+
+pub(crate) fn message_conflict(mid: u64) -> StoreError {
+    StoreError::Conflict {
+        code: "message_conflict",
+        message: format!("message {mid} already exists with different content"),
+    }
+}
+
+pub(crate) fn message_gap(mid: u64, next: u64) -> StoreError {
+    StoreError::Conflict {
+        code: "message_id_gap",
+        message: format!("message_id {mid} is ahead of the next id {next}; ids are sequential"),
+    }
+}
+
+/// Payload of `message.appended` / `message.updated` events.
+///
+/// Only ids: the log never holds message content, so a redaction (an update
+/// of `message`/`redact_message`) leaves no copy of the original text behind
+/// for the event window. SSE readers get the message as it is stored now (see
+/// [`crate::stream::enrich`]).
+pub(crate) fn message_event_payload(aid: &str, msg: &Message) -> Value {
+    serde_json::json!({
+        "agent_id": aid,
+        "message_id": msg.message_id,
+    })
+}
+
+/// The ids `from..to` a message range selects of an agent with `total` messages.
+pub(crate) fn message_bounds(range: MessageRange, total: u64) -> (u64, u64) {
+    match range {
+        MessageRange::Page { limit, offset } => {
+            (offset.min(total), offset.saturating_add(limit).min(total))
+        }
+        MessageRange::Latest(n) => (total.saturating_sub(n), total),
+    }
+}
+
+/// The event type of a metadata change.
+pub(crate) fn metadata_event_type(change: &MetadataChange) -> crate::model::EventType {
+    match change {
+        MetadataChange::Update(_) => crate::model::EventType::MetadataUpdated,
+        MetadataChange::Delete(_) => crate::model::EventType::MetadataDeleted,
+    }
+}

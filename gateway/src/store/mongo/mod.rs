@@ -32,8 +32,25 @@
 //!   drops events older than the event window (index on `ts`) and tombstones
 //!   whose events are all gone.
 //!
-//! ## Write path
-//! Every mutating call runs in one multi-document transaction that first does a
+//! ## Write paths
+//! **Group commit** (`write_path = "auto"` on MongoDB 8.0+, the default): a
+//! write of a session this gateway knows (it created or last wrote it, or read
+//! it once with one `find`) is built from what it knows — `seq`, agent versions
+//! and message counts, feedback count, metadata — as a conditional update of
+//! the session document whose filter names that `seq`, plus the child document
+//! and the event. One writer task per gateway commits every write queued
+//! meanwhile, of any number of sessions, as **one `bulkWrite` command across
+//! the collections plus `commitTransaction`** (`group_commit.rs`). A write
+//! whose filter no longer matches (another gateway wrote the session; it
+//! expired or was deleted), or whose precondition the kept state cannot decide
+//! (`If-Match` that fails, a message id that is not the next one, a metadata
+//! path MongoDB may refuse), is taken out of the batch and runs as its own
+//! transaction below, which reads the stored state and answers
+//! authoritatively (`fast_path.rs`).
+//!
+//! **One transaction per write** (servers before 8.0, `write_path =
+//! "transaction"`, and every fallback): every mutating call runs in one
+//! multi-document transaction that first does a
 //! conditional `findAndModify` on the session document — the conditions (live
 //! session, agent present, `If-Match` version, next message id) are in the
 //! filter, the update bumps `seq`, stamps `updated_at` and applies the change —
@@ -54,6 +71,9 @@
 //! `complete_event` queues outbox items with `$setOnInsert` upserts: a
 //! duplicate-key insert would abort the whole transaction.
 
+mod fast_path;
+mod group_commit;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, RwLock, Weak};
@@ -73,10 +93,11 @@ use mongodb::options::{
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::Value;
 
-use super::embedded::{message_conflict, message_event_payload, message_gap};
+use self::fast_path::Fast;
 use super::{
     AfterHooked, Appended, ListQuery, MetadataResult, OutboxItem, OutboxState, Page, Retention,
-    SessionStore, StoreError, StoreResult, SweepReport,
+    SessionStore, StoreError, StoreResult, SweepReport, message_conflict, message_event_payload,
+    message_gap,
 };
 use crate::config::MongoConfig;
 use crate::metadata::{self, MetadataChange};
@@ -134,6 +155,11 @@ pub struct MongoStore {
     locks: SessionLocks,
     pool: Arc<PoolStats>,
     after_hooked: std::sync::atomic::AtomicU8,
+    /// The group commit of the fast path; `None` on servers before 8.0 (or
+    /// `write_path = "transaction"`): every write is its own transaction.
+    writer: Option<group_commit::GroupCommit>,
+    /// What the fast path knows of sessions this gateway wrote.
+    known: fast_path::KnownSessions,
 }
 
 /// Connection-pool gauges and counters, kept from the driver's CMAP events.
@@ -337,6 +363,77 @@ async fn commit_with_retry(s: &mut ClientSession) -> Result<(), MongoError> {
 
 fn skey(t: &Tenant, sid: &str) -> String {
     format!("{}/{}", t.as_str(), sid)
+}
+
+/// Drops what the fast path knows of a session when dropped.
+struct Forget<'a>(&'a fast_path::KnownSessions, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+/// The fields of a new session incarnation (with a fresh `uid`), without
+/// `_id` and `seq`.
+fn new_session_fields(
+    t: &Tenant,
+    sid: &str,
+    session_type: &str,
+    metadata: &JsonObject,
+    now: i64,
+) -> Document {
+    doc! {
+        "tenant": t.as_str(),
+        "session_id": sid,
+        "session_type": session_type,
+        "created_at": date(now),
+        "updated_at": date(now),
+        "metadata": obj_to_doc(metadata),
+        "uid": (rand::random::<i64>() & i64::MAX).max(1),
+        "agents": {},
+        "feedbacks": 0i64,
+        "deleted": false,
+    }
+}
+
+/// The message an append stores as id `next`.
+fn new_message(input: &MessageInput, next: u64, now: i64) -> Message {
+    Message {
+        message_id: next,
+        message: input.message.clone(),
+        redact_message: input
+            .redact_message
+            .clone()
+            .filter(|r| r.get().trim() != "null"),
+        event_loop_metrics: input.event_loop_metrics.clone().filter(|v| !v.is_null()),
+        created_at: format_ms(now),
+        updated_at: format_ms(now),
+    }
+}
+
+/// The session-document update of a metadata change: `$set`/`$unset` of
+/// `metadata.<path>`, `updated_at`, and the next `seq`.
+fn metadata_update(change: &MetadataChange, now: i64) -> Document {
+    let mut set = doc! { "updated_at": date(now) };
+    let mut update = Document::new();
+    match change {
+        MetadataChange::Update(assignments) => {
+            for (p, v) in assignments {
+                set.insert(format!("metadata.{p}"), json_to_bson(v));
+            }
+        }
+        MetadataChange::Delete(paths) => {
+            let mut unset = Document::new();
+            for p in paths {
+                unset.insert(format!("metadata.{p}"), "");
+            }
+            update.insert("$unset", unset);
+        }
+    }
+    update.insert("$set", set);
+    update.insert("$inc", doc! { "seq": 1i64 });
+    update
 }
 
 /// An agent id as a field name: dots would be path separators.
@@ -737,7 +834,7 @@ impl MongoStore {
             outbox: db.collection("outbox"),
             purges: db.collection("purges"),
         };
-        let store = Self {
+        let mut store = Self {
             client,
             db,
             c,
@@ -745,7 +842,10 @@ impl MongoStore {
             locks: SessionLocks::default(),
             pool,
             after_hooked: std::sync::atomic::AtomicU8::new(0),
+            writer: None,
+            known: fast_path::KnownSessions::default(),
         };
+        store.writer = store.choose_write_path(cfg).await?;
         let started = std::time::Instant::now();
         tracing::info!("creating MongoDB indexes (idempotent)");
         store.create_indexes(cfg).await?;
@@ -864,6 +964,8 @@ impl MongoStore {
             Some(key) => Some(self.locks.lock(key).await),
             None => None,
         };
+        // Whatever this transaction does, the fast path re-reads the session.
+        let _forget = session_key.map(|key| Forget(&self.known, key));
         let mut s = self
             .client
             .start_session()
@@ -921,6 +1023,82 @@ impl MongoStore {
         }
     }
 
+    /// Which write path this gateway uses: the group commit when the server
+    /// has `bulkWrite` (8.0+) and `write_path` (or `MONGODB_WRITE_PATH`) allows it.
+    async fn choose_write_path(
+        &self,
+        cfg: &MongoConfig,
+    ) -> StoreResult<Option<group_commit::GroupCommit>> {
+        // The environment overrides the default only (e.g. to run a test
+        // suite on the path older servers get).
+        let wanted = match std::env::var("MONGODB_WRITE_PATH") {
+            Ok(v) if !v.is_empty() && cfg.write_path == "auto" => v,
+            _ => cfg.write_path.clone(),
+        };
+        let bulk = match wanted.as_str() {
+            "transaction" => false,
+            "auto" | "group_commit" => {
+                let hello = self
+                    .db
+                    .run_command(doc! { "hello": 1 })
+                    .await
+                    .map_err(|e| mongo_err("hello", &e))?;
+                let has = fast_path::server_has_bulk_write(&hello);
+                if !has && wanted == "group_commit" {
+                    return Err(StoreError::Internal(
+                        "mongodb: write_path = \"group_commit\" needs MongoDB 8.0 or later (bulkWrite)"
+                            .into(),
+                    ));
+                }
+                has
+            }
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "mongodb: write_path {other:?} is not one of \"auto\", \"group_commit\", \"transaction\""
+                )));
+            }
+        };
+        tracing::info!(
+            write_path = if bulk { "group_commit" } else { "transaction" },
+            "MongoDB write path"
+        );
+        Ok(bulk.then(|| group_commit::GroupCommit::start(self.client.clone())))
+    }
+
+    /// The stored form of an event.
+    #[allow(clippy::too_many_arguments)]
+    fn event_doc(
+        &self,
+        tenant: &str,
+        sid: &str,
+        session_type: &str,
+        seq: u64,
+        kind: EventType,
+        now: i64,
+        payload: Value,
+    ) -> StoreResult<Document> {
+        let ev = Event {
+            tenant: tenant.to_owned(),
+            session_id: sid.to_owned(),
+            session_type: session_type.to_owned(),
+            seq,
+            kind,
+            ts: now,
+            payload,
+        };
+        Ok(doc! {
+            "tenant": tenant,
+            "session_id": sid,
+            "key": format!("{tenant}/{sid}"),
+            "seq": to_i64(seq),
+            "type": kind.as_str(),
+            "doc": to_json_text(&ev)?,
+            "ts": date(now),
+            "hooks_pending": self.after_hooked().contains(kind),
+            "lease_until": 0i64,
+        })
+    }
+
     /// Records an event inside a transaction.
     #[allow(clippy::too_many_arguments)]
     async fn insert_event(
@@ -934,26 +1112,7 @@ impl MongoStore {
         now: i64,
         payload: Value,
     ) -> Result<(), TxErr> {
-        let ev = Event {
-            tenant: tenant.to_owned(),
-            session_id: sid.to_owned(),
-            session_type: session_type.to_owned(),
-            seq,
-            kind,
-            ts: now,
-            payload,
-        };
-        let d = doc! {
-            "tenant": tenant,
-            "session_id": sid,
-            "key": format!("{tenant}/{sid}"),
-            "seq": to_i64(seq),
-            "type": kind.as_str(),
-            "doc": to_json_text(&ev)?,
-            "ts": date(now),
-            "hooks_pending": self.after_hooked().contains(kind),
-            "lease_until": 0i64,
-        };
+        let d = self.event_doc(tenant, sid, session_type, seq, kind, now, payload)?;
         self.c.events.insert_one(d).session(&mut *s).await?;
         Ok(())
     }
@@ -1001,20 +1160,8 @@ impl MongoStore {
     ) -> TxResult<Session> {
         let key = skey(t, sid);
         let now = now_ms();
-        let uid = (rand::random::<i64>() & i64::MAX).max(1);
         let update = doc! {
-            "$set": {
-                "tenant": t.as_str(),
-                "session_id": sid,
-                "session_type": session_type,
-                "created_at": date(now),
-                "updated_at": date(now),
-                "metadata": obj_to_doc(metadata),
-                "uid": uid,
-                "agents": {},
-                "feedbacks": 0i64,
-                "deleted": false,
-            },
+            "$set": new_session_fields(t, sid, session_type, metadata, now),
             "$inc": { "seq": 1i64 },
         };
         // Matches a tombstone (revived, keeping its seq) or inserts; a live
@@ -1301,17 +1448,7 @@ impl MongoStore {
         let next = count
             .checked_sub(1)
             .ok_or_else(|| malformed("session document", "message count"))?;
-        let msg = Message {
-            message_id: next,
-            message: input.message.clone(),
-            redact_message: input
-                .redact_message
-                .clone()
-                .filter(|r| r.get().trim() != "null"),
-            event_loop_metrics: input.event_loop_metrics.clone().filter(|v| !v.is_null()),
-            created_at: format_ms(now),
-            updated_at: format_ms(now),
-        };
+        let msg = new_message(input, next, now);
         self.c
             .messages
             .insert_one(doc! {
@@ -1421,24 +1558,7 @@ impl MongoStore {
     ) -> TxResult<MetadataResult> {
         let key = skey(t, sid);
         let now = now_ms();
-        let mut set = doc! { "updated_at": date(now) };
-        let mut update = Document::new();
-        match change {
-            MetadataChange::Update(assignments) => {
-                for (p, v) in assignments {
-                    set.insert(format!("metadata.{p}"), json_to_bson(v));
-                }
-            }
-            MetadataChange::Delete(paths) => {
-                let mut unset = Document::new();
-                for p in paths {
-                    unset.insert(format!("metadata.{p}"), "");
-                }
-                update.insert("$unset", unset);
-            }
-        }
-        update.insert("$set", set);
-        update.insert("$inc", doc! { "seq": 1i64 });
+        let update = metadata_update(change, now);
         let res = self
             .c
             .sessions
@@ -1488,10 +1608,7 @@ impl MongoStore {
         let seq = seq_of(&before)? + 1;
         let session_type = get_str(&before, "session_type", "session document")?;
         let payload = metadata::event_payload(change, &applied);
-        let kind = match change {
-            MetadataChange::Update(_) => EventType::MetadataUpdated,
-            MetadataChange::Delete(_) => EventType::MetadataDeleted,
-        };
+        let kind = super::metadata_event_type(change);
         self.insert_event(s, t.as_str(), sid, session_type, seq, kind, now, payload)
             .await?;
         Ok(Step::Commit(MetadataResult {
@@ -1608,6 +1725,13 @@ impl SessionStore for MongoStore {
             .unwrap_or_else(|| DEFAULT_SESSION_TYPE.to_owned());
         let metadata = new.metadata.unwrap_or_default();
         let (sid, session_type, metadata) = (&sid, &session_type, &metadata);
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.create_fast(t, sid, session_type, metadata).await {
+                return r;
+            }
+        }
         self.transaction("create_session", Some(&skey(t, sid)), |mut s| async move {
             let r = self.create_tx(&mut s, t, sid, session_type, metadata).await;
             (s, r)
@@ -1751,6 +1875,13 @@ impl SessionStore for MongoStore {
     ) -> StoreResult<(Agent, bool)> {
         let text = to_json_text(&body)?;
         let (body, text) = (&body, text.as_str());
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.put_agent_fast(t, sid, aid, body, text, if_match).await {
+                return r;
+            }
+        }
         self.transaction("put_agent", Some(&skey(t, sid)), |mut s| async move {
             let r = self
                 .put_agent_tx(&mut s, t, sid, aid, body, text, if_match)
@@ -1829,6 +1960,13 @@ impl SessionStore for MongoStore {
         input: MessageInput,
     ) -> StoreResult<Appended> {
         let input = &input;
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.append_fast(t, sid, aid, input).await {
+                return r;
+            }
+        }
         self.transaction("append_message", Some(&skey(t, sid)), |mut s| async move {
             let r = self.append_tx(&mut s, t, sid, aid, input).await;
             (s, r)
@@ -1844,12 +1982,7 @@ impl SessionStore for MongoStore {
         range: MessageRange,
     ) -> StoreResult<(Vec<Message>, u64)> {
         let (uid, _, total) = self.read_agent_summary(&skey(t, sid), sid, aid).await?;
-        let (from, to) = match range {
-            MessageRange::Page { limit, offset } => {
-                (offset.min(total), offset.saturating_add(limit).min(total))
-            }
-            MessageRange::Latest(n) => (total.saturating_sub(n), total),
-        };
+        let (from, to) = super::message_bounds(range, total);
         if from >= to {
             return Ok((Vec::new(), total));
         }
@@ -1925,6 +2058,13 @@ impl SessionStore for MongoStore {
         sid: &str,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult> {
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.metadata_fast(t, sid, change).await {
+                return r;
+            }
+        }
         let res = self
             .transaction("change_metadata", Some(&skey(t, sid)), |mut s| async move {
                 let r = self.change_metadata_tx(&mut s, t, sid, change).await;
@@ -1946,6 +2086,13 @@ impl SessionStore for MongoStore {
 
     async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
         let body = &body;
+        if self.writer.is_some() {
+            let key = skey(t, sid);
+            let _turn = self.locks.lock(&key).await;
+            if let Fast::Done(r) = self.feedback_fast(t, sid, body).await {
+                return r;
+            }
+        }
         self.transaction("add_feedback", Some(&skey(t, sid)), |mut s| async move {
             let r = self.add_feedback_tx(&mut s, t, sid, body).await;
             (s, r)

@@ -1,0 +1,338 @@
+//! The MongoDB write paths: the group commit (one `bulkWrite` transaction for
+//! the concurrent writes of many sessions, built from per-session state the
+//! gateway keeps) and the one-transaction-per-write path of servers before
+//! 8.0, alone and side by side on one database, as two gateways would be.
+//! The group-commit gateways are asked for by name (`"group_commit"`), so
+//! `MONGODB_WRITE_PATH=transaction`, which re-runs the other suites on the
+//! per-write path, does not turn these into per-write tests. Needs a server
+//! with `bulkWrite` at `MONGODB_URI` (skipped without it unless
+//! `REQUIRE_MONGODB=1`).
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+
+use gateway::config::MongoConfig;
+use gateway::metadata::MetadataChange;
+use gateway::model::{MessageInput, MessageRange, NewSession, Tenant};
+use gateway::store::mongo::MongoStore;
+use gateway::store::{Appended, SessionStore, StoreError};
+use serde_json::{Value, json};
+
+type Store = Arc<dyn SessionStore>;
+
+fn mongo_config(write_path: &str) -> Option<MongoConfig> {
+    let uri = match std::env::var("MONGODB_URI") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            assert!(
+                std::env::var("REQUIRE_MONGODB").as_deref() != Ok("1"),
+                "REQUIRE_MONGODB=1 but MONGODB_URI is not set"
+            );
+            eprintln!("skipping: MONGODB_URI is not set");
+            return None;
+        }
+    };
+    Some(MongoConfig {
+        uri,
+        database: format!("write_path_{}", uuid::Uuid::new_v4().simple()),
+        server_selection_timeout_ms: 5_000,
+        write_path: write_path.into(),
+        ..MongoConfig::default()
+    })
+}
+
+async fn connect(cfg: &MongoConfig, write_path: &str) -> Store {
+    let cfg = MongoConfig {
+        write_path: write_path.into(),
+        ..cfg.clone()
+    };
+    Arc::new(MongoStore::connect(&cfg).await.expect("connect"))
+}
+
+async fn drop_database(cfg: &MongoConfig) {
+    if let Ok(client) = mongodb::Client::with_uri_str(&cfg.uri).await {
+        let _ = client.database(&cfg.database).drop().await;
+    }
+}
+
+/// Runs `case` on a fresh database, dropping it afterwards even on failure.
+async fn with_db<F, Fut>(case: F)
+where
+    F: FnOnce(MongoConfig) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(cfg) = mongo_config("auto") else {
+        return;
+    };
+    let res = tokio::spawn(case(cfg.clone())).await;
+    drop_database(&cfg).await;
+    if let Err(e) = res {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+fn t() -> Tenant {
+    Tenant("t".into())
+}
+
+fn obj(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().expect("object").clone()
+}
+
+fn msg(id: Option<u64>, body: &str) -> MessageInput {
+    let id = id.map_or_else(|| "null".to_owned(), |i| i.to_string());
+    serde_json::from_str(&format!(r#"{{"message_id":{id},"message":{body}}}"#)).expect("input")
+}
+
+async fn create(s: &Store, sid: &str) {
+    let new: NewSession = serde_json::from_value(json!({ "session_id": sid })).unwrap();
+    s.create_session(&t(), new).await.expect("create");
+}
+
+async fn all_ids(s: &Store, sid: &str, aid: &str) -> (Vec<u64>, u64) {
+    let (msgs, total) = s
+        .list_messages(
+            &t(),
+            sid,
+            aid,
+            MessageRange::Page {
+                limit: 10_000,
+                offset: 0,
+            },
+        )
+        .await
+        .expect("list");
+    (msgs.iter().map(|m| m.message_id).collect(), total)
+}
+
+async fn event_seqs(s: &Store, sid: &str) -> Vec<u64> {
+    s.events_after(&t(), sid, 0, 10_000)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// Two gateways on one database — one group-committing, one writing a
+/// transaction per write — append to one agent concurrently: every id is
+/// used once, densely, and every append has exactly one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_and_per_write_gateways_append_to_one_agent() {
+    with_db(|cfg| async move {
+        let g1 = connect(&cfg, "group_commit").await;
+        let g2 = connect(&cfg, "transaction").await;
+        let g3 = connect(&cfg, "group_commit").await;
+        create(&g1, "s").await;
+        g2.put_agent(&t(), "s", "a", obj(json!({})), None)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for (w, store) in [&g1, &g2, &g3, &g1, &g3].into_iter().enumerate() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    let input = msg(None, &format!(r#"{{"w":{w},"i":{i}}}"#));
+                    match store.append_message(&t(), "s", "a", input).await {
+                        Ok(Appended::Created(_)) => {}
+                        other => panic!("append: {other:?}"),
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let (ids, total) = all_ids(&g3, "s", "a").await;
+        assert_eq!(total, 100);
+        assert_eq!(ids, (0..100).collect::<Vec<u64>>());
+        assert_eq!(event_seqs(&g2, "s").await, (1..=102).collect::<Vec<u64>>());
+        // Explicit ids across gateways: the next one is accepted wherever it
+        // is sent, a repeat is an idempotent retry, a skip is a gap.
+        let a = g1.append_message(&t(), "s", "a", msg(Some(100), "1")).await;
+        assert!(matches!(a, Ok(Appended::Created(_))), "{a:?}");
+        let a = g3.append_message(&t(), "s", "a", msg(Some(100), "1")).await;
+        assert!(matches!(a, Ok(Appended::Existing(_))), "{a:?}");
+        let a = g3.append_message(&t(), "s", "a", msg(Some(101), "2")).await;
+        assert!(matches!(a, Ok(Appended::Created(_))), "{a:?}");
+        let a = g1.append_message(&t(), "s", "a", msg(Some(101), "3")).await;
+        assert!(
+            matches!(
+                a,
+                Err(StoreError::Conflict {
+                    code: "message_conflict",
+                    ..
+                })
+            ),
+            "{a:?}"
+        );
+        let a = g1.append_message(&t(), "s", "a", msg(Some(103), "3")).await;
+        assert!(
+            matches!(
+                a,
+                Err(StoreError::Conflict {
+                    code: "message_id_gap",
+                    ..
+                })
+            ),
+            "{a:?}"
+        );
+        assert_eq!(event_seqs(&g1, "s").await, (1..=104).collect::<Vec<u64>>());
+    })
+    .await;
+}
+
+/// What a gateway keeps of a session goes stale when another gateway writes
+/// it; the next write notices (its filter names the old `seq`) and answers
+/// from the stored state: metadata, `If-Match` and feedbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_state_is_checked_against_other_gateways_writes() {
+    with_db(|cfg| async move {
+        let g1 = connect(&cfg, "group_commit").await;
+        let g2 = connect(&cfg, "group_commit").await;
+        create(&g1, "s").await;
+        let set = |k: &str, v: i64| MetadataChange::Update(vec![(k.to_owned(), json!(v))]);
+        let r = g1.change_metadata(&t(), "s", &set("x", 1)).await.unwrap();
+        assert_eq!(r.seq, 2);
+        let r = g2.change_metadata(&t(), "s", &set("y", 2)).await.unwrap();
+        assert_eq!(r.seq, 3);
+        let r = g1.change_metadata(&t(), "s", &set("z", 3)).await.unwrap();
+        assert_eq!(r.seq, 4);
+        assert_eq!(
+            Value::Object(r.metadata),
+            json!({ "x": 1, "y": 2, "z": 3 }),
+            "built on the other gateway's change"
+        );
+        assert_eq!(r.changed, vec!["z".to_owned()]);
+        let del = MetadataChange::Delete(vec!["y".into()]);
+        let r = g2.change_metadata(&t(), "s", &del).await.unwrap();
+        assert_eq!(Value::Object(r.metadata), json!({ "x": 1, "z": 3 }));
+        let r = g1.change_metadata(&t(), "s", &set("x", 1)).await.unwrap();
+        assert!(r.changed.is_empty(), "x was already 1");
+        assert_eq!(Value::Object(r.metadata), json!({ "x": 1, "z": 3 }));
+
+        // Agent versions.
+        let (a, created) = g1
+            .put_agent(&t(), "s", "a", obj(json!({"v": 1})), Some(0))
+            .await
+            .unwrap();
+        assert_eq!((a.version, created), (1, true));
+        let (a, _) = g2
+            .put_agent(&t(), "s", "a", obj(json!({"v": 2})), Some(1))
+            .await
+            .unwrap();
+        assert_eq!(a.version, 2);
+        let stale = g1
+            .put_agent(&t(), "s", "a", obj(json!({"v": 3})), Some(1))
+            .await;
+        assert_eq!(
+            stale.unwrap_err(),
+            StoreError::VersionMismatch {
+                expected: 1,
+                current: 2
+            }
+        );
+        let (a, created) = g1
+            .put_agent(&t(), "s", "a", obj(json!({"v": 3})), Some(2))
+            .await
+            .unwrap();
+        assert_eq!((a.version, created), (3, false));
+        let again = g2
+            .put_agent(&t(), "s", "a", obj(json!({"v": 4})), Some(0))
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::VersionMismatch { .. })),
+            "{again:?}"
+        );
+        let stored = g2.get_agent(&t(), "s", "a").await.unwrap();
+        assert_eq!(Value::Object(stored.body), json!({"v": 3}));
+        assert_eq!(stored.created_at, a.created_at);
+
+        // Feedbacks, alternating.
+        for (i, g) in [&g1, &g2, &g1, &g2].into_iter().enumerate() {
+            g.add_feedback(&t(), "s", obj(json!({ "i": i })))
+                .await
+                .unwrap();
+        }
+        let fb = g1.list_feedbacks(&t(), "s").await.unwrap();
+        let order: Vec<Value> = fb.iter().map(|f| f.body["i"].clone()).collect();
+        assert_eq!(order, vec![json!(0), json!(1), json!(2), json!(3)]);
+
+        // A session deleted and re-created elsewhere is not written through
+        // what was kept of its first incarnation.
+        g2.delete_session(&t(), "s").await.unwrap();
+        let gone = g1.add_feedback(&t(), "s", obj(json!({}))).await;
+        assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
+        create(&g2, "s").await;
+        let missing = g1.append_message(&t(), "s", "a", msg(None, "1")).await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
+        let seqs = event_seqs(&g1, "s").await;
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<u64>>());
+    })
+    .await;
+}
+
+/// Many sessions written at once are committed together; a refused write in
+/// the same batch (a session id that exists) fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sessions_are_committed_together_and_fail_alone() {
+    with_db(|cfg| async move {
+        let g = connect(&cfg, "group_commit").await;
+        create(&g, "taken").await;
+        let mut tasks = Vec::new();
+        for w in 0..48 {
+            let g = g.clone();
+            tasks.push(tokio::spawn(async move {
+                let sid = if w % 8 == 0 {
+                    "taken".to_owned()
+                } else {
+                    format!("s{w}")
+                };
+                let new: NewSession = serde_json::from_value(json!({ "session_id": sid })).unwrap();
+                match g.create_session(&t(), new).await {
+                    Err(StoreError::Conflict { code, .. }) => {
+                        assert_eq!(code, "session_exists");
+                        return;
+                    }
+                    Err(e) => panic!("create {sid}: {e:?}"),
+                    Ok(_) => {}
+                }
+                g.put_agent(&t(), &sid, "a", obj(json!({})), None)
+                    .await
+                    .unwrap();
+                for i in 0..5 {
+                    g.append_message(&t(), &sid, "a", msg(Some(i), "{}"))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for w in (0..48).filter(|w| w % 8 != 0) {
+            let sid = format!("s{w}");
+            assert_eq!(all_ids(&g, &sid, "a").await, ((0..5).collect(), 5));
+            assert_eq!(event_seqs(&g, &sid).await, (1..=7).collect::<Vec<u64>>());
+        }
+        assert_eq!(event_seqs(&g, "taken").await, vec![1]);
+    })
+    .await;
+}
+
+/// `write_path` accepts "auto", "group_commit" and "transaction" only.
+#[tokio::test]
+async fn write_path_setting_is_checked() {
+    let Some(cfg) = mongo_config("sometimes") else {
+        return;
+    };
+    match MongoStore::connect(&cfg).await {
+        Err(StoreError::Internal(m)) => assert!(m.contains("write_path"), "{m}"),
+        Err(e) => panic!("expected Internal, got {e:?}"),
+        Ok(_) => panic!("accepted write_path = \"sometimes\""),
+    }
+    drop_database(&cfg).await;
+}
