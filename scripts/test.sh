@@ -44,6 +44,9 @@ plugin_unit_tests() {
   cd plugins && cargo test --quiet --target "$(rustc -vV | sed -n 's/^host: //p')"
 }
 gateway_tests() { cargo test --workspace --locked --no-fail-fast "${CARGO_ARGS[@]}"; }
+# The per-write transaction path (what servers before MongoDB 8.0 get) under the
+# store contract, since the default path on SecantusDB is the group commit.
+mongo_transaction_path() { MONGODB_WRITE_PATH=transaction cargo test --locked -p session-gateway --test store_contract; }
 schemathesis() { VENV="$VENV" bash scripts/schemathesis.sh; }
 strands_adapter() {
   VENV="$VENV" GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway" bash examples/strands-adapter/test.sh
@@ -73,6 +76,7 @@ stage "plugin unit tests" plugin_unit_tests
 echo "== gateway tests (embedded + MongoDB at $MONGODB_URI)"
 stage "gateway tests (cargo test)" gateway_tests
 if [[ ${#CARGO_ARGS[@]} -eq 0 ]]; then
+  stage "store contract, per-write MongoDB path" mongo_transaction_path
   stage "schemathesis" schemathesis
   stage "Strands adapter (pytest)" strands_adapter
 fi
