@@ -1060,9 +1060,10 @@ async fn the_sandbox_grants_nothing_and_log_reaches_the_gateway_log() {
     assert!(report["dir"]["err"].is_string(), "listed /: {report}");
     assert_eq!(report["env"], 0, "{report}");
     assert_eq!(report["home"], Value::Null, "{report}");
-    assert_eq!(
-        report["publish"],
-        json!({"err": "Unavailable"}),
+    assert!(
+        report["publish"]["err"]
+            .as_str()
+            .is_some_and(|e| e.contains("unavailable")),
         "a before-hook published: {report}"
     );
     // The host log line, with the plugin's field; nothing of its stdio.
