@@ -190,6 +190,27 @@ pub fn json_depth(v: &serde_json::Value) -> usize {
     max
 }
 
+/// How many levels of objects and arrays nest inside `v`'s own container
+/// (`{"a":[{}]}` is 2; a scalar or an empty container is 0).
+fn container_nesting(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Object(m) => Box::new(m.values()),
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        max = max.max(d);
+        stack.extend(
+            children
+                .filter(|c| c.is_object() || c.is_array())
+                .map(|c| (c, d + 1)),
+        );
+    }
+    max
+}
+
 /// Checks a JSON value against the depth limit and (when `max_bytes` is set)
 /// its serialized size.
 ///
@@ -201,7 +222,10 @@ pub fn check_json(
     limits: &LimitsConfig,
     max_bytes: Option<usize>,
 ) -> Result<(), AppError> {
-    let depth = json_depth(v);
+    // Counted like the body rule (`extract::check_body`): levels of objects
+    // and arrays inside the value's own container, so a whole body passes
+    // here exactly when it passed that rule.
+    let depth = container_nesting(v);
     if depth > limits.max_json_depth {
         return Err(AppError::unprocessable(
             "too_deep",
@@ -232,6 +256,10 @@ mod tests {
     fn depth() {
         assert_eq!(json_depth(&json!(1)), 0);
         assert_eq!(json_depth(&json!({"a": [1, {"b": 2}]})), 3);
+        assert_eq!(container_nesting(&json!(1)), 0);
+        assert_eq!(container_nesting(&json!({"a": 1})), 0);
+        assert_eq!(container_nesting(&json!({"a": [1, {"b": 2}]})), 2);
+        assert_eq!(container_nesting(&json!({"a": [[]]})), 2);
     }
 
     #[test]

@@ -372,7 +372,14 @@ class GatewaySessionRepository(_Core, SessionRepository):
             total = self.get_message_count(session_id, agent_id)
             return self.list_messages(session_id, agent_id, limit=n, offset=max(0, total - n))
         assert resp is not None
-        return _codec.messages_from(_decode(resp).get("messages") or [], resp.body)
+        data = _decode(resp)
+        out = _codec.messages_from(data.get("messages") or [], resp.body)
+        # A gateway caps a page by count and bytes: a `latest` page it shortened
+        # says so (`truncated`) and where the rest starts (`next_offset`).
+        nxt = data.get("next_offset")
+        if data.get("truncated") and nxt is not None and len(out) < n:
+            out.extend(self.list_messages(session_id, agent_id, limit=n - len(out), offset=int(nxt)))
+        return out
 
     def get_message_count(self, session_id: str, agent_id: str) -> int:
         """How many messages the agent has."""
