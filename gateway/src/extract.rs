@@ -268,10 +268,10 @@ impl Query {
 ///   `duplicate_key`), so what is stored is what every JSON reader would see;
 /// - **numbers**: outside the `verbatim` top-level fields (kept as the exact
 ///   text sent), an integer must fit 64 bits (−2^63 … 2^64−1) and any other
-///   number must be exactly what a 64-bit double prints back (`0.1`, `1e300`
-///   are; `1e-400`, `1e400`, `123456789012345678901234567890` and
-///   `0.1000000000000000000001` are not), because such values are stored as
-///   numbers and would come back changed (400 `invalid_number`).
+///   number must be one a 64-bit double holds (see [`number_is_exact`]:
+///   `0.1`, `1e300` are; `1e-400`, `1e400`, `123456789012345678901234567890`
+///   and `0.1000000000000000000001` are not), because such values are stored
+///   as numbers and would come back changed (400 `invalid_number`).
 ///
 /// Malformed JSON is left to the parser, which names the position.
 ///
@@ -396,7 +396,8 @@ pub fn check_body(bytes: &[u8], max_depth: usize, verbatim: &[&str]) -> Result<(
                         "invalid_number",
                         format!(
                             "number {shown} cannot be stored exactly: integers must fit 64 bits \
-                             and other numbers must be what a 64-bit double keeps; send it as a string"
+                             and other numbers a 64-bit double (finite, at most 17 significant \
+                             digits); send it as a string"
                         ),
                     ));
                 }
@@ -411,9 +412,17 @@ pub fn check_body(bytes: &[u8], max_depth: usize, verbatim: &[&str]) -> Result<(
     Ok(())
 }
 
-/// Whether a JSON number token is stored exactly: an integer within 64 bits,
-/// or a number equal to the shortest rendering of its nearest double.
-/// Malformed tokens answer true (the parser refuses them with a position).
+/// Whether a JSON number token is kept: an integer within 64 bits (stored as
+/// that integer), or a number a 64-bit double holds — finite, not a non-zero
+/// value that underflows to zero, and at most 17 significant digits (the
+/// precision of a double: every double's shortest rendering has at most 17,
+/// so whatever a double-based client such as Python or JavaScript writes is
+/// kept and reads back as the same double; its last digit may be written
+/// differently when two shortest renderings are equally close, e.g. Python's
+/// `0.013643264770507812` comes back as `0.013643264770507813`, the same
+/// double). Texts carrying more precision than a double are refused, since
+/// they would come back changed. Malformed tokens answer true (the parser
+/// refuses them with a position).
 pub fn number_is_exact(text: &str) -> bool {
     if !text.contains(['.', 'e', 'E'])
         && (text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok())
@@ -423,11 +432,11 @@ pub fn number_is_exact(text: &str) -> bool {
     let Ok(f) = text.parse::<f64>() else {
         return true;
     };
-    if !f.is_finite() {
+    // No decimal reading: an exponent beyond i64, so infinite or underflowed.
+    let Some((_, digits, _)) = decimal(text) else {
         return false;
-    }
-    let kept = format!("{f:e}");
-    decimal(text).is_some() && decimal(text) == decimal(&kept)
+    };
+    f.is_finite() && (f != 0.0 || digits.is_empty()) && digits.len() <= 17
 }
 
 /// A decimal number as (negative, significant digits, power of ten of the
@@ -485,6 +494,9 @@ mod tests {
             "1.7976931348623157e308",
             "5e-324",
             "0e99",
+            // Python's repr; Rust prints the same double as ...813.
+            "0.013643264770507812",
+            "0.0032854080200195312",
         ] {
             assert!(number_is_exact(ok), "{ok}");
         }
@@ -495,7 +507,7 @@ mod tests {
             "-1e400",
             "18446744073709551616",
             "0.1000000000000000000001",
-            "9007199254740993.0",
+            "9007199254740993.000000000001",
             "1e99999999999999999999",
         ] {
             assert!(!number_is_exact(bad), "{bad}");
