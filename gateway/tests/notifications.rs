@@ -936,7 +936,15 @@ async fn refusals_dead_letters_and_retry(b: Backend) {
     assert_eq!(router["publish_refused"], 1, "{router}");
     aws.receive(&sink, 1).await;
 
-    let v = wait_outbox(&gw, "two dead letters", |v| v["dead"] == 2).await;
+    // The counts and the item list are two reads: wait until both show the
+    // two dead letters (a poll can fall between them as the last one dies).
+    let v = wait_outbox(&gw, "two dead letters", |v| {
+        let dead_items = v["items"].as_array().map_or(0, |items| {
+            items.iter().filter(|i| i["state"] == "dead").count()
+        });
+        v["dead"] == 2 && dead_items == 2
+    })
+    .await;
     assert_eq!(v["pending"], 0, "{v}");
     assert_eq!(
         (
