@@ -43,7 +43,45 @@ plugins_python() { VENV="$VENV" bash plugins/python/build.sh; }
 plugin_unit_tests() {
   cd plugins && cargo test --quiet --target "$(rustc -vV | sed -n 's/^host: //p')"
 }
-gateway_tests() { cargo test --workspace --locked --no-fail-fast "${CARGO_ARGS[@]}"; }
+# The workspace's test binaries, built once, then run TEST_JOBS at a time (default
+# 3; most wait on servers, sockets or deadlines rather than on the CPU), the
+# longest first; each binary's output is printed whole when it ends, after a
+# `Running` line as cargo prints it. With extra arguments (a filter), plain
+# `cargo test` instead.
+gateway_tests() {
+  if [[ ${#CARGO_ARGS[@]} -gt 0 ]]; then
+    cargo test --workspace --locked --no-fail-fast "${CARGO_ARGS[@]}"
+    return
+  fi
+  local list="$LOG_DIR/test-binaries.tsv" out="$LOG_DIR/binaries" failed=()
+  mkdir -p "$out"
+  cargo test --workspace --locked --no-run --message-format=json-render-diagnostics |
+    python3 scripts/test_binaries.py >"$list"
+  echo "running $(wc -l <"$list") test binaries, ${TEST_JOBS:-3} at a time"
+  local name dir exe
+  while IFS=$'\t' read -r name dir exe; do
+    while [[ $(jobs -rp | wc -l) -ge ${TEST_JOBS:-3} ]]; do wait -n || true; done
+    (
+      start=$SECONDS
+      (cd "$dir" && "$exe") >"$out/$name.log" 2>&1
+      echo $? >"$out/$name.rc"
+      {
+        flock 9
+        echo "     Running $name ($((SECONDS - start)) s)"
+        cat "$out/$name.log"
+      } 9>"$out/.print-lock"
+    ) &
+  done <"$list"
+  wait
+  while IFS=$'\t' read -r name dir exe; do
+    [[ "$(cat "$out/$name.rc" 2>/dev/null)" == 0 ]] || failed+=("$name")
+  done <"$list"
+  cargo test --workspace --locked --doc || failed+=("doc tests")
+  if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "== failed test binaries: ${failed[*]}"
+    return 1
+  fi
+}
 # The per-write transaction path (what servers before MongoDB 8.0 get) under the
 # store contract, since the default path on SecantusDB is the group commit.
 mongo_transaction_path() { MONGODB_WRITE_PATH=transaction cargo test --locked -p session-gateway --test store_contract; }
