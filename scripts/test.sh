@@ -62,9 +62,9 @@ gateway_tests() {
   while IFS=$'\t' read -r name dir exe; do
     while [[ $(jobs -rp | wc -l) -ge ${TEST_JOBS:-3} ]]; do wait -n || true; done
     (
-      start=$SECONDS
-      (cd "$dir" && "$exe") >"$out/$name.log" 2>&1
-      echo $? >"$out/$name.rc"
+      start=$SECONDS rc=0
+      (cd "$dir" && "$exe") >"$out/$name.log" 2>&1 || rc=$?
+      echo "$rc" >"$out/$name.rc"
       {
         flock 9
         echo "     Running $name ($((SECONDS - start)) s)"

@@ -169,6 +169,14 @@ async fn fail_open_and_fail_closed(b: Backend) {
     assert_eq!(open["errors"], 1);
 }
 
+/// A breaker whose window (1 ms) ends before the next call: the plugin never
+/// becomes a suspect, so every call runs inline on an instance of its own
+/// rather than being offered to the suspect lane — where, on a loaded machine,
+/// a call can time out before the idle-priority lane instantiates anything,
+/// which would make instance counts depend on the load (the lane has tests of
+/// its own in security_process.rs).
+const NO_SUSPECTS: &str = "breaker = { window_ms = 1 }";
+
 /// The loop and memory-bomb fixtures are stopped within their limits while
 /// other requests keep being served.
 async fn hostile_plugins_are_contained(b: Backend) {
@@ -180,14 +188,14 @@ async fn hostile_plugins_are_contained(b: Backend) {
                 "fixture_loop",
                 "before",
                 &["metadata.update"],
-                "timeout_ms = 50",
+                &format!("timeout_ms = 50\n{NO_SUSPECTS}"),
             ),
             hook(
                 "bomb",
                 "fixture_membomb",
                 "before",
                 &["metadata.delete"],
-                "memory_mb = 16\ntimeout_ms = 5000",
+                &format!("memory_mb = 16\ntimeout_ms = 5000\n{NO_SUSPECTS}"),
             ),
         ]
     );
