@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use super::{Appended, StoreError, StoreResult};
 use crate::metadata::MetadataChange;
-use crate::model::{EventType, JsonObject, Message, MessageInput, MessageRange, format_ms};
+use crate::model::{
+    Agent, EventType, JsonObject, Message, MessageInput, MessageRange, Session, format_ms,
+};
 
 pub(crate) fn message_conflict(mid: u64) -> StoreError {
     StoreError::Conflict {
@@ -160,4 +162,41 @@ pub(crate) fn apply_metadata(
     let applied = crate::metadata::apply(before, change).map_err(metadata_conflict)?;
     let payload = crate::metadata::event_payload(change, &applied);
     Ok((applied, metadata_event_type(change), payload))
+}
+
+/// The answer to `PUT agent`: the agent as stored and whether it was
+/// created (its first version).
+pub(crate) fn put_agent_answer(
+    aid: &str,
+    body: JsonObject,
+    created_at: i64,
+    now: i64,
+    (version, message_count): (u64, u64),
+) -> (Agent, bool) {
+    let agent = Agent {
+        agent_id: aid.to_owned(),
+        body,
+        created_at,
+        updated_at: now,
+        version,
+        message_count,
+    };
+    (agent, version == 1)
+}
+
+/// The answer to creating a session at `now`.
+pub(crate) fn created_session(
+    sid: &str,
+    session_type: &str,
+    metadata: &JsonObject,
+    now: i64,
+) -> Session {
+    Session {
+        session_id: sid.to_owned(),
+        session_type: session_type.to_owned(),
+        created_at: format_ms(now),
+        updated_at: format_ms(now),
+        metadata: metadata.clone(),
+        agents: Vec::new(),
+    }
 }

@@ -21,8 +21,8 @@ use crate::model::{
 use crate::store::{
     AgentData, AppendAt, Appended, ListQuery, MetadataResult, Page, SessionData, StoreError,
     StoreResult, agent_payload, append_at, append_retry, apply_metadata, created_payload,
-    message_bounds, message_event_payload, new_message, session_exists, session_key,
-    stamped_feedback, tenant_key_range,
+    message_bounds, message_event_payload, new_message, put_agent_answer, session_exists,
+    session_key, stamped_feedback, tenant_key_range,
 };
 
 /// The summary of an agent the session has, else `NotFound`.
@@ -237,15 +237,8 @@ impl AgentData for EmbeddedStore {
             drop(agents);
             rec.agents.insert(aid.clone(), summary);
             let payload = agent_payload(&aid, summary.version, prior.is_none());
-            let agent = Agent {
-                agent_id: aid,
-                body: stored.body,
-                created_at,
-                updated_at: now,
-                version: summary.version,
-                message_count: summary.message_count,
-            };
-            let value = (agent, prior.is_none());
+            let summary = (summary.version, summary.message_count);
+            let value = put_agent_answer(&aid, stored.body, created_at, now, summary);
             Ok(Change::Event(EventType::AgentUpdated, payload, value))
         })
         .await

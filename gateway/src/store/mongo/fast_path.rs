@@ -36,11 +36,11 @@ use super::group_commit::{Guard, Outcome};
 use super::writes::At;
 use crate::metadata::MetadataChange;
 use crate::model::{
-    Agent, EventType, Feedback, JsonObject, Message, MessageInput, Session, format_ms, now_ms,
+    Agent, EventType, Feedback, JsonObject, Message, MessageInput, Session, now_ms,
 };
 use crate::store::{
     Appended, MetadataResult, StoreResult, agent_payload, apply_metadata, created_payload,
-    message_event_payload, new_message, stamped_feedback,
+    created_session, message_event_payload, new_message, put_agent_answer, stamped_feedback,
 };
 
 /// Sessions whose state is kept, at most (past it the cache starts over).
@@ -261,14 +261,7 @@ impl MongoStore {
             known_or_fallback!(self.next_event(at, &k, EventType::SessionCreated, now, payload));
         let models = vec![insert_model(&self.c.sessions, session), event];
         k.seq = 1;
-        let value = Session {
-            session_id: at.sid.to_owned(),
-            session_type: session_type.to_owned(),
-            created_at: format_ms(now),
-            updated_at: format_ms(now),
-            metadata: metadata.clone(),
-            agents: Vec::new(),
-        };
+        let value = created_session(at.sid, session_type, metadata, now);
         self.commit_fast(&at.key, Guard::Insert, models, k, value)
             .await
     }
@@ -320,16 +313,12 @@ impl MongoStore {
                 created_at: Some(created_at),
             },
         );
-        let value = (
-            Agent {
-                agent_id: aid.to_owned(),
-                body: body.0.clone(),
-                created_at,
-                updated_at: now,
-                version,
-                message_count,
-            },
-            created,
+        let value = put_agent_answer(
+            aid,
+            body.0.clone(),
+            created_at,
+            now,
+            (version, message_count),
         );
         self.commit_fast(&at.key, Guard::Update, models, k, value)
             .await

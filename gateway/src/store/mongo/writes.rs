@@ -27,12 +27,13 @@ use super::txn::{
 use crate::metadata::MetadataChange;
 use crate::model::{
     Agent, Event, EventType, Feedback, JsonObject, Message, MessageInput, MessagePatch, Session,
-    format_ms, now_ms,
+    now_ms,
 };
 use crate::store::{
     AppendAt, Appended, MetadataResult, StoreError, StoreResult, agent_payload, append_at,
-    append_retry, apply_metadata, created_payload, message_event_payload, metadata_conflict,
-    new_message, session_exists, session_key, stamped_feedback,
+    append_retry, apply_metadata, created_payload, created_session, message_event_payload,
+    metadata_conflict, new_message, put_agent_answer, session_exists, session_key,
+    stamped_feedback,
 };
 
 /// The session a write is about.
@@ -205,14 +206,12 @@ impl MongoStore {
         let payload = created_payload(session_type, metadata);
         self.record(s, at, &after, EventType::SessionCreated, now, payload)
             .await?;
-        Ok(Step::Commit(Session {
-            session_id: at.sid.to_owned(),
-            session_type: session_type.to_owned(),
-            created_at: format_ms(now),
-            updated_at: format_ms(now),
-            metadata: metadata.clone(),
-            agents: Vec::new(),
-        }))
+        Ok(Step::Commit(created_session(
+            at.sid,
+            session_type,
+            metadata,
+            now,
+        )))
     }
 
     /// Turns the session matched by `filter` (`_id` included) into a
@@ -306,17 +305,9 @@ impl MongoStore {
         let payload = agent_payload(aid, version, created);
         self.record(s, at, &after, EventType::AgentUpdated, now, payload)
             .await?;
-        Ok(Step::Commit((
-            Agent {
-                agent_id: aid.to_owned(),
-                body: body.0.clone(),
-                created_at,
-                updated_at: now,
-                version,
-                message_count,
-            },
-            created,
-        )))
+        let summary = (version, message_count);
+        let answer = put_agent_answer(aid, body.0.clone(), created_at, now, summary);
+        Ok(Step::Commit(answer))
     }
 
     pub(super) async fn append_tx(
