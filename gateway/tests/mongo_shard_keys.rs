@@ -538,3 +538,76 @@ async fn layout_1_database_is_migrated_at_start() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// The claims read candidates across sessions and then take each by its key
+/// with the claim's condition in the filter: two gateways claiming at once
+/// never hold the same event or outbox item, and between them take all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_claim_each_item_once() {
+    let Some(cfg) = mongo_config() else { return };
+    let res = tokio::spawn({
+        let cfg = cfg.clone();
+        async move {
+            let seen: Seen = Arc::default();
+            let g1 = Arc::new(connect(&cfg, "auto", &seen).await);
+            let g2 = Arc::new(connect(&cfg, "auto", &seen).await);
+            let hooked = AfterHooked::default().with(EventType::MetadataUpdated);
+            g1.set_after_hooked(hooked);
+            let t = &t();
+            for i in 0..6 {
+                let sid = format!("s{i}");
+                let new: NewSession = serde_json::from_value(json!({ "session_id": sid })).unwrap();
+                g1.create_session(t, new).await.unwrap();
+                for j in 0..5 {
+                    let set = MetadataChange::Update(vec![("k".into(), json!(j))]);
+                    g1.change_metadata(t, &sid, &set).await.unwrap();
+                }
+            }
+            let now = gateway::model::now_ms();
+            let claim_all = |g: Arc<MongoStore>| async move {
+                let mut got = Vec::new();
+                loop {
+                    let evs = g.claim_pending_events(now, 60_000, 4).await.unwrap();
+                    if evs.is_empty() {
+                        return got;
+                    }
+                    got.extend(evs.into_iter().map(|e| (e.session_id, e.seq)));
+                }
+            };
+            let (a, b) = tokio::join!(claim_all(g1.clone()), claim_all(g2.clone()));
+            let mut all: Vec<_> = a.iter().chain(&b).cloned().collect();
+            all.sort();
+            let n = all.len();
+            all.dedup();
+            assert_eq!(n, all.len(), "an event was claimed twice");
+            assert_eq!(n, 30);
+            // The outbox: 30 items, claimed by both at once, each once.
+            for (i, (sid, seq)) in all.iter().enumerate() {
+                let items = vec![outbox_item(&format!("n{i}"), sid)];
+                g1.complete_event("t", sid, *seq, items).await.unwrap();
+            }
+            let claim_out = |g: Arc<MongoStore>| async move {
+                let mut got = Vec::new();
+                loop {
+                    let items = g.claim_outbox(now, 60_000, 4).await.unwrap();
+                    if items.is_empty() {
+                        return got;
+                    }
+                    got.extend(items.into_iter().map(|i| i.id));
+                }
+            };
+            let (a, b) = tokio::join!(claim_out(g1.clone()), claim_out(g2.clone()));
+            let mut ids: Vec<_> = a.iter().chain(&b).cloned().collect();
+            ids.sort();
+            let n = ids.len();
+            ids.dedup();
+            assert_eq!(n, ids.len(), "an outbox item was claimed twice");
+            assert_eq!(n, 30);
+        }
+    })
+    .await;
+    drop_database(&cfg).await;
+    if let Err(e) = res {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

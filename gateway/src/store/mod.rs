@@ -539,3 +539,33 @@ pub trait RetentionPolicy: Send + Sync {
     /// `session.deleted` events) and the events past the event window.
     async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PoolMetrics, StoreMetrics, render_metrics};
+
+    /// The exposition lines are the ones `/metrics` has always shown.
+    #[test]
+    fn metrics_render_as_before() {
+        assert_eq!(render_metrics(&StoreMetrics::default()), "");
+        let m = StoreMetrics {
+            pool: Some(PoolMetrics {
+                in_use: 2,
+                idle: 3,
+                checkout_failures: 4,
+                pool_cleared: 5,
+            }),
+        };
+        let want = "# HELP gateway_mongodb_connections Connections of the driver's pool by state.\n\
+# TYPE gateway_mongodb_connections gauge\n\
+gateway_mongodb_connections{state=\"in_use\"} 2\n\
+gateway_mongodb_connections{state=\"idle\"} 3\n\
+# HELP gateway_mongodb_checkout_failures_total Connection checkouts that failed.\n\
+# TYPE gateway_mongodb_checkout_failures_total counter\n\
+gateway_mongodb_checkout_failures_total 4\n\
+# HELP gateway_mongodb_pool_cleared_total Times the pool was cleared (server went away).\n\
+# TYPE gateway_mongodb_pool_cleared_total counter\n\
+gateway_mongodb_pool_cleared_total 5\n";
+        assert_eq!(render_metrics(&m), want);
+    }
+}

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use mongodb::ClientSession;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 
 use super::MongoStore;
 use super::codec::{date, from_doc_text, get_str, int, outbox_fields, to_i64, uint};
@@ -24,6 +24,9 @@ fn events_from(docs: &[Document]) -> StoreResult<Vec<Event>> {
         .map(|d| from_doc_text::<Event>(d, "doc", "event document"))
         .collect()
 }
+
+/// Rounds of "read candidates, claim each" one claim call makes at most.
+pub(super) const CLAIM_ROUNDS: usize = 4;
 
 fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
@@ -122,36 +125,53 @@ impl EventLog for MongoStore {
             return Ok(Vec::new());
         }
         let due = doc! { "hooks_pending": true, "lease_until": { "$lte": now } };
-        let find = self
-            .c
-            .events
-            .find(due.clone())
-            .sort(doc! { "ts": 1, "key": 1, "seq": 1 })
-            .projection(doc! { "key": 1, "seq": 1 })
-            .limit(limit_i64(limit));
-        let candidates = collect("claim_pending_events", find).await?;
-        // One atomic claim per event, by its key, still due: gateways sharing
-        // the database never hold the same lease.
-        let mut out = Vec::with_capacity(candidates.len());
-        for c in &candidates {
-            let (Ok(key), Some(seq)) = (get_str(c, "key", "event document"), int(c.get("seq")))
-            else {
-                continue;
-            };
-            let mut filter = doc! { "key": key, "seq": seq };
-            filter.extend(due.clone());
-            let claimed = self
+        let mut out = Vec::new();
+        // Each candidate is tried once per call (a zero lease leaves it due).
+        let mut tried: Vec<Bson> = Vec::new();
+        // Candidates another gateway took meanwhile are leased, so the next
+        // round's read skips them; bounded in rounds.
+        for _ in 0..CLAIM_ROUNDS {
+            let find = self
                 .c
                 .events
-                .find_one_and_update(
-                    filter,
-                    doc! { "$set": { "lease_until": now.saturating_add(lease_ms) } },
-                )
-                .projection(doc! { "doc": 1 })
-                .await
-                .map_err(|e| mongo_err("claim_pending_events", &e))?;
-            if let Some(d) = claimed {
-                out.push(from_doc_text::<Event>(&d, "doc", "event document")?);
+                .find({
+                    let mut f = due.clone();
+                    f.insert("_id", doc! { "$nin": tried.clone() });
+                    f
+                })
+                .sort(doc! { "ts": 1, "key": 1, "seq": 1 })
+                .projection(doc! { "key": 1, "seq": 1 })
+                .limit(limit_i64(limit - out.len()));
+            let candidates = collect("claim_pending_events", find).await?;
+            if candidates.is_empty() {
+                break;
+            }
+            // One atomic claim per event, by its key, still due: gateways
+            // sharing the database never hold the same lease.
+            tried.extend(candidates.iter().filter_map(|c| c.get("_id").cloned()));
+            for c in &candidates {
+                let (Ok(key), Some(seq)) = (get_str(c, "key", "event document"), int(c.get("seq")))
+                else {
+                    continue;
+                };
+                let mut filter = doc! { "key": key, "seq": seq };
+                filter.extend(due.clone());
+                let claimed = self
+                    .c
+                    .events
+                    .find_one_and_update(
+                        filter,
+                        doc! { "$set": { "lease_until": now.saturating_add(lease_ms) } },
+                    )
+                    .projection(doc! { "doc": 1 })
+                    .await
+                    .map_err(|e| mongo_err("claim_pending_events", &e))?;
+                if let Some(d) = claimed {
+                    out.push(from_doc_text::<Event>(&d, "doc", "event document")?);
+                }
+            }
+            if out.len() >= limit {
+                break;
             }
         }
         Ok(out)
