@@ -9,11 +9,12 @@
 //! names its session.
 
 use async_trait::async_trait;
-use mongodb::ClientSession;
 use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::ReturnDocument;
+use mongodb::{ClientSession, Collection};
 
 use super::MongoStore;
-use super::codec::{date, from_doc_text, get_str, int, outbox_fields, to_i64, uint};
+use super::codec::{date, from_doc_text, outbox_fields, to_i64, uint};
 use super::sessions::collect;
 use super::txn::{Step, TxResult, mongo_err};
 use crate::model::{Event, Tenant};
@@ -26,7 +27,77 @@ fn events_from(docs: &[Document]) -> StoreResult<Vec<Event>> {
 }
 
 /// Rounds of "read candidates, claim each" one claim call makes at most.
-pub(super) const CLAIM_ROUNDS: usize = 4;
+const CLAIM_ROUNDS: usize = 4;
+
+/// A claim of queued documents (pending after-hooks, due notifications) by
+/// gateways sharing the database: candidates are read across sessions, then
+/// each is taken by the fields that name it (its shard key first) with `due`
+/// repeated in the filter, so exactly one gateway takes it and the write
+/// goes to one shard.
+pub(super) struct Claim<'a> {
+    pub op: &'static str,
+    pub coll: &'a Collection<Document>,
+    /// What makes a document claimable.
+    pub due: Document,
+    /// Which candidates come first.
+    pub sort: Document,
+    /// The fields naming one document.
+    pub key: &'static [&'static str],
+    /// The lease the claim sets.
+    pub set: Document,
+    /// Projection of the claimed documents returned (as before the claim).
+    pub returned: Option<Document>,
+}
+
+impl Claim<'_> {
+    /// Claims up to `limit` documents, in rounds: candidates another gateway
+    /// took meanwhile are no longer due, so the next round's read skips them.
+    pub async fn run(&self, limit: usize) -> StoreResult<Vec<Document>> {
+        let mut out = Vec::new();
+        // Each candidate is tried once per call (a zero lease leaves it due).
+        let mut tried: Vec<Bson> = Vec::new();
+        let mut proj = doc! { "_id": 1 };
+        for k in self.key {
+            proj.insert(*k, 1);
+        }
+        for _ in 0..CLAIM_ROUNDS {
+            if out.len() >= limit {
+                break;
+            }
+            let mut filter = self.due.clone();
+            filter.insert("_id", doc! { "$nin": tried.clone() });
+            let find = self
+                .coll
+                .find(filter)
+                .sort(self.sort.clone())
+                .projection(proj.clone())
+                .limit(limit_i64(limit - out.len()));
+            let candidates = collect(self.op, find).await?;
+            if candidates.is_empty() {
+                break;
+            }
+            tried.extend(candidates.iter().filter_map(|c| c.get("_id").cloned()));
+            for c in &candidates {
+                let mut filter = Document::new();
+                for k in self.key {
+                    filter.insert(*k, c.get(*k).cloned().unwrap_or(Bson::Null));
+                }
+                filter.extend(self.due.clone());
+                let mut take = self
+                    .coll
+                    .find_one_and_update(filter, doc! { "$set": self.set.clone() })
+                    .return_document(ReturnDocument::Before);
+                if let Some(p) = &self.returned {
+                    take = take.projection(p.clone());
+                }
+                if let Some(d) = take.await.map_err(|e| mongo_err(self.op, &e))? {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
 
 fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
@@ -124,57 +195,16 @@ impl EventLog for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let due = doc! { "hooks_pending": true, "lease_until": { "$lte": now } };
-        let mut out = Vec::new();
-        // Each candidate is tried once per call (a zero lease leaves it due).
-        let mut tried: Vec<Bson> = Vec::new();
-        // Candidates another gateway took meanwhile are leased, so the next
-        // round's read skips them; bounded in rounds.
-        for _ in 0..CLAIM_ROUNDS {
-            let find = self
-                .c
-                .events
-                .find({
-                    let mut f = due.clone();
-                    f.insert("_id", doc! { "$nin": tried.clone() });
-                    f
-                })
-                .sort(doc! { "ts": 1, "key": 1, "seq": 1 })
-                .projection(doc! { "key": 1, "seq": 1 })
-                .limit(limit_i64(limit - out.len()));
-            let candidates = collect("claim_pending_events", find).await?;
-            if candidates.is_empty() {
-                break;
-            }
-            // One atomic claim per event, by its key, still due: gateways
-            // sharing the database never hold the same lease.
-            tried.extend(candidates.iter().filter_map(|c| c.get("_id").cloned()));
-            for c in &candidates {
-                let (Ok(key), Some(seq)) = (get_str(c, "key", "event document"), int(c.get("seq")))
-                else {
-                    continue;
-                };
-                let mut filter = doc! { "key": key, "seq": seq };
-                filter.extend(due.clone());
-                let claimed = self
-                    .c
-                    .events
-                    .find_one_and_update(
-                        filter,
-                        doc! { "$set": { "lease_until": now.saturating_add(lease_ms) } },
-                    )
-                    .projection(doc! { "doc": 1 })
-                    .await
-                    .map_err(|e| mongo_err("claim_pending_events", &e))?;
-                if let Some(d) = claimed {
-                    out.push(from_doc_text::<Event>(&d, "doc", "event document")?);
-                }
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        let claim = Claim {
+            op: "claim_pending_events",
+            coll: &self.c.events,
+            due: doc! { "hooks_pending": true, "lease_until": { "$lte": now } },
+            sort: doc! { "ts": 1, "key": 1, "seq": 1 },
+            key: &["key", "seq"],
+            set: doc! { "lease_until": now.saturating_add(lease_ms) },
+            returned: Some(doc! { "doc": 1 }),
+        };
+        events_from(&claim.run(limit).await?)
     }
 
     async fn complete_event(

@@ -5,12 +5,12 @@
 //! condition in the filter, so one gateway holds each lease.
 
 use async_trait::async_trait;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 
 use super::MongoStore;
-use super::codec::{get_str, outbox_from_doc, state_str};
-use super::events::CLAIM_ROUNDS;
+use super::codec::{outbox_from_doc, state_str};
+use super::events::Claim;
 use super::sessions::collect;
 use super::txn::mongo_err;
 use crate::store::{OutboxItem, OutboxQueue, OutboxState, StoreResult, outbox_not_found};
@@ -34,57 +34,24 @@ impl OutboxQueue for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let due = doc! {
-            "state": state_str(OutboxState::Pending),
-            "next_attempt_at": { "$lte": now },
+        let claim = Claim {
+            op: "claim_outbox",
+            coll: &self.c.outbox,
+            due: doc! {
+                "state": state_str(OutboxState::Pending),
+                "next_attempt_at": { "$lte": now },
+            },
+            sort: doc! { "next_attempt_at": 1, "created_at": 1, "_id": 1 },
+            key: &["_id"],
+            set: doc! { "next_attempt_at": now.saturating_add(lease_ms) },
+            returned: None,
         };
-        let mut out = Vec::new();
-        // Each candidate is tried once per call (a zero lease leaves it due).
-        let mut tried: Vec<Bson> = Vec::new();
-        // Candidates another gateway took meanwhile are no longer due, so
-        // the next round's read skips them; bounded in rounds.
-        for _ in 0..CLAIM_ROUNDS {
-            let find = self
-                .c
-                .outbox
-                .find({
-                    let mut f = due.clone();
-                    f.insert("_id", doc! { "$nin": tried.clone() });
-                    f
-                })
-                .sort(doc! { "next_attempt_at": 1, "created_at": 1, "_id": 1 })
-                .projection(doc! { "_id": 1 })
-                .limit(i64::try_from(limit - out.len()).unwrap_or(i64::MAX));
-            let candidates = collect("claim_outbox", find).await?;
-            if candidates.is_empty() {
-                break;
-            }
-            tried.extend(candidates.iter().filter_map(|c| c.get("_id").cloned()));
-            for c in &candidates {
-                let Ok(id) = get_str(c, "_id", "outbox document") else {
-                    continue;
-                };
-                let mut filter = doc! { "_id": id };
-                filter.extend(due.clone());
-                let claimed = self
-                    .c
-                    .outbox
-                    .find_one_and_update(
-                        filter,
-                        doc! { "$set": { "next_attempt_at": now.saturating_add(lease_ms) } },
-                    )
-                    .return_document(ReturnDocument::Before)
-                    .await
-                    .map_err(|e| mongo_err("claim_outbox", &e))?;
-                if let Some(d) = claimed {
-                    out.push(outbox_from_doc(&d)?);
-                }
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        claim
+            .run(limit)
+            .await?
+            .iter()
+            .map(outbox_from_doc)
+            .collect()
     }
 
     async fn outbox_delivered(&self, id: &str) -> StoreResult<()> {
