@@ -3,7 +3,7 @@
 //! ## Layout of this module
 //! | file | what it holds |
 //! |---|---|
-//! | `mod.rs` | the store, its writer thread (group commit) and read helpers, [`mutate`](EmbeddedStore) |
+//! | `mod.rs` | the store, its writer thread (group commit), `mutate` (every write to a session) and the read helpers |
 //! | `tables.rs` | the tables, the stored records, and the helpers used inside transactions |
 //! | `sessions.rs` | the [`SessionData`](crate::store::SessionData) and [`AgentData`](crate::store::AgentData) methods |
 //! | `events.rs` | the event log, the after-hook queue and the retention sweep |
@@ -12,14 +12,14 @@
 //! ## Schema (one redb file)
 //! | table | key | value |
 //! |---|---|---|
-//! | `sessions` | `"<tenant>/<sid>"` | [`SessionRecord`] (JSON): header, metadata, agent summaries, event seq |
-//! | `agents` | `(uid, agent_id)` | [`AgentRecord`] (JSON): the client's body and times |
-//! | `messages` | `(uid, agent_id, message_id)` | [`Message`] (JSON; `message` kept as raw text) |
+//! | `sessions` | `"<tenant>/<sid>"` | `SessionRecord` (JSON): header, metadata, agent summaries, event seq |
+//! | `agents` | `(uid, agent_id)` | `AgentRecord` (JSON): the client's body and times |
+//! | `messages` | `(uid, agent_id, message_id)` | [`Message`](crate::model::Message) (JSON; `message` kept as raw text) |
 //! | `feedbacks` | `(uid, index)` | feedback object (JSON) |
-//! | `events` | `("<tenant>/<sid>", seq)` | [`Event`] (JSON) |
+//! | `events` | `("<tenant>/<sid>", seq)` | [`Event`](crate::model::Event) (JSON) |
 //! | `events_by_ts` | `(ts, "<tenant>/<sid>", seq)` | — (index for the event window) |
 //! | `hook_queue` | `("<tenant>/<sid>", seq)` | claim lease (Unix ms) of an event whose after-hooks are pending |
-//! | `outbox` | notification id | [`OutboxItem`] (JSON) |
+//! | `outbox` | notification id | [`OutboxItem`](crate::store::OutboxItem) (JSON) |
 //! | `meta` | name | counter (next session uid) |
 //!
 //! `uid` is a per-incarnation number: deleting a session purges its children

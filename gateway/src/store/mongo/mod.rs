@@ -96,11 +96,11 @@
 //! conditional `findAndModify` on the session document — the conditions (live
 //! session, agent present, `If-Match` version, next message id) are in the
 //! filter, the update bumps `seq`, stamps `updated_at` and applies the change —
-//! and then inserts the child document and the [`Event`]. When the filter
+//! and then inserts the child document and the [`Event`](crate::model::Event). When the filter
 //! matches nothing, a read inside the same transaction says why (a read-only
 //! outcome such as an idempotent append retry aborts, writing nothing).
 //! Metadata changes are `$set`/`$unset` of `metadata.<path>`; the answer is
-//! computed with [`metadata::apply`] from the document as it was, which also
+//! computed with [`metadata::apply`](crate::metadata::apply) from the document as it was, which also
 //! refuses (and so aborts) anything MongoDB would have applied differently.
 //!
 //! The session document is the per-session lock: two transactions writing one
