@@ -306,6 +306,6 @@ pub async fn render(state: &AppState) -> String {
         let _ = writeln!(out, "gateway_outbox_items{{state=\"pending\"}} {pending}");
         let _ = writeln!(out, "gateway_outbox_items{{state=\"dead\"}} {dead}");
     }
-    out.push_str(&state.store.metrics_text());
+    out.push_str(&crate::store::render_metrics(&state.store.metrics()));
     out
 }

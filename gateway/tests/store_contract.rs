@@ -228,7 +228,7 @@ async fn mongo_purges_deleted_children() {
                 .unwrap();
             db.collection::<Document>("messages")
                 .insert_one(
-                    doc! { "uid": orphan, "agent_id": "a", "message_id": 0i64, "doc": "{}" },
+                    doc! { "key": "t/gone", "uid": orphan, "agent_id": "a", "message_id": 0i64, "doc": "{}" },
                 )
                 .await
                 .unwrap();

@@ -1,18 +1,36 @@
 //! Storage: one contract, two implementations.
 //!
 //! [`SessionStore`] is what the HTTP layer talks to, as `Arc<dyn SessionStore>`.
+//! It is the sum of one trait per concern, each small enough to read at once:
+//!
+//! | trait | concern |
+//! |---|---|
+//! | [`Backend`] | name, health, whether other gateways share it, metrics (as numbers) |
+//! | [`SessionData`] | sessions, their metadata and feedbacks |
+//! | [`AgentData`] | agents and their messages |
+//! | [`EventLog`] | the change-event log (SSE, other gateways) and the after-hook queue |
+//! | [`OutboxQueue`] | notifications published by after-hooks, until delivered |
+//! | [`RetentionPolicy`] | session and event lifetimes, and the sweep that applies them |
+//!
+//! Callers hold an `Arc<dyn SessionStore>` and call any method on it; code
+//! that names the concern traits needs one `use crate::store::prelude::*`.
 //! Every mutating method commits its change **and** the matching [`Event`] in one
 //! atomic step (one redb write transaction; one MongoDB transaction), so the
 //! change-event log that feeds after-hooks, notifications and the SSE stream can
 //! never miss or invent a change. Both implementations run the same contract
-//! suite in `tests/store_contract.rs`.
+//! suite in `tests/store_contract.rs`. Logic both backends share (paging
+//! bounds, change → event type, message conflicts and gaps, event payloads)
+//! lives in `common.rs`.
 //!
 //! - [`embedded`]: redb on local disk, group-committed and fsynced; the zero-setup default.
 //! - [`mongo`]: the official driver with one pooled client; messages live in
 //!   their own collection so a session has no size ceiling.
 
+mod common;
 pub mod embedded;
 pub mod mongo;
+
+pub(crate) use common::*;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -224,19 +242,92 @@ pub struct SweepReport {
     pub events: u64,
 }
 
-/// The storage contract every backend honours.
+/// Everything a caller of the store needs in scope: the contract, its
+/// concern traits and the types their methods take and return.
+pub mod prelude {
+    pub use super::{
+        AgentData, Appended, Backend, EventLog, ListQuery, MetadataResult, OutboxItem, OutboxQueue,
+        OutboxState, Page, Retention, RetentionPolicy, SessionData, SessionStore, StoreError,
+        StoreMetrics, StoreResult,
+    };
+}
+
+/// The storage contract every backend honours: every concern trait below.
 ///
 /// All methods are scoped to a tenant: a session of another tenant is
 /// indistinguishable from a missing one. Every mutating method is atomic: on
-/// error nothing was written.
+/// error nothing was written. Object-safe: used as `Arc<dyn SessionStore>`.
+pub trait SessionStore:
+    Send + Sync + 'static + Backend + SessionData + AgentData + EventLog + OutboxQueue + RetentionPolicy
+{
+}
+
+/// Connection-pool figures of a backend that has a pool (MongoDB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolMetrics {
+    /// Connections checked out.
+    pub in_use: u64,
+    /// Open connections not checked out.
+    pub idle: u64,
+    /// Connection checkouts that failed (counter).
+    pub checkout_failures: u64,
+    /// Times the pool was cleared because the server went away (counter).
+    pub pool_cleared: u64,
+}
+
+/// A backend's own metrics, as numbers (rendering is the caller's business;
+/// [`render_metrics`] gives today's Prometheus text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// The driver's connection pool, when the backend has one.
+    pub pool: Option<PoolMetrics>,
+}
+
+/// Renders [`StoreMetrics`] in the Prometheus text exposition format (empty
+/// when the backend has nothing to report).
+#[must_use]
+pub fn render_metrics(m: &StoreMetrics) -> String {
+    let Some(p) = m.pool else {
+        return String::new();
+    };
+    format!(
+        "# HELP gateway_mongodb_connections Connections of the driver's pool by state.\n\
+         # TYPE gateway_mongodb_connections gauge\n\
+         gateway_mongodb_connections{{state=\"in_use\"}} {}\n\
+         gateway_mongodb_connections{{state=\"idle\"}} {}\n\
+         # HELP gateway_mongodb_checkout_failures_total Connection checkouts that failed.\n\
+         # TYPE gateway_mongodb_checkout_failures_total counter\n\
+         gateway_mongodb_checkout_failures_total {}\n\
+         # HELP gateway_mongodb_pool_cleared_total Times the pool was cleared (server went away).\n\
+         # TYPE gateway_mongodb_pool_cleared_total counter\n\
+         gateway_mongodb_pool_cleared_total {}\n",
+        p.in_use, p.idle, p.checkout_failures, p.pool_cleared,
+    )
+}
+
+/// What the backend is: its name, health and metrics.
 #[async_trait]
-pub trait SessionStore: Send + Sync + 'static {
+pub trait Backend: Send + Sync {
     /// Human-readable backend name, for logs and `/readyz`.
     fn name(&self) -> &'static str;
 
     /// Checks the backend answers.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Whether other gateways may write to this store too (then SSE feeds
+    /// must poll for their events; see [`crate::stream`]).
+    fn is_shared(&self) -> bool;
+
+    /// Backend-specific metrics (e.g. the MongoDB connection pool); empty
+    /// when the backend has none.
+    fn metrics(&self) -> StoreMetrics {
+        StoreMetrics::default()
+    }
+}
+
+/// Sessions, their metadata and their feedbacks.
+#[async_trait]
+pub trait SessionData: Send + Sync {
     /// Creates a session. `Conflict(session_exists)` when the id is taken.
     async fn create_session(&self, t: &Tenant, new: NewSession) -> StoreResult<Session>;
 
@@ -252,6 +343,27 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes a session with its agents, messages and feedbacks.
     async fn delete_session(&self, t: &Tenant, sid: &str) -> StoreResult<()>;
 
+    /// Reads a session's metadata.
+    async fn get_metadata(&self, t: &Tenant, sid: &str) -> StoreResult<JsonObject>;
+
+    /// Applies a validated metadata change.
+    async fn change_metadata(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        change: &MetadataChange,
+    ) -> StoreResult<MetadataResult>;
+
+    /// Adds a validated feedback; the store stamps `created_at`.
+    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback>;
+
+    /// Lists a session's feedbacks in the order they were added.
+    async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>>;
+}
+
+/// Agents and their messages.
+#[async_trait]
+pub trait AgentData: Send + Sync {
     /// Creates or replaces an agent. `if_match` must equal the stored version.
     /// Returns the agent and whether it was created.
     async fn put_agent(
@@ -301,49 +413,19 @@ pub trait SessionStore: Send + Sync + 'static {
         mid: u64,
         patch: MessagePatch,
     ) -> StoreResult<Message>;
+}
 
-    /// Reads a session's metadata.
-    async fn get_metadata(&self, t: &Tenant, sid: &str) -> StoreResult<JsonObject>;
-
-    /// Applies a validated metadata change.
-    async fn change_metadata(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        change: &MetadataChange,
-    ) -> StoreResult<MetadataResult>;
-
-    /// Adds a validated feedback; the store stamps `created_at`.
-    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback>;
-
-    /// Lists a session's feedbacks in the order they were added.
-    async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>>;
-
+/// The change-event log: one event per committed change, read by SSE feeds
+/// and other gateways, and the queue of events whose after-hooks are pending.
+#[async_trait]
+pub trait EventLog: Send + Sync {
     /// Sets which event types are queued for after-hooks (changed on reload;
     /// events committed before keep the flag they were written with).
     fn set_after_hooked(&self, kinds: AfterHooked);
 
-    /// Applies a retention policy: from now on, sessions past it read as
-    /// missing everywhere, and [`SessionStore::sweep_expired`] removes them.
-    fn set_retention(&self, retention: Retention);
-
-    /// Deletes up to `limit` expired sessions (with their children, recording
-    /// `session.deleted` events) and the events past the event window.
-    async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport>;
-
-    /// Backend-specific metrics in the Prometheus text format (e.g. the
-    /// MongoDB connection pool); empty when the backend has none.
-    fn metrics_text(&self) -> String {
-        String::new()
-    }
-
     /// Sequence number of the session's latest event (0 when it has none). A
     /// deleted session keeps its sequence, so ids never repeat.
     async fn latest_event_seq(&self, t: &Tenant, sid: &str) -> StoreResult<u64>;
-
-    /// Whether other gateways may write to this store too (then SSE feeds
-    /// must poll for their events; see [`crate::stream`]).
-    fn is_shared(&self) -> bool;
 
     /// Events of every session committed at or after `since` (Unix ms), at most
     /// `limit`, oldest first. Used to follow other gateways' writes.
@@ -357,8 +439,6 @@ pub trait SessionStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<Event>>;
-
-    // ---- change-event processing (after-hooks) and the outbox ----
 
     /// Claims up to `limit` events whose after-hooks have not completed and whose
     /// claim lease (if any) expired before `now`, oldest first, leasing them
@@ -379,7 +459,11 @@ pub trait SessionStore: Send + Sync + 'static {
         seq: u64,
         outbox: Vec<OutboxItem>,
     ) -> StoreResult<()>;
+}
 
+/// Notifications published by after-hooks, kept until delivered.
+#[async_trait]
+pub trait OutboxQueue: Send + Sync {
     /// Claims up to `limit` pending outbox items due at `now`, leasing them
     /// (pushing `next_attempt_at` to `now + lease_ms`).
     async fn claim_outbox(
@@ -412,7 +496,7 @@ pub trait SessionStore: Send + Sync + 'static {
         self.list_outbox_of(None, state, limit).await
     }
 
-    /// [`SessionStore::list_outbox`] limited to one tenant's items (`None`: all).
+    /// [`OutboxQueue::list_outbox`] limited to one tenant's items (`None`: all).
     async fn list_outbox_of(
         &self,
         tenant: Option<&str>,
@@ -426,7 +510,7 @@ pub trait SessionStore: Send + Sync + 'static {
         self.retry_outbox_of(None, id, now).await
     }
 
-    /// [`SessionStore::retry_outbox`] of an item of `tenant` only (`None`:
+    /// [`OutboxQueue::retry_outbox`] of an item of `tenant` only (`None`:
     /// any); another tenant's item is `NotFound`, like a missing one.
     async fn retry_outbox_of(
         &self,
@@ -440,53 +524,48 @@ pub trait SessionStore: Send + Sync + 'static {
         self.outbox_counts_of(None).await
     }
 
-    /// [`SessionStore::outbox_counts`] of one tenant's items (`None`: all).
+    /// [`OutboxQueue::outbox_counts`] of one tenant's items (`None`: all).
     async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)>;
 }
 
-// ---- shared by both backends ----
+/// How long sessions and events live, and the sweep that enforces it.
+#[async_trait]
+pub trait RetentionPolicy: Send + Sync {
+    /// Applies a retention policy: from now on, sessions past it read as
+    /// missing everywhere, and [`RetentionPolicy::sweep_expired`] removes them.
+    fn set_retention(&self, retention: Retention);
 
-pub(crate) fn message_conflict(mid: u64) -> StoreError {
-    StoreError::Conflict {
-        code: "message_conflict",
-        message: format!("message {mid} already exists with different content"),
-    }
+    /// Deletes up to `limit` expired sessions (with their children, recording
+    /// `session.deleted` events) and the events past the event window.
+    async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport>;
 }
 
-pub(crate) fn message_gap(mid: u64, next: u64) -> StoreError {
-    StoreError::Conflict {
-        code: "message_id_gap",
-        message: format!("message_id {mid} is ahead of the next id {next}; ids are sequential"),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::{PoolMetrics, StoreMetrics, render_metrics};
 
-/// Payload of `message.appended` / `message.updated` events.
-///
-/// Only ids: the log never holds message content, so a redaction (an update
-/// of `message`/`redact_message`) leaves no copy of the original text behind
-/// for the event window. SSE readers get the message as it is stored now (see
-/// [`crate::stream::enrich`]).
-pub(crate) fn message_event_payload(aid: &str, msg: &Message) -> Value {
-    serde_json::json!({
-        "agent_id": aid,
-        "message_id": msg.message_id,
-    })
-}
-
-/// The ids `from..to` a message range selects of an agent with `total` messages.
-pub(crate) fn message_bounds(range: MessageRange, total: u64) -> (u64, u64) {
-    match range {
-        MessageRange::Page { limit, offset } => {
-            (offset.min(total), offset.saturating_add(limit).min(total))
-        }
-        MessageRange::Latest(n) => (total.saturating_sub(n), total),
-    }
-}
-
-/// The event type of a metadata change.
-pub(crate) fn metadata_event_type(change: &MetadataChange) -> crate::model::EventType {
-    match change {
-        MetadataChange::Update(_) => crate::model::EventType::MetadataUpdated,
-        MetadataChange::Delete(_) => crate::model::EventType::MetadataDeleted,
+    /// The exposition lines are the ones `/metrics` has always shown.
+    #[test]
+    fn metrics_render_as_before() {
+        assert_eq!(render_metrics(&StoreMetrics::default()), "");
+        let m = StoreMetrics {
+            pool: Some(PoolMetrics {
+                in_use: 2,
+                idle: 3,
+                checkout_failures: 4,
+                pool_cleared: 5,
+            }),
+        };
+        let want = "# HELP gateway_mongodb_connections Connections of the driver's pool by state.\n\
+# TYPE gateway_mongodb_connections gauge\n\
+gateway_mongodb_connections{state=\"in_use\"} 2\n\
+gateway_mongodb_connections{state=\"idle\"} 3\n\
+# HELP gateway_mongodb_checkout_failures_total Connection checkouts that failed.\n\
+# TYPE gateway_mongodb_checkout_failures_total counter\n\
+gateway_mongodb_checkout_failures_total 4\n\
+# HELP gateway_mongodb_pool_cleared_total Times the pool was cleared (server went away).\n\
+# TYPE gateway_mongodb_pool_cleared_total counter\n\
+gateway_mongodb_pool_cleared_total 5\n";
+        assert_eq!(render_metrics(&m), want);
     }
 }

@@ -26,17 +26,22 @@ use mongodb::options::{
     InsertOneModel, ReadPreference, SelectionCriteria, UpdateOneModel, WriteModel,
 };
 
+use super::MongoStore;
+use super::codec::{
+    agent_summary, agent_upsert, append_update, crosses_array, dec, doc_to_obj, feedback_doc,
+    feedback_update, get_str, int, message_doc, metadata_update, new_session_fields,
+    put_agent_update, seq_of, to_i64, uid_of,
+};
 use super::group_commit::{Guard, Outcome};
-use super::{
-    MongoStore, agent_summary, crosses_array, date, doc_to_obj, enc, get_str, int, metadata_update,
-    new_message, new_session_fields, seq_of, skey, to_i64, to_json_text, uid_of,
-};
-use crate::metadata::{self, MetadataChange};
+use super::writes::At;
+use crate::metadata::MetadataChange;
 use crate::model::{
-    Agent, EventType, Feedback, JsonObject, Message, MessageInput, Session, Tenant, format_ms,
-    now_ms,
+    Agent, EventType, Feedback, JsonObject, Message, MessageInput, Session, now_ms,
 };
-use crate::store::{Appended, MetadataResult, StoreResult, message_event_payload};
+use crate::store::{
+    Appended, MetadataResult, StoreResult, agent_payload, apply_metadata, created_payload,
+    created_session, message_event_payload, new_message, put_agent_answer, stamped_feedback,
+};
 
 /// Sessions whose state is kept, at most (past it the cache starts over).
 const MAX_KNOWN: usize = 4096;
@@ -77,7 +82,7 @@ impl Known {
         if let Ok(a) = d.get_document("agents") {
             for (field, _) in a {
                 if let Some((v, n)) = agent_summary(d, field) {
-                    let aid = super::dec(field);
+                    let aid = dec(field);
                     agents.insert(
                         aid,
                         KnownAgent {
@@ -197,7 +202,7 @@ impl MongoStore {
     /// (already advanced to the new `seq`) and answers `value`.
     async fn commit_fast<T>(
         &self,
-        key: String,
+        key: &str,
         guard: Guard,
         models: Vec<WriteModel>,
         k: Known,
@@ -208,7 +213,7 @@ impl MongoStore {
         };
         match w.submit(guard, models).await {
             Outcome::Committed => {
-                self.known.put(key, k);
+                self.known.put(key.to_owned(), k);
                 Fast::Done(Ok(value))
             }
             Outcome::Stale => Fast::Fallback,
@@ -216,67 +221,59 @@ impl MongoStore {
         }
     }
 
+    /// The event of the write that advances `k` by one, as a model.
+    fn next_event(
+        &self,
+        at: &At<'_>,
+        k: &Known,
+        kind: EventType,
+        now: i64,
+        payload: serde_json::Value,
+    ) -> Option<WriteModel> {
+        let d = self
+            .event_doc(at, &k.session_type, k.seq + 1, kind, now, payload)
+            .ok()?;
+        Some(insert_model(&self.c.events, d))
+    }
+
     pub(super) async fn create_fast(
         &self,
-        t: &Tenant,
-        sid: &str,
+        at: &At<'_>,
         session_type: &str,
         metadata: &JsonObject,
     ) -> Fast<Session> {
-        let key = skey(t, sid);
         let now = now_ms();
-        let mut session = doc! { "_id": &key };
-        let fields = new_session_fields(t, sid, session_type, metadata, now);
+        let mut session = doc! { "_id": &at.key };
+        let fields = new_session_fields(at.tenant, at.sid, session_type, metadata, now);
         let uid = known_or_fallback!(fields.get_i64("uid").ok());
         session.extend(fields);
         session.insert("seq", 1i64);
-        let payload = serde_json::json!({ "session_type": session_type, "metadata": metadata });
-        let event = known_or_fallback!(
-            self.event_doc(
-                t.as_str(),
-                sid,
-                session_type,
-                1,
-                EventType::SessionCreated,
-                now,
-                payload
-            )
-            .ok()
-        );
-        let models = vec![
-            insert_model(&self.c.sessions, session),
-            insert_model(&self.c.events, event),
-        ];
-        let k = Known {
+        let mut k = Known {
             uid,
-            seq: 1,
+            seq: 0,
             session_type: session_type.to_owned(),
             agents: HashMap::new(),
             feedbacks: 0,
             metadata: small(metadata).then(|| metadata.clone()),
         };
-        let value = Session {
-            session_id: sid.to_owned(),
-            session_type: session_type.to_owned(),
-            created_at: format_ms(now),
-            updated_at: format_ms(now),
-            metadata: metadata.clone(),
-            agents: Vec::new(),
-        };
-        self.commit_fast(key, Guard::Insert, models, k, value).await
+        let payload = created_payload(session_type, metadata);
+        let event =
+            known_or_fallback!(self.next_event(at, &k, EventType::SessionCreated, now, payload));
+        let models = vec![insert_model(&self.c.sessions, session), event];
+        k.seq = 1;
+        let value = created_session(at.sid, session_type, metadata, now);
+        self.commit_fast(&at.key, Guard::Insert, models, k, value)
+            .await
     }
 
     pub(super) async fn put_agent_fast(
         &self,
-        t: &Tenant,
-        sid: &str,
+        at: &At<'_>,
         aid: &str,
-        body: &JsonObject,
-        body_text: &str,
+        body: (&JsonObject, &str),
         if_match: Option<u64>,
     ) -> Fast<(Agent, bool)> {
-        let key = skey(t, sid);
-        let mut k = known_or_fallback!(self.known(&key).await);
+        let mut k = known_or_fallback!(self.known(&at.key).await);
         let cur = k.agents.get(aid).copied();
         let holds = match (if_match, cur) {
             (None, _) | (Some(0), None) => true,
@@ -294,41 +291,19 @@ impl MongoStore {
         let version = cur.map_or(1, |a| a.v + 1);
         let message_count = cur.map_or(0, |a| a.n);
         let created = cur.is_none();
-        let e = enc(aid);
-        let mut inc = doc! { "seq": 1i64 };
-        inc.insert(format!("agents.{e}.v"), 1i64);
-        inc.insert(format!("agents.{e}.n"), 0i64);
-        let guard = self.guard(
-            &key,
-            &k,
-            doc! { "$inc": inc, "$set": { "updated_at": date(now) } },
-        );
+        let guard = self.guard(&at.key, &k, put_agent_update(aid, now));
+        let (filter, update) = agent_upsert(&at.key, k.uid, aid, body.1, now);
         let agent = UpdateOneModel::builder()
             .namespace(self.c.agents.namespace())
-            .filter(doc! { "uid": k.uid, "agent_id": aid })
-            .update(doc! {
-                "$set": { "body": body_text, "updated_at": date(now) },
-                "$setOnInsert": { "created_at": date(now) },
-            })
+            .filter(filter)
+            .update(update)
             .upsert(true)
             .build()
             .into();
-        let payload = serde_json::json!({
-            "agent_id": aid, "version": version, "created": created,
-        });
-        let event = known_or_fallback!(
-            self.event_doc(
-                t.as_str(),
-                sid,
-                &k.session_type,
-                k.seq + 1,
-                EventType::AgentUpdated,
-                now,
-                payload
-            )
-            .ok()
-        );
-        let models = vec![guard, agent, insert_model(&self.c.events, event)];
+        let payload = agent_payload(aid, version, created);
+        let event =
+            known_or_fallback!(self.next_event(at, &k, EventType::AgentUpdated, now, payload));
+        let models = vec![guard, agent, event];
         k.seq += 1;
         k.agents.insert(
             aid.to_owned(),
@@ -338,165 +313,87 @@ impl MongoStore {
                 created_at: Some(created_at),
             },
         );
-        let value = (
-            Agent {
-                agent_id: aid.to_owned(),
-                body: body.clone(),
-                created_at,
-                updated_at: now,
-                version,
-                message_count,
-            },
-            created,
+        let value = put_agent_answer(
+            aid,
+            body.0.clone(),
+            created_at,
+            now,
+            (version, message_count),
         );
-        self.commit_fast(key, Guard::Update, models, k, value).await
+        self.commit_fast(&at.key, Guard::Update, models, k, value)
+            .await
     }
 
     pub(super) async fn append_fast(
         &self,
-        t: &Tenant,
-        sid: &str,
+        at: &At<'_>,
         aid: &str,
         input: &MessageInput,
     ) -> Fast<Appended> {
-        let key = skey(t, sid);
-        let mut k = known_or_fallback!(self.known(&key).await);
+        let mut k = known_or_fallback!(self.known(&at.key).await);
         let mut a = known_or_fallback!(k.agents.get(aid).copied());
         // Not the next id: a retry, a gap or a conflict; the stored state decides.
         if input.message_id.is_some_and(|mid| mid != a.n) {
             return Fast::Fallback;
         }
         let now = now_ms();
-        let next = a.n;
-        let msg: Message = new_message(input, next, now);
-        let e = enc(aid);
-        let mut inc = doc! { "seq": 1i64 };
-        inc.insert(format!("agents.{e}.n"), 1i64);
-        let guard = self.guard(
-            &key,
-            &k,
-            doc! { "$inc": inc, "$set": { "updated_at": date(now) } },
-        );
-        let text = known_or_fallback!(to_json_text(&msg).ok());
-        let message = doc! {
-            "uid": k.uid,
-            "agent_id": aid,
-            "message_id": to_i64(next),
-            "doc": text,
-        };
-        let event = known_or_fallback!(
-            self.event_doc(
-                t.as_str(),
-                sid,
-                &k.session_type,
-                k.seq + 1,
-                EventType::MessageAppended,
-                now,
-                message_event_payload(aid, &msg),
-            )
-            .ok()
-        );
-        let models = vec![
-            guard,
-            insert_model(&self.c.messages, message),
-            insert_model(&self.c.events, event),
-        ];
+        let msg: Message = new_message(input, a.n, now);
+        let guard = self.guard(&at.key, &k, append_update(aid, now));
+        let message = known_or_fallback!(message_doc(&at.key, k.uid, aid, &msg).ok());
+        let payload = message_event_payload(aid, &msg);
+        let event =
+            known_or_fallback!(self.next_event(at, &k, EventType::MessageAppended, now, payload));
+        let models = vec![guard, insert_model(&self.c.messages, message), event];
         k.seq += 1;
         a.n += 1;
         k.agents.insert(aid.to_owned(), a);
-        self.commit_fast(key, Guard::Update, models, k, Appended::Created(msg))
+        self.commit_fast(&at.key, Guard::Update, models, k, Appended::Created(msg))
             .await
     }
 
-    pub(super) async fn feedback_fast(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        body: &JsonObject,
-    ) -> Fast<Feedback> {
-        let key = skey(t, sid);
-        let mut k = known_or_fallback!(self.known(&key).await);
+    pub(super) async fn feedback_fast(&self, at: &At<'_>, body: &JsonObject) -> Fast<Feedback> {
+        let mut k = known_or_fallback!(self.known(&at.key).await);
         let now = now_ms();
-        let idx = k.feedbacks;
-        let guard = self.guard(
-            &key,
-            &k,
-            doc! {
-                "$inc": { "seq": 1i64, "feedbacks": 1i64 },
-                "$set": { "updated_at": date(now) },
-            },
-        );
-        let mut body = body.clone();
-        body.insert("created_at".into(), format_ms(now).into());
-        let text = known_or_fallback!(to_json_text(&body).ok());
-        let payload = serde_json::json!({ "feedback": body });
-        let event = known_or_fallback!(
-            self.event_doc(
-                t.as_str(),
-                sid,
-                &k.session_type,
-                k.seq + 1,
-                EventType::FeedbackAdded,
-                now,
-                payload,
-            )
-            .ok()
-        );
-        let models = vec![
-            guard,
-            insert_model(
-                &self.c.feedbacks,
-                doc! { "uid": k.uid, "idx": idx, "body": text },
-            ),
-            insert_model(&self.c.events, event),
-        ];
+        let guard = self.guard(&at.key, &k, feedback_update(now));
+        let (body, payload) = stamped_feedback(body, now);
+        let fb = known_or_fallback!(feedback_doc(&at.key, k.uid, k.feedbacks, &body).ok());
+        let event =
+            known_or_fallback!(self.next_event(at, &k, EventType::FeedbackAdded, now, payload));
+        let models = vec![guard, insert_model(&self.c.feedbacks, fb), event];
         k.seq += 1;
         k.feedbacks += 1;
-        self.commit_fast(key, Guard::Update, models, k, Feedback { body })
+        self.commit_fast(&at.key, Guard::Update, models, k, Feedback { body })
             .await
     }
 
     pub(super) async fn metadata_fast(
         &self,
-        t: &Tenant,
-        sid: &str,
+        at: &At<'_>,
         change: &MetadataChange,
     ) -> Fast<MetadataResult> {
-        let key = skey(t, sid);
-        let mut k = known_or_fallback!(self.known(&key).await);
+        let mut k = known_or_fallback!(self.known(&at.key).await);
         let before = known_or_fallback!(k.metadata.as_ref());
         // Refused paths, and deletes through arrays, are worded and handled
         // by the per-write transaction.
-        let applied = known_or_fallback!(metadata::apply(before, change).ok());
+        let (applied, kind, payload) = known_or_fallback!(apply_metadata(before, change).ok());
         if let MetadataChange::Delete(paths) = change
             && paths.iter().any(|p| crosses_array(before, p))
         {
             return Fast::Fallback;
         }
         let now = now_ms();
-        let guard = self.guard(&key, &k, metadata_update(change, now));
-        let seq = k.seq + 1;
-        let event = known_or_fallback!(
-            self.event_doc(
-                t.as_str(),
-                sid,
-                &k.session_type,
-                seq,
-                super::super::metadata_event_type(change),
-                now,
-                metadata::event_payload(change, &applied),
-            )
-            .ok()
-        );
-        let models = vec![guard, insert_model(&self.c.events, event)];
-        k.seq = seq;
+        let guard = self.guard(&at.key, &k, metadata_update(change, now));
+        let event = known_or_fallback!(self.next_event(at, &k, kind, now, payload));
+        let models = vec![guard, event];
+        k.seq += 1;
         k.metadata = small(&applied.metadata).then(|| applied.metadata.clone());
         let value = MetadataResult {
             metadata: applied.metadata,
             changed: applied.changed,
-            seq,
+            seq: k.seq,
         };
-        self.commit_fast(key, Guard::Update, models, k, value).await
+        self.commit_fast(&at.key, Guard::Update, models, k, value)
+            .await
     }
 }
 

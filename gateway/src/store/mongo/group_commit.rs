@@ -23,7 +23,7 @@ use mongodb::options::{ReadPreference, SelectionCriteria, WriteModel};
 use mongodb::results::VerboseBulkWriteResult;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{backoff, commit_with_retry, is_connectivity, mongo_err};
+use super::txn::{backoff, commit_with_retry, is_connectivity, mongo_err};
 use crate::store::StoreError;
 
 /// Most jobs in one transaction (the driver splits a bulk write larger than

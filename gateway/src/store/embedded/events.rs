@@ -1,0 +1,218 @@
+//! The event log, the after-hook queue, and the retention sweep.
+//!
+//! Events are written by [`EmbeddedStore::mutate`] (via `record_event`), one
+//! per committed change, keyed `("<tenant>/<sid>", seq)` with an index by
+//! time for the event window and `events_since`.
+
+use async_trait::async_trait;
+use redb::ReadableTable;
+
+use super::EmbeddedStore;
+use super::tables::{
+    EVENTS, EVENTS_BY_TS, HOOK_QUEUE, OUTBOX, SESSIONS, SessionRecord, from_json, internal,
+    open_read, record_event, to_json, tombstone,
+};
+use crate::model::{Event, EventType, Tenant};
+use crate::store::{
+    AfterHooked, EventLog, OutboxItem, Retention, RetentionPolicy, StoreResult, SweepReport,
+    expired_payload, session_key,
+};
+
+#[async_trait]
+impl EventLog for EmbeddedStore {
+    async fn events_after(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let key = session_key(t.as_str(), sid);
+        self.read(move |txn| {
+            let table = open_read(txn, EVENTS)?;
+            let mut out = Vec::new();
+            for row in table
+                .range((key.as_str(), after.saturating_add(1))..=(key.as_str(), u64::MAX))
+                .map_err(internal)?
+                .take(limit)
+            {
+                let (_, v) = row.map_err(internal)?;
+                out.push(from_json::<Event>(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn latest_event_seq(&self, t: &Tenant, sid: &str) -> StoreResult<u64> {
+        let key = session_key(t.as_str(), sid);
+        self.read_now(|txn| {
+            let table = open_read(txn, SESSIONS)?;
+            let got = table.get(key.as_str()).map_err(internal)?;
+            Ok(got
+                .map(|v| from_json::<SessionRecord>(v.value()))
+                .transpose()?
+                .map_or(0, |r| r.seq))
+        })
+    }
+
+    /// One process owns the redb file (it is locked), so nobody else writes.
+    async fn events_since(&self, since: i64, limit: usize) -> StoreResult<Vec<Event>> {
+        self.read(move |txn| {
+            let index = open_read(txn, EVENTS_BY_TS)?;
+            let events = open_read(txn, EVENTS)?;
+            let mut out = Vec::new();
+            for row in index.range((since, "", 0)..).map_err(internal)?.take(limit) {
+                let (k, _) = row.map_err(internal)?;
+                let (_, key, seq) = k.value();
+                if let Some(v) = events.get((key, seq)).map_err(internal)? {
+                    out.push(from_json::<Event>(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn set_after_hooked(&self, kinds: AfterHooked) {
+        self.after_hooked
+            .store(kinds.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn claim_pending_events(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        self.write(move |txn| {
+            let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
+            let mut claimed: Vec<(String, u64)> = Vec::new();
+            for row in queue.iter().map_err(internal)? {
+                let (k, lease) = row.map_err(internal)?;
+                if lease.value() <= now {
+                    let (key, seq) = k.value();
+                    claimed.push((key.to_owned(), seq));
+                    if claimed.len() == limit {
+                        break;
+                    }
+                }
+            }
+            let events = txn.open_table(EVENTS).map_err(internal)?;
+            let mut out = Vec::with_capacity(claimed.len());
+            for (key, seq) in &claimed {
+                queue
+                    .insert((key.as_str(), *seq), now + lease_ms)
+                    .map_err(internal)?;
+                if let Some(v) = events.get((key.as_str(), *seq)).map_err(internal)? {
+                    out.push(from_json::<Event>(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn complete_event(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        seq: u64,
+        outbox: Vec<OutboxItem>,
+    ) -> StoreResult<()> {
+        let key = session_key(tenant, session_id);
+        self.write(move |txn| {
+            let mut table = txn.open_table(OUTBOX).map_err(internal)?;
+            for item in &outbox {
+                if table.get(item.id.as_str()).map_err(internal)?.is_none() {
+                    table
+                        .insert(item.id.as_str(), to_json(item)?.as_slice())
+                        .map_err(internal)?;
+                }
+            }
+            txn.open_table(HOOK_QUEUE)
+                .map_err(internal)?
+                .remove((key.as_str(), seq))
+                .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RetentionPolicy for EmbeddedStore {
+    fn set_retention(&self, retention: Retention) {
+        *self.retention.write().expect("retention lock") = std::sync::Arc::new(retention);
+    }
+
+    async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport> {
+        let hooked = self.after_hooked();
+        let ret = self.retention();
+        self.write(move |txn| {
+            let mut report = SweepReport::default();
+            // Expired sessions: deleted like DELETE would, with an event.
+            let mut expired = Vec::new();
+            let mut stale_tombstones = Vec::new();
+            {
+                let table = txn.open_table(SESSIONS).map_err(internal)?;
+                for row in table.iter().map_err(internal)? {
+                    let (k, v) = row.map_err(internal)?;
+                    let rec: SessionRecord = from_json(v.value())?;
+                    if rec.deleted {
+                        // Once its events are gone, a tombstone has nothing to keep.
+                        if ret.events_ms.is_some_and(|w| rec.updated_at + w <= now) {
+                            stale_tombstones.push(k.value().to_owned());
+                        }
+                    } else if ret.session_expired(&rec.session_type, rec.updated_at, now) {
+                        expired.push((k.value().to_owned(), rec));
+                    }
+                    if expired.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            for (key, mut rec) in expired {
+                let tenant = Tenant(key.split_once('/').map_or("", |(t, _)| t).to_owned());
+                tombstone(txn, &mut rec)?;
+                let ev = (EventType::SessionDeleted, now, expired_payload());
+                record_event(txn, hooked, &tenant, &key, &mut rec, ev)?;
+                report.sessions += 1;
+            }
+            {
+                let mut table = txn.open_table(SESSIONS).map_err(internal)?;
+                for key in &stale_tombstones {
+                    table.remove(key.as_str()).map_err(internal)?;
+                }
+            }
+            // Events past the window.
+            if let Some(window) = ret.events_ms {
+                let cutoff = now - window;
+                let mut old = Vec::new();
+                {
+                    let index = txn.open_table(EVENTS_BY_TS).map_err(internal)?;
+                    for row in index
+                        .range(..(cutoff, "", 0))
+                        .map_err(internal)?
+                        .take(limit * 10)
+                    {
+                        let (k, _) = row.map_err(internal)?;
+                        let (ts, key, seq) = k.value();
+                        old.push((ts, key.to_owned(), seq));
+                    }
+                }
+                let mut index = txn.open_table(EVENTS_BY_TS).map_err(internal)?;
+                let mut events = txn.open_table(EVENTS).map_err(internal)?;
+                let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
+                for (ts, key, seq) in &old {
+                    index.remove((*ts, key.as_str(), *seq)).map_err(internal)?;
+                    events.remove((key.as_str(), *seq)).map_err(internal)?;
+                    queue.remove((key.as_str(), *seq)).map_err(internal)?;
+                }
+                report.events = old.len() as u64;
+            }
+            Ok(report)
+        })
+        .await
+    }
+}

@@ -1,0 +1,370 @@
+//! Sessions, agents and messages: writes through
+//! [`EmbeddedStore::mutate`], reads against snapshots.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use redb::ReadableTable;
+use serde_json::Value;
+
+use super::tables::{
+    AGENTS, AgentRecord, AgentSummary, FEEDBACKS, MESSAGES, SESSIONS, SessionRecord, from_json,
+    internal, load_session, matches_query, next_uid, open_read, read_agent, read_message_w,
+    read_session, record_event, to_json, tombstone,
+};
+use super::{Change, EmbeddedStore};
+use crate::metadata::MetadataChange;
+use crate::model::{
+    Agent, DEFAULT_SESSION_TYPE, EventType, Feedback, JsonObject, Message, MessageInput,
+    MessagePatch, MessageRange, NewSession, Session, Tenant, now_ms,
+};
+use crate::store::{
+    AgentData, AppendAt, Appended, ListQuery, MetadataResult, Page, SessionData, StoreError,
+    StoreResult, agent_payload, append_at, append_retry, apply_metadata, created_payload,
+    message_bounds, message_event_payload, new_message, put_agent_answer, session_exists,
+    session_key, stamped_feedback, tenant_key_range,
+};
+
+/// The summary of an agent the session has, else `NotFound`.
+fn agent_of(rec: &SessionRecord, aid: &str) -> StoreResult<AgentSummary> {
+    rec.agents
+        .get(aid)
+        .copied()
+        .ok_or_else(|| StoreError::agent_not_found(&rec.session_id, aid))
+}
+
+#[async_trait]
+impl SessionData for EmbeddedStore {
+    async fn create_session(&self, t: &Tenant, new: NewSession) -> StoreResult<Session> {
+        let hooked = self.after_hooked();
+        let sid = new
+            .session_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let t = t.clone();
+        self.write(move |txn| {
+            let key = session_key(t.as_str(), &sid);
+            let prior_seq = match load_session(txn, &key)? {
+                Some(r) if !r.deleted => return Err(session_exists(&sid)),
+                Some(r) => r.seq,
+                None => 0,
+            };
+            let now = now_ms();
+            let mut rec = SessionRecord {
+                uid: next_uid(txn)?,
+                session_id: sid.clone(),
+                session_type: new
+                    .session_type
+                    .unwrap_or_else(|| DEFAULT_SESSION_TYPE.to_owned()),
+                created_at: now,
+                updated_at: now,
+                metadata: new.metadata.unwrap_or_default(),
+                seq: prior_seq,
+                agents: BTreeMap::new(),
+                feedbacks: 0,
+                deleted: false,
+            };
+            let payload = created_payload(&rec.session_type, &rec.metadata);
+            let ev = (EventType::SessionCreated, now, payload);
+            record_event(txn, hooked, &t, &key, &mut rec, ev)?;
+            Ok(rec.to_session())
+        })
+        .await
+    }
+
+    async fn get_session(&self, t: &Tenant, sid: &str) -> StoreResult<Session> {
+        self.read_live_now(t, sid, |_, rec| Ok(rec.to_session()))
+    }
+
+    async fn batch_get_sessions(&self, t: &Tenant, ids: &[String]) -> StoreResult<Vec<Session>> {
+        let ret = self.retention();
+        let keys: Vec<String> = ids.iter().map(|id| session_key(t.as_str(), id)).collect();
+        self.read(move |txn| {
+            let mut out = Vec::new();
+            for k in &keys {
+                if let Some(r) = read_session(txn, k, &ret)? {
+                    out.push(r.to_session());
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, t: &Tenant, q: &ListQuery) -> StoreResult<Page> {
+        let ret = self.retention();
+        let (start, end) = tenant_key_range(t.as_str(), q.after.as_deref());
+        let q = q.clone();
+        self.read(move |txn| {
+            let table = open_read(txn, SESSIONS)?;
+            let mut out = Vec::new();
+            let mut more = false;
+            for row in table
+                .range(start.as_str()..end.as_str())
+                .map_err(internal)?
+            {
+                let (k, v) = row.map_err(internal)?;
+                if q.after.is_some() && k.value() == start {
+                    continue;
+                }
+                let rec: SessionRecord = from_json(v.value())?;
+                if !rec.is_live(&ret, now_ms()) || !matches_query(&rec, &q) {
+                    continue;
+                }
+                if out.len() == q.limit {
+                    more = true;
+                    break;
+                }
+                out.push(rec.to_session());
+            }
+            let next_cursor = if more {
+                out.last().map(|s: &Session| s.session_id.clone())
+            } else {
+                None
+            };
+            Ok(Page {
+                sessions: out,
+                next_cursor,
+            })
+        })
+        .await
+    }
+
+    async fn delete_session(&self, t: &Tenant, sid: &str) -> StoreResult<()> {
+        self.mutate(t, sid, |txn, rec, _| {
+            tombstone(txn, rec)?;
+            let payload = Value::Object(JsonObject::new());
+            Ok(Change::Event(EventType::SessionDeleted, payload, ()))
+        })
+        .await
+    }
+
+    async fn get_metadata(&self, t: &Tenant, sid: &str) -> StoreResult<JsonObject> {
+        self.read_live_now(t, sid, |_, rec| Ok(rec.metadata))
+    }
+
+    async fn change_metadata(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        change: &MetadataChange,
+    ) -> StoreResult<MetadataResult> {
+        let change = change.clone();
+        self.mutate(t, sid, move |_, rec, _| {
+            let (applied, kind, payload) = apply_metadata(&rec.metadata, &change)?;
+            rec.metadata = applied.metadata.clone();
+            let result = MetadataResult {
+                metadata: applied.metadata,
+                changed: applied.changed,
+                seq: rec.seq + 1,
+            };
+            Ok(Change::Event(kind, payload, result))
+        })
+        .await
+    }
+
+    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
+        self.mutate(t, sid, move |txn, rec, now| {
+            let (body, payload) = stamped_feedback(&body, now);
+            txn.open_table(FEEDBACKS)
+                .map_err(internal)?
+                .insert((rec.uid, rec.feedbacks), to_json(&body)?.as_slice())
+                .map_err(internal)?;
+            rec.feedbacks += 1;
+            Ok(Change::Event(
+                EventType::FeedbackAdded,
+                payload,
+                Feedback { body },
+            ))
+        })
+        .await
+    }
+
+    async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>> {
+        self.read_live(t, sid, |txn, rec| {
+            let table = open_read(txn, FEEDBACKS)?;
+            let mut out = Vec::new();
+            for row in table
+                .range((rec.uid, 0)..(rec.uid + 1, 0))
+                .map_err(internal)?
+            {
+                let (_, v) = row.map_err(internal)?;
+                out.push(Feedback {
+                    body: from_json(v.value())?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AgentData for EmbeddedStore {
+    async fn put_agent(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        body: JsonObject,
+        if_match: Option<u64>,
+    ) -> StoreResult<(Agent, bool)> {
+        let aid = aid.to_owned();
+        self.mutate(t, sid, move |txn, rec, now| {
+            let prior = rec.agents.get(&aid).copied();
+            if let Some(expected) = if_match {
+                let current = prior.map_or(0, |p| p.version);
+                if current != expected {
+                    return Err(StoreError::VersionMismatch { expected, current });
+                }
+            }
+            let mut agents = txn.open_table(AGENTS).map_err(internal)?;
+            let created_at = match agents.get((rec.uid, aid.as_str())).map_err(internal)? {
+                Some(v) => from_json::<AgentRecord>(v.value())?.created_at,
+                None => now,
+            };
+            let summary = AgentSummary {
+                version: prior.map_or(1, |p| p.version + 1),
+                message_count: prior.map_or(0, |p| p.message_count),
+            };
+            let stored = AgentRecord {
+                body,
+                created_at,
+                updated_at: now,
+            };
+            agents
+                .insert((rec.uid, aid.as_str()), to_json(&stored)?.as_slice())
+                .map_err(internal)?;
+            drop(agents);
+            rec.agents.insert(aid.clone(), summary);
+            let payload = agent_payload(&aid, summary.version, prior.is_none());
+            let summary = (summary.version, summary.message_count);
+            let value = put_agent_answer(&aid, stored.body, created_at, now, summary);
+            Ok(Change::Event(EventType::AgentUpdated, payload, value))
+        })
+        .await
+    }
+
+    async fn get_agent(&self, t: &Tenant, sid: &str, aid: &str) -> StoreResult<Agent> {
+        self.read_live_now(t, sid, |txn, rec| {
+            read_agent(txn, &rec, aid)?.ok_or_else(|| StoreError::agent_not_found(sid, aid))
+        })
+    }
+
+    async fn list_agents(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Agent>> {
+        self.read_live(t, sid, |txn, rec| {
+            let mut out = Vec::with_capacity(rec.agents.len());
+            for aid in rec.agents.keys() {
+                if let Some(a) = read_agent(txn, &rec, aid)? {
+                    out.push(a);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        input: MessageInput,
+    ) -> StoreResult<Appended> {
+        let aid = aid.to_owned();
+        self.mutate(t, sid, move |txn, rec, now| {
+            let mut summary = agent_of(rec, &aid)?;
+            let next = summary.message_count;
+            if let AppendAt::Stored(mid) = append_at(&input, next)? {
+                let stored = read_message_w(txn, rec.uid, &aid, mid)?
+                    .ok_or_else(|| internal(format!("message {mid} missing below count")))?;
+                return append_retry(&input, stored).map(Change::Unchanged);
+            }
+            let msg = new_message(&input, next, now);
+            txn.open_table(MESSAGES)
+                .map_err(internal)?
+                .insert((rec.uid, aid.as_str(), next), to_json(&msg)?.as_slice())
+                .map_err(internal)?;
+            summary.message_count += 1;
+            rec.agents.insert(aid.clone(), summary);
+            let payload = message_event_payload(&aid, &msg);
+            let value = Appended::Created(msg);
+            Ok(Change::Event(EventType::MessageAppended, payload, value))
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        range: MessageRange,
+    ) -> StoreResult<(Vec<Message>, u64)> {
+        let max_read = self.max_read_bytes;
+        let aid = aid.to_owned();
+        self.read_live(t, sid, move |txn, rec| {
+            let total = agent_of(&rec, &aid)?.message_count;
+            let (from, to) = message_bounds(range, total);
+            let table = open_read(txn, MESSAGES)?;
+            let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
+            let mut bytes = 0usize;
+            for row in table
+                .range((rec.uid, aid.as_str(), from)..(rec.uid, aid.as_str(), to))
+                .map_err(internal)?
+            {
+                let (_, v) = row.map_err(internal)?;
+                let raw = v.value();
+                if !out.is_empty() && bytes.saturating_add(raw.len()) > max_read {
+                    break;
+                }
+                bytes = bytes.saturating_add(raw.len());
+                out.push(from_json::<Message>(raw)?);
+            }
+            Ok((out, total))
+        })
+        .await
+    }
+
+    async fn get_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+    ) -> StoreResult<Message> {
+        let aid = aid.to_owned();
+        self.read_live(t, sid, move |txn, rec| {
+            agent_of(&rec, &aid)?;
+            let table = open_read(txn, MESSAGES)?;
+            let got = table.get((rec.uid, aid.as_str(), mid)).map_err(internal)?;
+            got.map(|v| from_json::<Message>(v.value()))
+                .transpose()?
+                .ok_or_else(|| StoreError::message_not_found(&aid, mid))
+        })
+        .await
+    }
+
+    async fn update_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+        patch: MessagePatch,
+    ) -> StoreResult<Message> {
+        let aid = aid.to_owned();
+        self.mutate(t, sid, move |txn, rec, now| {
+            agent_of(rec, &aid)?;
+            let mut msg = read_message_w(txn, rec.uid, &aid, mid)?
+                .ok_or_else(|| StoreError::message_not_found(&aid, mid))?;
+            patch.apply(&mut msg, now);
+            txn.open_table(MESSAGES)
+                .map_err(internal)?
+                .insert((rec.uid, aid.as_str(), mid), to_json(&msg)?.as_slice())
+                .map_err(internal)?;
+            let payload = message_event_payload(&aid, &msg);
+            Ok(Change::Event(EventType::MessageUpdated, payload, msg))
+        })
+        .await
+    }
+}
