@@ -15,13 +15,14 @@
 //! are committed without it. A batch holds at most one job per session: the
 //! caller holds the session's in-process lock until its job is answered.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::Client;
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR};
 use mongodb::options::{ReadPreference, SelectionCriteria, WriteModel};
 use mongodb::results::VerboseBulkWriteResult;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::txn::{backoff, commit_with_retry, is_connectivity, mongo_err};
 use crate::store::StoreError;
@@ -29,6 +30,12 @@ use crate::store::StoreError;
 /// Most jobs in one transaction (the driver splits a bulk write larger than
 /// the server's batch and message limits into several commands by itself).
 const MAX_JOBS: usize = 256;
+/// Batches committing at once. Their jobs are of distinct sessions (a session
+/// has at most one job outstanding: its caller holds the session's lock until
+/// the job is answered), so concurrent batches never write the same document
+/// and never conflict; a second batch in flight keeps the server busy while
+/// the first one's commit round trip is on the wire.
+const IN_FLIGHT: usize = 4;
 /// Attempts of one batch on transient errors, and the time they may take.
 const ATTEMPTS: u32 = 10;
 const BUDGET: Duration = Duration::from_secs(5);
@@ -92,7 +99,16 @@ impl GroupCommit {
 }
 
 async fn run(client: Client, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // Wait for a free slot before collecting: while every slot commits,
+        // the next batch keeps growing in the channel.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS {
             match rx.try_recv() {
@@ -100,7 +116,11 @@ async fn run(client: Client, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit(&client, batch).await;
+        let client = client.clone();
+        tokio::spawn(async move {
+            commit(&client, batch).await;
+            drop(slot);
+        });
     }
 }
 
