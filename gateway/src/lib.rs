@@ -8,6 +8,8 @@
 //! - [`auth`]: API keys, tenants and roles: who a request is from.
 //! - [`limits`]: the request guard: overload, auth, rate limit, timeout.
 //! - [`model`]: sessions, agents, messages, feedbacks, events.
+//! - [`api`]: the API's envelopes, admin views and parameters (serialized and documented by one type).
+//! - [`openapi`]: assembles the OpenAPI document from the handlers' annotations.
 //! - [`metadata`]: dotted-path metadata changes, shared by both stores.
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
 //! - [`routes`]: one file per resource, each with `router()`.
@@ -19,6 +21,7 @@
 //! - [`stream`]: live per-session feeds for SSE subscribers, from the same log.
 //! - [`import`]: `gateway import`, bringing sessions over from the Python original.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
