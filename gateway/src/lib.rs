@@ -101,7 +101,7 @@ pub fn app(state: AppState) -> Router {
             limits::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             observe::observe,
         ))
         .with_state(state)
@@ -162,6 +162,7 @@ impl Gateway {
             auth::Keys::new(&config.auth),
             &config.limits,
         ));
+        let hub = Arc::new(stream::EventHub::new(store.clone(), hooks.clone()));
         let state = AppState {
             store: store.clone(),
             config: Arc::new(config),
@@ -169,9 +170,9 @@ impl Gateway {
             events_wake: Arc::new(Notify::new()),
             outbox_wake: Arc::new(Notify::new()),
             outbox_stats: Arc::new(outbox::OutboxStats::default()),
-            hub: Arc::new(stream::EventHub::new(store.clone(), hooks.clone())),
+            metrics: Arc::new(observe::Metrics::new(hooks.clone(), hub.clone())),
+            hub,
             guard,
-            metrics: Arc::new(observe::Metrics::default()),
         };
         let mut tasks = vec![tokio::spawn(events::process(
             store,

@@ -70,6 +70,6 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::observe::render(&state).await,
+        state.metrics.render(&*state.store).await,
     )
 }
