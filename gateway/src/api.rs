@@ -35,8 +35,8 @@ pub const ID_PATTERN: &str = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$";
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct SessionPath {
-    /// Session id: 1 to 128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.
-    #[param(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$")]
+    /// The session's id.
+    #[param(value_type = SessionId)]
     pub sid: String,
 }
 
@@ -44,11 +44,11 @@ pub struct SessionPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct AgentPath {
-    /// Session id: 1 to 128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.
-    #[param(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$")]
+    /// The session's id.
+    #[param(value_type = SessionId)]
     pub sid: String,
-    /// Agent id: 1 to 128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.
-    #[param(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$")]
+    /// The agent's id.
+    #[param(value_type = AgentId)]
     pub aid: String,
 }
 
@@ -56,11 +56,11 @@ pub struct AgentPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct MessagePath {
-    /// Session id: 1 to 128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.
-    #[param(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$")]
+    /// The session's id.
+    #[param(value_type = SessionId)]
     pub sid: String,
-    /// Agent id: 1 to 128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`.
-    #[param(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$")]
+    /// The agent's id.
+    #[param(value_type = AgentId)]
     pub aid: String,
     /// Message id: 0-based, sequential per agent.
     pub mid: u64,
@@ -117,6 +117,15 @@ fn count() -> ObjectBuilder {
 fn free_form(b: ObjectBuilder) -> ObjectBuilder {
     b.additional_properties(Some(AdditionalProperties::FreeForm(true)))
 }
+
+manual_schema!(
+    /// An agent id (the pattern of [`crate::model::validate_id`]).
+    AgentId,
+    "AgentId",
+    ObjectBuilder::new().schema_type(Type::String).pattern(Some(ID_PATTERN)).description(Some(
+        "Agent id: 1 to 128 characters from `[A-Za-z0-9._:@-]`, not starting with `.`"
+    ))
+);
 
 manual_schema!(
     /// A session id (the pattern of [`crate::model::validate_id`]).
