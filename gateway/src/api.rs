@@ -186,6 +186,20 @@ pub struct BatchWriteItem {
     pub body: Value,
 }
 
+/// The error answer of `POST /v1/sessions/{sid}/batch` when an operation
+/// failed after others were checked: the uniform error, which operation
+/// failed, and the results of those written before it.
+#[derive(Serialize, ToSchema)]
+pub struct BatchFailure {
+    /// The failed operation's error, as its own endpoint would have answered.
+    #[schema(value_type = crate::error::ErrorDetail)]
+    pub error: Value,
+    /// Index (0-based) of the operation that failed; none after it ran.
+    pub failed_op: usize,
+    /// The results of the operations before it, which stay written.
+    pub results: Vec<BatchWriteItem>,
+}
+
 /// The answer of `POST /v1/sessions/{sid}/batch`.
 #[derive(Serialize, ToSchema)]
 pub struct BatchWriteResult {

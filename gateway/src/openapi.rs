@@ -33,7 +33,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{Ref, RefOr, Required, Response, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::api::{AgentId, MetadataFilter, OutboxStateParam, ResetEvent, SessionId, StreamEvent};
+use crate::api::{
+    AgentId, BatchFailure, MetadataFilter, OutboxStateParam, ResetEvent, SessionId, StreamEvent,
+};
 use crate::error::ErrorBody;
 use crate::model::EventType;
 
@@ -83,7 +85,7 @@ Every JSON body passes one rule before it is parsed or stored: objects/arrays ne
         crate::routes::admin::outbox,
         crate::routes::admin::retry,
     ),
-    components(schemas(ErrorBody, StreamEvent, ResetEvent, EventType, MetadataFilter, SessionId, AgentId, OutboxStateParam)),
+    components(schemas(ErrorBody, BatchFailure, StreamEvent, ResetEvent, EventType, MetadataFilter, SessionId, AgentId, OutboxStateParam)),
     modifiers(&Common),
     tags(
         (name = "sessions", description = "Create, read, list, batch-get and delete sessions"),

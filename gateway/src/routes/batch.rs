@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{check_aid, check_sid};
 use crate::AppState;
-use crate::api::{BatchWriteItem, BatchWriteResult};
+use crate::api::{BatchFailure, BatchWriteItem, BatchWriteResult};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
@@ -192,9 +192,9 @@ fn check_op(state: &AppState, i: usize, op: Op) -> AppResult<Ready> {
     responses(
         (status = 200, description = "Every operation was written: `results[i]` has the `status` and `body` its own endpoint would have answered", body = BatchWriteResult),
         (status = 400, description = "`invalid_json`, `invalid_body` (an op lacks or has a field it should not; nothing written), `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session, agent or message (the batch stopped there: see `failed_op`)"),
-        (status = 409, description = "`message_conflict` or `message_id_gap` (the batch stopped there: see `failed_op`)"),
-        (status = 412, description = "`version_mismatch`: a `put_agent`'s `if_match` is not current (the batch stopped there: see `failed_op`)"),
+        (status = 404, description = "`not_found`: no such session, agent or message (the batch stopped there: the body is a `BatchFailure`)"),
+        (status = 409, description = "`message_conflict` or `message_id_gap` (the batch stopped there: the body is a `BatchFailure`)"),
+        (status = 412, description = "`version_mismatch`: a `put_agent`'s `if_match` is not current (the batch stopped there: the body is a `BatchFailure`)"),
         (status = 422, description = "`too_many_ops`, `message_too_large`, `agent_id_mismatch` or `too_deep`"),
     )
 )]
@@ -284,12 +284,16 @@ async fn partial(e: AppError, failed: usize, results: Vec<BatchWriteItem>) -> Re
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return (parts.status, parts.headers).into_response();
     };
-    let mut v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("failed_op".into(), json!(failed));
-        obj.insert("results".into(), to_value(&results).unwrap_or_default());
-    }
-    let mut out = (parts.status, axum::Json(v)).into_response();
+    let error = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|mut v| v.get_mut("error").map(Value::take))
+        .unwrap_or_default();
+    let body = BatchFailure {
+        error,
+        failed_op: failed,
+        results,
+    };
+    let mut out = (parts.status, axum::Json(body)).into_response();
     for (name, value) in &parts.headers {
         if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
             out.headers_mut().insert(name.clone(), value.clone());
