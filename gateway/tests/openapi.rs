@@ -573,7 +573,7 @@ async fn answers_have_the_documented_fields() {
         serde_json::json!({"rating": "up"}),
     )
     .await;
-    let ops: [(&str, &str, Option<Value>); 9] = [
+    let ops: [(&str, &str, Option<Value>); 14] = [
         ("get", "/v1/sessions", None),
         (
             "post",
@@ -593,9 +593,27 @@ async fn answers_have_the_documented_fields() {
                 serde_json::json!({"ops": [{"op": "append_message", "agent_id": "a", "message": {"message": {"role": "user"}}}]}),
             ),
         ),
+        // Answers built outside the typed envelopes: the created session
+        // (shaped by get-hooks) and the message page (written as it is read).
+        (
+            "post",
+            "/v1/sessions",
+            Some(serde_json::json!({"session_id": "t"})),
+        ),
+        ("get", "/v1/sessions/{sid}", None),
+        ("get", "/v1/sessions/{sid}/agents/{aid}", None),
+        ("get", "/v1/sessions/{sid}/agents/{aid}/messages", None),
+        (
+            "get",
+            "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
+            None,
+        ),
     ];
     for (method, path, body) in ops {
-        let concrete = path.replace("{sid}", "s");
+        let concrete = path
+            .replace("{sid}", "s")
+            .replace("{aid}", "a")
+            .replace("{mid}", "0");
         let (status, v) = match body {
             Some(b) => gw.post(&concrete, b).await,
             None => gw.get(&concrete).await,
