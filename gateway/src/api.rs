@@ -209,6 +209,9 @@ pub struct BatchWriteResult {
 
 /// The answer of `POST /v1/sessions`: the session as get-hooks show it, and
 /// `metadata_withheld` when a get-hook failed after the session was stored.
+///
+/// Schema only: the answer is built by `hooks::display::session_response`
+/// (the hooks' module); `tests/openapi.rs` checks the two agree.
 #[derive(ToSchema)]
 pub struct CreatedSession {
     /// The client's id for the session.
@@ -288,6 +291,10 @@ pub struct AgentList {
 }
 
 /// The answer of `GET …/messages`.
+///
+/// Schema only: the handler writes the page as it reads it, within the byte
+/// budget, without building it in memory; `tests/openapi.rs` checks the two
+/// agree.
 #[derive(ToSchema)]
 pub struct MessageList {
     /// The messages, ascending by id: at most `server.max_page_size`, and cut
