@@ -326,7 +326,7 @@ pub fn redact_uri(uri: &str) -> String {
 }
 
 /// Which phase of an operation a hook runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HookPhase {
     /// On the request path, before the write; may deny or rewrite.
@@ -338,7 +338,9 @@ pub enum HookPhase {
 }
 
 /// What a hook does when it fails (trap, timeout, memory limit, bad output).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// Fail closed: the request gets 503 `hook_failed`.
@@ -349,7 +351,9 @@ pub enum OnError {
 }
 
 /// How instances of a plugin are managed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceMode {
     /// Keep warm instances and reuse them across calls (discarded after a trap).
@@ -416,7 +420,7 @@ pub struct HookConfig {
 /// fail at least `failures` times and at least `failure_ratio` of the time
 /// within `window_ms`, the plugin is skipped for that tenant for
 /// `cooldown_ms` (its calls get the `on_error` outcome at once).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failed calls in one window that trip the breaker; 0 turns it off.

@@ -7,7 +7,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::store::StoreError;
 
@@ -166,8 +166,7 @@ impl IntoResponse for AppError {
             }
             other => other.to_string(),
         };
-        let body = json!({ "error": { "code": self.code(), "message": message } });
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (status, ErrorBody::new(self.code(), message)).into_response();
         let retry_after = match &self {
             Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
             Self::Unavailable { retry_after, .. } => *retry_after,
@@ -184,6 +183,32 @@ impl IntoResponse for AppError {
                 .insert(header::WWW_AUTHENTICATE, crate::auth::challenge(message));
         }
         response
+    }
+}
+
+/// The uniform error body of every failed request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable snake_case code, e.g. `not_found` or `denied_by_hook`.
+    #[schema(example = "not_found")]
+    pub code: &'static str,
+    /// What was wrong, for a human.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// The body for `code` and `message`.
+    pub fn new(code: &'static str, message: String) -> axum::Json<Self> {
+        axum::Json(Self {
+            error: ErrorDetail { code, message },
+        })
     }
 }
 

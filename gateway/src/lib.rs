@@ -8,6 +8,8 @@
 //! - [`auth`]: API keys, tenants and roles: who a request is from.
 //! - [`limits`]: the request guard: overload, auth, rate limit, timeout.
 //! - [`model`]: sessions, agents, messages, feedbacks, events.
+//! - [`api`]: the API's envelopes, admin views and parameters (serialized and documented by one type).
+//! - [`openapi`]: assembles the OpenAPI document from the handlers' annotations.
 //! - [`metadata`]: dotted-path metadata changes, shared by both stores.
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
 //! - [`routes`]: one file per resource, each with `router()`.
@@ -19,6 +21,7 @@
 //! - [`stream`]: live per-session feeds for SSE subscribers, from the same log.
 //! - [`import`]: `gateway import`, bringing sessions over from the Python original.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -98,7 +101,7 @@ pub fn app(state: AppState) -> Router {
             limits::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             observe::observe,
         ))
         .with_state(state)
@@ -159,6 +162,7 @@ impl Gateway {
             auth::Keys::new(&config.auth),
             &config.limits,
         ));
+        let hub = Arc::new(stream::EventHub::new(store.clone(), hooks.clone()));
         let state = AppState {
             store: store.clone(),
             config: Arc::new(config),
@@ -166,9 +170,9 @@ impl Gateway {
             events_wake: Arc::new(Notify::new()),
             outbox_wake: Arc::new(Notify::new()),
             outbox_stats: Arc::new(outbox::OutboxStats::default()),
-            hub: Arc::new(stream::EventHub::new(store.clone(), hooks.clone())),
+            metrics: Arc::new(observe::Metrics::new(hooks.clone(), hub.clone())),
+            hub,
             guard,
-            metrics: Arc::new(observe::Metrics::default()),
         };
         let mut tasks = vec![tokio::spawn(events::process(
             store,

@@ -265,7 +265,7 @@ fn same_json(a: &RawValue, b: &RawValue) -> bool {
 pub struct MessagePatch {
     /// New message content (opaque JSON; null is the same as absent).
     #[serde(default)]
-    #[schema(schema_with = crate::openapi::non_null_value)]
+    #[schema(schema_with = non_null_value)]
     pub message: Option<Box<RawValue>>,
     /// New redaction (opaque JSON; null clears it).
     #[serde(default, deserialize_with = "double_option")]
@@ -408,4 +408,21 @@ pub struct Event {
     pub ts: i64,
     /// Details of the change; shape depends on `kind`.
     pub payload: Value,
+}
+
+/// The schema of new message content: any JSON value but null.
+fn non_null_value() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::Object,
+            Type::Array,
+            Type::String,
+            Type::Number,
+            Type::Boolean,
+        ]))
+        .description(Some(
+            "New message content: any JSON value but null (opaque)",
+        ))
+        .into()
 }

@@ -1,81 +1,174 @@
 //! Observability: a request id and a tracing span per request, and the
 //! Prometheus metrics served at `GET /metrics`.
 //!
-//! Metrics are plain atomics behind a read-mostly map (no registry crate): the
-//! hot path is one read lock and a few relaxed increments.
+//! Metrics live in a [`prometheus_client`] registry: request latency and
+//! response counts are families the middleware updates; hook, connection and
+//! SSE figures are read from their owners' counters at scrape time by
+//! collectors, so the hot paths keep their plain atomics.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
-use crate::AppState;
+use crate::hooks::HookHost;
+use crate::server::ConnStats;
+use crate::store::SessionStore;
+use crate::stream::EventHub;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A latency histogram.
-#[derive(Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// Labels of the request metrics. Bounded whatever clients send: the method
+/// is one of the standard methods or `other`, and the route is the matched
+/// route template (never the raw path) or `unmatched`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: String,
 }
 
-impl Histogram {
-    /// Records one observation.
-    pub fn observe_us(&self, us: u64) {
-        let secs = us as f64 / 1e6;
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+/// [`RouteLabels`] plus the response status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+/// The `state` label of the outbox gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    state: &'static str,
+}
+
+/// A label value as the text format needs it (`\\`, `"` and newlines
+/// escaped); borrowed when nothing needs escaping, as for every route.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\\', '"', '\n']) {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        s.into()
     }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
 }
 
-/// Per-route request metrics.
-#[derive(Default)]
-struct RouteMetrics {
-    latency: Histogram,
-    statuses: RwLock<BTreeMap<u16, AtomicU64>>,
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-/// The gateway's request metrics.
-///
-/// Label sets are bounded whatever clients send: the method label is one of
-/// the standard methods or `other`, and the route label is the matched route
-/// template (never the raw path) or `unmatched`.
-#[derive(Default)]
+/// The gateway's metrics: the registry `GET /metrics` encodes, and the
+/// families the request middleware updates.
 pub struct Metrics {
-    routes: RwLock<BTreeMap<(&'static str, String), Arc<RouteMetrics>>>,
+    registry: Registry,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    responses: Family<StatusLabels, Counter>,
+    outbox: Family<OutboxLabels, Gauge>,
     /// Client connections (see [`crate::server`]).
-    pub connections: Arc<crate::server::ConnStats>,
+    pub connections: Arc<ConnStats>,
+}
+
+impl Metrics {
+    /// The registry, with collectors reading the plugins' counters from
+    /// `hooks`, the connection counters and the live SSE feeds of `hub`.
+    pub fn new(hooks: Arc<HookHost>, hub: Arc<EventHub>) -> Self {
+        let connections = Arc::new(ConnStats::default());
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let responses = Family::<StatusLabels, Counter>::default();
+        let outbox = Family::<OutboxLabels, Gauge>::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "gateway_http_request_duration_seconds",
+            "Time to produce the response, by route",
+            latency.clone(),
+        );
+        // Counters are exposed with the `_total` suffix.
+        registry.register(
+            "gateway_http_responses",
+            "Responses by route and status",
+            responses.clone(),
+        );
+        registry.register(
+            "gateway_outbox_items",
+            "Notifications in the outbox by state",
+            outbox.clone(),
+        );
+        registry.register_collector(Box::new(Scraped {
+            hooks,
+            hub,
+            connections: connections.clone(),
+        }));
+        Self {
+            registry,
+            latency,
+            responses,
+            outbox,
+            connections,
+        }
+    }
+
+    fn record(&self, method: &'static str, route: String, status: u16, us: u64) {
+        let route = RouteLabels {
+            method,
+            route: match escape(&route) {
+                std::borrow::Cow::Borrowed(_) => route,
+                std::borrow::Cow::Owned(escaped) => escaped,
+            },
+        };
+        self.latency.get_or_create(&route).observe(us as f64 / 1e6);
+        self.responses
+            .get_or_create(&StatusLabels {
+                method,
+                route: route.route,
+                status,
+            })
+            .inc();
+    }
+
+    /// Every metric in the Prometheus text format, then the store's own.
+    pub async fn render(&self, store: &dyn SessionStore) -> String {
+        // The outbox depth is a store query, made at scrape time; on failure
+        // the gauge has no samples rather than stale ones.
+        match store.outbox_counts().await {
+            Ok((pending, dead)) => {
+                for (state, n) in [("pending", pending), ("dead", dead)] {
+                    self.outbox
+                        .get_or_create(&OutboxLabels { state })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            Err(_) => self.outbox.clear(),
+        }
+        let mut out = String::with_capacity(8192);
+        // `encode_registry` leaves out the OpenMetrics `# EOF` line: the
+        // store's metrics follow.
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        // The store's numbers, read now: a registry of one collector per scrape.
+        let mut store_registry = Registry::default();
+        store_registry.register_collector(Box::new(StoreScraped(store.metrics())));
+        prometheus_client::encoding::text::encode_registry(&mut out, &store_registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
 }
 
 /// The method label: a standard method, or `other` for anything else (so
@@ -96,47 +189,178 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
     }
 }
 
-impl Metrics {
-    fn route(&self, method: &'static str, route: &str) -> Arc<RouteMetrics> {
-        let key = (method, route.to_owned());
-        if let Some(r) = self.routes.read().expect("metrics lock").get(&key) {
-            return r.clone();
-        }
-        self.routes
-            .write()
-            .expect("metrics lock")
-            .entry(key)
-            .or_default()
-            .clone()
-    }
+/// Metrics read from their owners' counters at each scrape.
+struct Scraped {
+    hooks: Arc<HookHost>,
+    hub: Arc<EventHub>,
+    connections: Arc<ConnStats>,
+}
 
-    fn record(&self, method: &'static str, route: &str, status: u16, us: u64) {
-        let r = self.route(method, route);
-        r.latency.observe_us(us);
-        if let Some(c) = r.statuses.read().expect("metrics lock").get(&status) {
-            c.fetch_add(1, Relaxed);
-            return;
-        }
-        r.statuses
-            .write()
-            .expect("metrics lock")
-            .entry(status)
-            .or_default()
-            .fetch_add(1, Relaxed);
+impl std::fmt::Debug for Scraped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scraped")
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Encodes one metric without labels.
+fn encode_one(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: &(impl EncodeMetric + TypedMetric),
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+
+        // Per plugin; names without `_total`, which counters get when encoded.
+        type Read = fn(&crate::hooks::runtime::Plugin) -> u64;
+        let per_plugin: [(&str, &str, Read); 7] = [
+            ("gateway_hook_calls", "Hook calls by plugin.", |p| {
+                p.meta.stats.calls.load(Relaxed)
+            }),
+            (
+                "gateway_hook_errors",
+                "Failed hook calls (trap, timeout, limit, bad output) by plugin.",
+                |p| p.meta.stats.errors.load(Relaxed),
+            ),
+            (
+                "gateway_hook_publish_refused",
+                "publish calls refused for lack of a grant.",
+                |p| p.meta.stats.publish_refused.load(Relaxed),
+            ),
+            (
+                "gateway_hook_quarantines",
+                "Times a plugin was quarantined for a tenant after repeated failures.",
+                |p| p.breakers.trips.load(Relaxed),
+            ),
+            (
+                "gateway_hook_quarantined_calls",
+                "Hook calls skipped (on_error outcome) during a quarantine.",
+                |p| p.breakers.skipped.load(Relaxed),
+            ),
+            (
+                "gateway_hook_isolated_calls",
+                "Hook calls of suspect tenants (mostly failing lately), run at the lowest CPU priority.",
+                |p| p.breakers.isolated.load(Relaxed),
+            ),
+            (
+                "gateway_hook_isolated_inline_calls",
+                "Suspects' calls the low-priority thread did not start in time (busy cores), run at normal priority instead.",
+                |p| p.breakers.inline.load(Relaxed),
+            ),
+        ];
+        let plugins = self.hooks.snapshot();
+        for (name, help, read) in per_plugin {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &plugins.plugins {
+                let labels = [("plugin", escape(&p.meta.name))];
+                ConstCounter::new(read(p)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        // A running total that keeps its historical name (no `_total`), so
+        // it is exposed as a gauge that only grows.
+        let mut family = encoder.encode_descriptor(
+            "gateway_hook_latency_seconds_sum",
+            "Total time spent in hook calls by plugin (only grows).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &plugins.plugins {
+            let labels = [("plugin", escape(&p.meta.name))];
+            let secs = p.meta.stats.latency_us_total.load(Relaxed) as f64 / 1e6;
+            ConstGauge::new(secs).encode(family.encode_family(&labels)?)?;
+        }
+
+        let c = &self.connections;
+        encode_one(
+            &mut encoder,
+            "gateway_http_connections",
+            "Client connections open.",
+            &ConstGauge::new(c.open.load(Relaxed)),
+        )?;
+        encode_one(
+            &mut encoder,
+            "gateway_http_connections_max",
+            "The connection cap in force (server.max_connections or derived from the file limit).",
+            &ConstGauge::new(c.max.load(Relaxed)),
+        )?;
+        encode_one(
+            &mut encoder,
+            "gateway_http_connections_accepted",
+            "Client connections accepted.",
+            &ConstCounter::new(c.accepted.load(Relaxed)),
+        )?;
+        encode_one(
+            &mut encoder,
+            "gateway_http_accept_errors",
+            "Failed accepts (e.g. EMFILE).",
+            &ConstCounter::new(c.accept_errors.load(Relaxed)),
+        )?;
+        let mut closed = encoder.encode_descriptor(
+            "gateway_http_connections_closed",
+            "Connections the gateway closed, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, v) in [
+            ("header_timeout", &c.closed_header_timeout),
+            ("idle_timeout", &c.closed_idle),
+            ("evicted", &c.closed_evicted),
+        ] {
+            ConstCounter::new(v.load(Relaxed))
+                .encode(closed.encode_family(&[("reason", reason)])?)?;
+        }
+        encode_one(
+            &mut encoder,
+            "gateway_sse_feeds",
+            "Sessions with live SSE subscribers.",
+            &ConstGauge::new(self.hub.feeds() as u64),
+        )
+    }
+}
+
+/// The store's own metrics ([`crate::store::StoreMetrics`]) at one scrape.
+#[derive(Debug)]
+struct StoreScraped(crate::store::StoreMetrics);
+
+impl Collector for StoreScraped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(p) = self.0.pool else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "gateway_mongodb_connections",
+            "Connections of the driver's pool by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in [("in_use", p.in_use), ("idle", p.idle)] {
+            ConstGauge::new(n).encode(family.encode_family(&[("state", state)])?)?;
+        }
+        encode_one(
+            &mut encoder,
+            "gateway_mongodb_checkout_failures",
+            "Connection checkouts that failed.",
+            &ConstCounter::new(p.checkout_failures),
+        )?;
+        encode_one(
+            &mut encoder,
+            "gateway_mongodb_pool_cleared",
+            "Times the pool was cleared (server went away).",
+            &ConstCounter::new(p.pool_cleared),
+        )
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Middleware: request id (accepted from `X-Request-Id` or generated, and
 /// returned), a span carrying it, one log line per request, and metrics.
-pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = req
         .headers()
@@ -153,7 +377,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     let mut resp = next.run(req).instrument(span.clone()).await;
     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let status = resp.status().as_u16();
-    state.metrics.record(method, &route, status, us);
+    metrics.record(method, route, status, us);
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, us, "request failed");
@@ -167,145 +391,54 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     resp
 }
 
-/// Renders every metric in the Prometheus text format.
-pub async fn render(state: &AppState) -> String {
-    let mut out = String::with_capacity(8192);
-    out.push_str(
-        "# HELP gateway_http_request_duration_seconds Time to produce the response, by route.\n",
-    );
-    out.push_str("# TYPE gateway_http_request_duration_seconds histogram\n");
-    let routes: Vec<_> = state
-        .metrics
-        .routes
-        .read()
-        .expect("metrics lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for ((method, route), r) in &routes {
-        let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
-        r.latency
-            .render(&mut out, "gateway_http_request_duration_seconds", &labels);
+#[cfg(test)]
+mod tests {
+    use super::{Registry, StoreScraped, escape};
+    use crate::store::{PoolMetrics, StoreMetrics};
+
+    fn store_text(m: StoreMetrics) -> String {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(StoreScraped(m)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &r).unwrap();
+        out
     }
-    out.push_str("# HELP gateway_http_responses_total Responses by route and status.\n");
-    out.push_str("# TYPE gateway_http_responses_total counter\n");
-    for ((method, route), r) in &routes {
-        for (status, n) in r.statuses.read().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "gateway_http_responses_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {}",
-                escape(route),
-                n.load(Relaxed)
+
+    /// The store's numbers keep the names, labels and types `/metrics` has
+    /// always shown (samples of counters end in `_total`).
+    #[test]
+    fn store_metrics_are_exposed() {
+        assert_eq!(store_text(StoreMetrics::default()), "");
+        let text = store_text(StoreMetrics {
+            pool: Some(PoolMetrics {
+                in_use: 2,
+                idle: 3,
+                checkout_failures: 4,
+                pool_cleared: 5,
+            }),
+        });
+        for line in [
+            "# TYPE gateway_mongodb_connections gauge",
+            "gateway_mongodb_connections{state=\"in_use\"} 2",
+            "gateway_mongodb_connections{state=\"idle\"} 3",
+            "# TYPE gateway_mongodb_checkout_failures counter",
+            "gateway_mongodb_checkout_failures_total 4",
+            "# TYPE gateway_mongodb_pool_cleared counter",
+            "gateway_mongodb_pool_cleared_total 5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
             );
         }
     }
 
-    type Read = fn(&crate::hooks::runtime::Plugin) -> f64;
-    let per_plugin: [(&str, &str, Read); 8] = [
-        ("gateway_hook_calls_total", "Hook calls by plugin.", |p| {
-            p.meta.stats.calls.load(Relaxed) as f64
-        }),
-        (
-            "gateway_hook_errors_total",
-            "Failed hook calls (trap, timeout, limit, bad output) by plugin.",
-            |p| p.meta.stats.errors.load(Relaxed) as f64,
-        ),
-        (
-            "gateway_hook_latency_seconds_sum",
-            "Total time spent in hook calls by plugin.",
-            |p| p.meta.stats.latency_us_total.load(Relaxed) as f64 / 1e6,
-        ),
-        (
-            "gateway_hook_publish_refused_total",
-            "publish calls refused for lack of a grant.",
-            |p| p.meta.stats.publish_refused.load(Relaxed) as f64,
-        ),
-        (
-            "gateway_hook_quarantines_total",
-            "Times a plugin was quarantined for a tenant after repeated failures.",
-            |p| p.breakers.trips.load(Relaxed) as f64,
-        ),
-        (
-            "gateway_hook_quarantined_calls_total",
-            "Hook calls skipped (on_error outcome) during a quarantine.",
-            |p| p.breakers.skipped.load(Relaxed) as f64,
-        ),
-        (
-            "gateway_hook_isolated_calls_total",
-            "Hook calls of suspect tenants (mostly failing lately), run at the lowest CPU priority.",
-            |p| p.breakers.isolated.load(Relaxed) as f64,
-        ),
-        (
-            "gateway_hook_isolated_inline_calls_total",
-            "Suspects' calls the low-priority thread did not start in time (busy cores), run at normal priority instead.",
-            |p| p.breakers.inline.load(Relaxed) as f64,
-        ),
-    ];
-    let plugins = state.hooks.snapshot();
-    for (name, help, read) in per_plugin {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for p in &plugins.plugins {
-            let _ = writeln!(
-                out,
-                "{name}{{plugin=\"{}\"}} {}",
-                escape(&p.meta.name),
-                read(p)
-            );
-        }
+    #[test]
+    fn label_values_are_escaped_for_the_text_format() {
+        assert!(matches!(
+            escape("/v1/sessions/{sid}"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
-
-    let c = &state.metrics.connections;
-    let gauges: [(&str, &str, &str, &AtomicU64); 2] = [
-        (
-            "gateway_http_connections",
-            "gauge",
-            "Client connections open.",
-            &c.open,
-        ),
-        (
-            "gateway_http_connections_max",
-            "gauge",
-            "The connection cap in force (server.max_connections or derived from the file limit).",
-            &c.max,
-        ),
-    ];
-    for (name, kind, help, v) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-            v.load(Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP gateway_http_connections_accepted_total Client connections accepted.\n# TYPE gateway_http_connections_accepted_total counter\ngateway_http_connections_accepted_total {}",
-        c.accepted.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP gateway_http_accept_errors_total Failed accepts (e.g. EMFILE).\n# TYPE gateway_http_accept_errors_total counter\ngateway_http_accept_errors_total {}",
-        c.accept_errors.load(Relaxed)
-    );
-    out.push_str("# HELP gateway_http_connections_closed_total Connections the gateway closed, by reason.\n# TYPE gateway_http_connections_closed_total counter\n");
-    for (reason, v) in [
-        ("header_timeout", &c.closed_header_timeout),
-        ("idle_timeout", &c.closed_idle),
-        ("evicted", &c.closed_evicted),
-    ] {
-        let _ = writeln!(
-            out,
-            "gateway_http_connections_closed_total{{reason=\"{reason}\"}} {}",
-            v.load(Relaxed)
-        );
-    }
-
-    out.push_str("# HELP gateway_sse_feeds Sessions with live SSE subscribers.\n# TYPE gateway_sse_feeds gauge\n");
-    let _ = writeln!(out, "gateway_sse_feeds {}", state.hub.feeds());
-    if let Ok((pending, dead)) = state.store.outbox_counts().await {
-        out.push_str("# HELP gateway_outbox_items Notifications in the outbox by state.\n# TYPE gateway_outbox_items gauge\n");
-        let _ = writeln!(out, "gateway_outbox_items{{state=\"pending\"}} {pending}");
-        let _ = writeln!(out, "gateway_outbox_items{{state=\"dead\"}} {dead}");
-    }
-    out.push_str(&crate::store::render_metrics(&state.store.metrics()));
-    out
 }

@@ -33,7 +33,6 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use rand::Rng;
-use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -59,18 +58,6 @@ pub struct OutboxStats {
     pub dead_lettered: AtomicU64,
     /// Whether the dispatcher is running (false when no target is configured).
     pub running: AtomicBool,
-}
-
-impl OutboxStats {
-    /// The counters as JSON fields.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "delivered": self.delivered.load(Ordering::Relaxed),
-            "retried": self.retried.load(Ordering::Relaxed),
-            "dead_lettered": self.dead_lettered.load(Ordering::Relaxed),
-            "dispatcher_running": self.running.load(Ordering::Relaxed),
-        })
-    }
 }
 
 /// Sends one notification to one destination.

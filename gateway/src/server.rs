@@ -60,6 +60,50 @@ pub fn fd_headroom(config: &Config, soft_limit: u64) -> u64 {
     headroom
 }
 
+/// Connections that must have closed, most of them since the last trim,
+/// before freed memory is handed back to the OS.
+const TRIM_AFTER_CLOSED: u64 = 256;
+
+/// Hands memory freed by closed connections back to the OS after a burst of
+/// connections ends (e.g. a thousand SSE streams closing): glibc keeps freed
+/// chunks in its arenas, so without this the process stays at its peak RSS.
+/// Runs when at least [`TRIM_AFTER_CLOSED`] connections closed since the
+/// last trim and fewer are open now than closed since, at most once a second,
+/// off the async threads.
+fn release_memory(stats: &ConnStats, open: u64) {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let closed = stats.closed_since_trim.fetch_add(1, Ordering::Relaxed) + 1;
+    if closed < TRIM_AFTER_CLOSED || open >= closed {
+        return;
+    }
+    let now =
+        u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last = stats.last_trim_ms.load(Ordering::Relaxed);
+    if (last != 0 && now.saturating_sub(last) < 1_000)
+        || stats
+            .last_trim_ms
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    stats.closed_since_trim.store(0, Ordering::Relaxed);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(trim_heap);
+    }
+}
+
+/// Returns free heap memory to the OS (glibc's `malloc_trim`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 /// Raises the soft file limit to the hard one (as far as allowed) and returns
 /// the soft limit in force.
 #[allow(unsafe_code)]
@@ -130,6 +174,10 @@ pub struct ConnStats {
     pub closed_evicted: AtomicU64,
     /// Times `accept` failed (e.g. `EMFILE`).
     pub accept_errors: AtomicU64,
+    /// Connections closed since memory was last handed back ([`release_memory`]).
+    closed_since_trim: AtomicU64,
+    /// When memory was last handed back (ms since the process's base instant).
+    last_trim_ms: AtomicU64,
     /// The connection cap in force.
     pub max: AtomicU64,
 }
@@ -311,7 +359,8 @@ impl Drop for Closed {
         if let Some(c) = counter {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        let open = self.stats.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        release_memory(&self.stats, open);
         let mut conns = self
             .registry
             .conns

@@ -24,8 +24,11 @@ use crate::model::{Event, EventType, Tenant, now_ms};
 use crate::store::{SessionStore, StoreResult};
 
 /// Events broadcast to a feed's subscribers before a slow one is told it lagged
-/// (it then re-reads from the store, so nothing is lost).
-const FEED_CAPACITY: usize = 256;
+/// (it then re-reads from the store, so nothing is lost). The ring is
+/// allocated up front for every followed session (~32 B a slot): at 256 it
+/// was a third of an SSE stream's memory (BENCHMARKS.md §Memory (P7)), while
+/// a subscriber rarely falls more than a few events behind.
+pub const FEED_CAPACITY: usize = 32;
 /// Events read from the store per round.
 const READ_BATCH: usize = 256;
 

@@ -272,6 +272,37 @@ async fn many_subscribers_share_one_feed(b: Backend) {
     }
 }
 
+/// More changes at once than a feed's broadcast ring holds
+/// (`stream::FEED_CAPACITY`): a subscriber that falls behind re-reads from the
+/// log, so it still gets every event once, in order.
+async fn a_burst_larger_than_the_feed_ring_arrives_whole(b: Backend) {
+    let gw = gw!(b);
+    gw.session("burst").await;
+    gw.put("/v1/sessions/burst/agents/bot", json!({})).await;
+    let mut r = Reader::open(&gw, "burst", None).await;
+    let n = gateway::stream::FEED_CAPACITY * 3;
+    let writes = (0..4).map(|w| {
+        let gw = &gw;
+        async move {
+            for i in (w..n).step_by(4) {
+                gw.post(
+                    "/v1/sessions/burst/agents/bot/messages",
+                    json!({"message": {"i": i}}),
+                )
+                .await;
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    let got = r.take(n).await;
+    let ids: Vec<u64> = got.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (3..3 + n as u64).collect::<Vec<_>>());
+    // Nothing repeated or extra after the burst.
+    gw.patch("/v1/sessions/burst/metadata", json!({"done": true}))
+        .await;
+    assert_eq!(r.take(1).await[0].id, Some(3 + n as u64));
+}
+
 /// Polls `GET path` until it answers `status` (generous deadline).
 async fn wait_status(gw: &TestGateway, path: &str, status: StatusCode) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -542,6 +573,7 @@ on_both_stores!(
     every_change_type_in_order,
     resume_misses_and_repeats_nothing,
     many_subscribers_share_one_feed,
+    a_burst_larger_than_the_feed_ring_arrives_whole,
     expired_sessions_disappear_and_streams_are_told,
     resume_past_the_window_resets_then_continues,
     after_query_resumes_and_data_has_the_documented_fields,

@@ -99,7 +99,8 @@ async fn request_ids_and_metrics(b: Backend) {
     );
     let text = r.text().await.unwrap();
     for needle in [
-        "gateway_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/sessions/{sid}\",le=\"+Inf\"} 3",
+        // (prometheus-client writes `le` first; label order carries no meaning)
+        "gateway_http_request_duration_seconds_bucket{le=\"+Inf\",method=\"GET\",route=\"/v1/sessions/{sid}\"} 3",
         "gateway_http_responses_total{method=\"GET\",route=\"/v1/sessions/{sid}\",status=\"404\"} 1",
         "gateway_http_responses_total{method=\"PATCH\",route=\"/v1/sessions/{sid}/metadata\",status=\"200\"} 1",
         "gateway_hook_calls_total{plugin=\"allow\"} 1",

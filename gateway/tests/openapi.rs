@@ -499,3 +499,132 @@ fn write_document_when_asked() {
         std::fs::write(&path, gateway::openapi::json()).unwrap();
     }
 }
+
+/// The answers are the documented shapes: for each JSON endpoint, the
+/// top-level fields served (and those of the first list item) are declared
+/// by the 200/201 schema, and every required one is present. The handlers
+/// serialize the same types the document is derived from, so a field added
+/// to an answer without its schema (or the reverse) fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_have_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(Backend::Embedded, &dir).expect("embedded config");
+    cfg.hooks = vec![common::hook(
+        "allow",
+        "fixture_allow",
+        "before",
+        &["metadata.update"],
+        "",
+    )];
+    let gw = TestGateway::start(cfg).await;
+    let doc = document();
+    let schemas = doc["components"]["schemas"].as_object().unwrap().clone();
+    let resolve = |s: &Value| -> Value {
+        match s["$ref"].as_str() {
+            Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+            None => s.clone(),
+        }
+    };
+    // Checks `v` against `schema`, and its nested objects (the first item of
+    // lists) against theirs.
+    fn check(what: &str, schema: &Value, v: &Value, resolve: &dyn Fn(&Value) -> Value) {
+        let schema = resolve(schema);
+        let props = schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let free = schema["additionalProperties"] == serde_json::json!(true);
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
+        for k in obj.keys() {
+            assert!(
+                free || props.contains_key(k),
+                "{what}: field {k} is not documented"
+            );
+        }
+        for r in schema["required"].as_array().into_iter().flatten() {
+            assert!(
+                obj.contains_key(r.as_str().unwrap()),
+                "{what}: required {r} missing in {v}"
+            );
+        }
+        for (k, p) in props {
+            let Some(field) = v.get(&k) else { continue };
+            let (p, field) = match (p.get("items"), field.as_array()) {
+                (Some(items), Some(a)) => match a.first() {
+                    Some(first) => (items.clone(), first),
+                    None => continue,
+                },
+                _ => (p, field),
+            };
+            let p = resolve(&p);
+            if field.is_object() && (p.get("properties").is_some()) {
+                check(&format!("{what}.{k}"), &p, field, resolve);
+            }
+        }
+    }
+
+    gw.session("s").await;
+    gw.put("/v1/sessions/s/agents/a", serde_json::json!({"state": {}}))
+        .await;
+    gw.post(
+        "/v1/sessions/s/feedbacks",
+        serde_json::json!({"rating": "up"}),
+    )
+    .await;
+    let ops: [(&str, &str, Option<Value>); 14] = [
+        ("get", "/v1/sessions", None),
+        (
+            "post",
+            "/v1/sessions/batch-get",
+            Some(serde_json::json!({"ids": ["s", "x"]})),
+        ),
+        ("get", "/v1/sessions/{sid}/agents", None),
+        ("get", "/v1/sessions/{sid}/feedbacks", None),
+        ("get", "/healthz", None),
+        ("get", "/readyz", None),
+        ("get", "/v1/admin/plugins", None),
+        ("get", "/v1/admin/outbox", None),
+        (
+            "post",
+            "/v1/sessions/{sid}/batch",
+            Some(
+                serde_json::json!({"ops": [{"op": "append_message", "agent_id": "a", "message": {"message": {"role": "user"}}}]}),
+            ),
+        ),
+        // Answers built outside the typed envelopes: the created session
+        // (shaped by get-hooks) and the message page (written as it is read).
+        (
+            "post",
+            "/v1/sessions",
+            Some(serde_json::json!({"session_id": "t"})),
+        ),
+        ("get", "/v1/sessions/{sid}", None),
+        ("get", "/v1/sessions/{sid}/agents/{aid}", None),
+        ("get", "/v1/sessions/{sid}/agents/{aid}/messages", None),
+        (
+            "get",
+            "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
+            None,
+        ),
+    ];
+    for (method, path, body) in ops {
+        let concrete = path
+            .replace("{sid}", "s")
+            .replace("{aid}", "a")
+            .replace("{mid}", "0");
+        let (status, v) = match body {
+            Some(b) => gw.post(&concrete, b).await,
+            None => gw.get(&concrete).await,
+        };
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        let op = &doc["paths"][path][method];
+        let schema = &op["responses"][status.as_str()]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path}: no schema for {status}"
+        );
+        check(&format!("{method} {path}"), schema, &v, &resolve);
+    }
+}

@@ -6,17 +6,20 @@
 //! tenant (plugin reload) and cross-tenant views (every tenant's outbox,
 //! process-wide plugin and dispatcher counters) need the `operator` role.
 
-use axum::Router;
+use std::sync::atomic::Ordering::Relaxed;
+
 use axum::extract::State;
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use axum::{Json, Router};
 
 use crate::AppState;
+use crate::api::{BreakerInfo, OutboxItem, OutboxList, PluginInfo, PluginList, ReloadResult};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Path, Query};
+use crate::hooks::HookHost;
 use crate::model::{format_ms, now_ms};
-use crate::store::{OutboxItem, OutboxState};
+use crate::store::OutboxState;
 
 /// Admin routes.
 pub fn router() -> Router<AppState> {
@@ -41,13 +44,77 @@ pub fn router() -> Router<AppState> {
     operation_id = "list_plugins",
     tag = "admin",
     responses(
-        (status = 200, description = "The plugins", body = crate::openapi::PluginList),
+        (status = 200, description = "The plugins", body = crate::api::PluginList),
     )
 )]
-async fn plugins(State(state): State<AppState>, caller: Caller) -> AppResult<axum::Json<Value>> {
+async fn plugins(State(state): State<AppState>, caller: Caller) -> AppResult<Json<PluginList>> {
     caller.require_admin()?;
     let scope = caller.admin_scope(None)?;
-    Ok(axum::Json(state.hooks.describe_for(scope)))
+    Ok(Json(plugin_list(&state.hooks, scope)))
+}
+
+/// The loaded plugins: everything for an operator (`tenant` `None`); for one
+/// tenant's admin, the plugins' configuration and load state and that
+/// tenant's own quarantine only — no other tenant's name, and none of the
+/// process-wide call counters, which also count other tenants' traffic.
+fn plugin_list(hooks: &HookHost, tenant: Option<&str>) -> PluginList {
+    let loaded = hooks.snapshot();
+    let report = hooks.last_report();
+    let now = std::time::Instant::now();
+    let operator = tenant.is_none();
+    let plugins = loaded
+        .plugins
+        .iter()
+        .map(|p| {
+            let s = &p.meta.stats;
+            let b = &p.breakers;
+            let calls = s.calls.load(Relaxed);
+            let stat = |v: u64| operator.then_some(v);
+            let mut quarantined = b.open(now);
+            if let Some(t) = tenant {
+                quarantined.retain(|q| q == t);
+            }
+            PluginInfo {
+                name: p.meta.name.clone(),
+                wasm: p.config.wasm.to_string_lossy().into_owned(),
+                sha256: p.sha256.clone(),
+                events: p.config.events.clone(),
+                phase: p.config.phase,
+                instance: p.config.instance,
+                on_error: p.config.on_error,
+                exports: p.exports.clone(),
+                loaded_at: format_ms(p.loaded_at),
+                calls: stat(calls),
+                errors: stat(s.errors.load(Relaxed)),
+                instantiations: stat(s.instantiations.load(Relaxed)),
+                publish_refused: stat(s.publish_refused.load(Relaxed)),
+                latency_us_avg: stat(
+                    s.latency_us_total
+                        .load(Relaxed)
+                        .checked_div(calls)
+                        .unwrap_or(0),
+                ),
+                latency_us_max: stat(s.latency_us_max.load(Relaxed)),
+                breaker: BreakerInfo {
+                    config: p.config.breaker,
+                    trips: stat(b.trips.load(Relaxed)),
+                    skipped_calls: stat(b.skipped.load(Relaxed)),
+                    isolated_calls: stat(b.isolated.load(Relaxed)),
+                    isolated_inline_calls: stat(b.inline.load(Relaxed)),
+                    quarantined_tenants: quarantined,
+                },
+                last_error: report
+                    .failed
+                    .iter()
+                    .find(|(n, _)| n == &p.meta.name)
+                    .map(|(_, e)| e.clone()),
+            }
+        })
+        .collect();
+    PluginList {
+        plugins,
+        last_reload: report.into(),
+    }
 }
 
 /// Reload plugins
@@ -61,38 +128,16 @@ async fn plugins(State(state): State<AppState>, caller: Caller) -> AppResult<axu
     operation_id = "reload_plugins",
     tag = "admin",
     responses(
-        (status = 200, description = "The reload report", body = crate::openapi::ReloadResult),
+        (status = 200, description = "The reload report", body = crate::api::ReloadResult),
         (status = 403, description = "`forbidden`: not an operator key"),
     )
 )]
-async fn reload(State(state): State<AppState>, caller: Caller) -> AppResult<axum::Json<Value>> {
+async fn reload(State(state): State<AppState>, caller: Caller) -> AppResult<Json<ReloadResult>> {
     caller.require_operator("reloading plugins")?;
     let report = state.hooks.reload().await;
-    Ok(axum::Json(json!({ "reload": report })))
-}
-
-/// An outbox item as the admin API shows it. `show_payload` false replaces
-/// the payload with `null` and sets `payload_withheld` (see [`outbox`]).
-fn item_json(i: &OutboxItem, show_payload: bool) -> Value {
-    let payload = if show_payload {
-        serde_json::from_str::<Value>(&i.payload).unwrap_or(Value::Null)
-    } else {
-        Value::Null
-    };
-    json!({
-        "id": i.id,
-        "target": i.target,
-        "plugin": i.plugin,
-        "tenant": i.tenant,
-        "session_id": i.session_id,
-        "state": i.state,
-        "attempts": i.attempts,
-        "created_at": format_ms(i.created_at),
-        "next_attempt_at": format_ms(i.next_attempt_at),
-        "last_error": i.last_error,
-        "payload": payload,
-        "payload_withheld": !show_payload,
-    })
+    Ok(Json(ReloadResult {
+        reload: report.into(),
+    }))
 }
 
 /// Whether a caller is shown notification payloads: an operator always; a
@@ -118,12 +163,12 @@ fn shows_payloads(state: &AppState, caller: &Caller) -> bool {
     operation_id = "list_outbox",
     tag = "admin",
     params(
-        ("state" = Option<crate::openapi::OutboxStateParam>, Query, description = "Only items in this state"),
+        ("state" = Option<crate::api::OutboxStateParam>, Query, description = "Only items in this state"),
         ("limit" = Option<u64>, Query, description = "At most this many items: default 100, capped at `server.max_page_size`"),
         ("tenant" = Option<String>, Query, description = "Only this tenant's items (operator keys; an admin key may name only its own tenant)"),
     ),
     responses(
-        (status = 200, description = "Outbox items and counters", body = crate::openapi::OutboxList),
+        (status = 200, description = "Outbox items and counters", body = crate::api::OutboxList),
         (status = 400, description = "`invalid_query`"),
         (status = 403, description = "`forbidden`: an admin key named another tenant"),
     )
@@ -132,7 +177,7 @@ async fn outbox(
     State(state): State<AppState>,
     caller: Caller,
     q: Query,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<Json<OutboxList>> {
     caller.require_admin()?;
     q.only(&["state", "limit", "tenant"])?;
     let scope = caller.admin_scope(q.get("tenant")?)?;
@@ -154,17 +199,22 @@ async fn outbox(
     let items = state.store.list_outbox_of(scope, filter, limit).await?;
     let (pending, dead) = state.store.outbox_counts_of(scope).await?;
     let show = shows_payloads(&state, &caller);
-    let items: Vec<Value> = items.iter().map(|i| item_json(i, show)).collect();
-    let mut body = json!({ "items": items, "pending": pending, "dead": dead });
-    // Counters since start (delivered, retried, dead_lettered,
-    // dispatcher_running) cover every tenant: operators only.
-    if caller.is_operator()
-        && let (Some(body), Value::Object(stats)) =
-            (body.as_object_mut(), state.outbox_stats.to_json())
-    {
-        body.extend(stats);
-    }
-    Ok(axum::Json(body))
+    // Counters since start cover every tenant: operators only.
+    let stats = &state.outbox_stats;
+    let since_start =
+        |c: &std::sync::atomic::AtomicU64| caller.is_operator().then(|| c.load(Relaxed));
+    Ok(Json(OutboxList {
+        items: items
+            .into_iter()
+            .map(|i| OutboxItem::view(i, show))
+            .collect(),
+        pending,
+        dead,
+        delivered: since_start(&stats.delivered),
+        retried: since_start(&stats.retried),
+        dead_lettered: since_start(&stats.dead_lettered),
+        dispatcher_running: caller.is_operator().then(|| stats.running.load(Relaxed)),
+    }))
 }
 
 /// Retry an outbox notification
@@ -178,7 +228,7 @@ async fn outbox(
     tag = "admin",
     params(("id" = String, Path, description = "The outbox item's id")),
     responses(
-        (status = 200, description = "The item, pending again", body = crate::openapi::OutboxItem),
+        (status = 200, description = "The item, pending again", body = crate::api::OutboxItem),
         (status = 400, description = "`invalid_path`"),
         (status = 404, description = "`not_found`: no such outbox item (or another tenant's, for an admin key)"),
     )
@@ -187,13 +237,13 @@ async fn retry(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<Json<OutboxItem>> {
     caller.require_admin()?;
     let scope = caller.admin_scope(None)?;
     let item = state.store.retry_outbox_of(scope, &id, now_ms()).await?;
     state.outbox_wake.notify_one();
-    Ok(axum::Json(item_json(
-        &item,
+    Ok(Json(OutboxItem::view(
+        item,
         shows_payloads(&state, &caller),
     )))
 }

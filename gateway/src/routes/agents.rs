@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{check_aid, check_sid};
 use crate::AppState;
+use crate::api::AgentList;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
@@ -100,15 +101,15 @@ const IF_MATCH_ANY_ATTEMPTS: usize = 16;
     operation_id = "put_agent",
     tag = "agents",
     params(
-        crate::openapi::AgentPath,
+        crate::api::AgentPath,
         ("If-Match" = Option<String>, Header, pattern = r#"^((W/)?("[0-9]+"|[0-9]+)|\*)$"#, description = "Write only if the agent's current version is this one: an `ETag` value such as `\"3\"` (also `3` or `W/\"3\"`); `*`: only if the agent exists, whatever its version"),
         ("If-None-Match" = Option<String>, Header, pattern = r"^\*$", description = "`*`: create only, fail with 412 if the agent exists (the same as `If-Match: \"0\"`); takes precedence over `If-Match`"),
     ),
-    request_body = crate::openapi::AgentBody,
+    request_body = crate::api::AgentBody,
     responses(
-        (status = 201, description = "The agent was created", body = crate::openapi::AgentView,
+        (status = 201, description = "The agent was created", body = crate::api::AgentView,
             headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"1\"`"))),
-        (status = 200, description = "The agent was replaced", body = crate::openapi::AgentView,
+        (status = 200, description = "The agent was replaced", body = crate::api::AgentView,
             headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"2\"`"))),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_if_match`, `invalid_if_none_match`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session"),
@@ -209,9 +210,9 @@ async fn put_existing(
     path = "/v1/sessions/{sid}/agents/{aid}",
     operation_id = "get_agent",
     tag = "agents",
-    params(crate::openapi::AgentPath),
+    params(crate::api::AgentPath),
     responses(
-        (status = 200, description = "The agent", body = crate::openapi::AgentView,
+        (status = 200, description = "The agent", body = crate::api::AgentView,
             headers(("ETag" = String, description = "The agent's version, quoted; send it back as `If-Match`"))),
         (status = 400, description = "`invalid_session_id`, `invalid_agent_id` or `invalid_path`"),
         (status = 404, description = "`not_found`: no such session or agent"),
@@ -234,9 +235,9 @@ async fn read(
     path = "/v1/sessions/{sid}/agents",
     operation_id = "list_agents",
     tag = "agents",
-    params(crate::openapi::SessionPath),
+    params(crate::api::SessionPath),
     responses(
-        (status = 200, description = "Every agent of the session", body = crate::openapi::AgentList),
+        (status = 200, description = "Every agent of the session", body = AgentList),
         (status = 400, description = "`invalid_session_id` or `invalid_path`"),
         (status = 404, description = "`not_found`: no such session"),
     )
@@ -245,9 +246,10 @@ async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(sid): Path<String>,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<axum::Json<AgentList>> {
     check_sid(&sid)?;
     let agents = state.store.list_agents(&caller.tenant, &sid).await?;
-    let agents: Vec<Value> = agents.iter().map(Agent::to_json).collect();
-    Ok(axum::Json(json!({ "agents": agents })))
+    Ok(axum::Json(AgentList {
+        agents: agents.iter().map(Agent::to_json).collect(),
+    }))
 }

@@ -7,10 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{check_aid, check_sid};
 use crate::AppState;
+use crate::api::{BatchFailure, BatchWriteItem, BatchWriteResult};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
@@ -46,7 +47,7 @@ struct Op {
     /// What to do.
     op: OpKind,
     /// The agent written to.
-    #[schema(value_type = crate::openapi::SessionId)]
+    #[schema(value_type = crate::api::SessionId)]
     agent_id: String,
     /// `append_message`: the message, as for `POST …/messages`.
     #[serde(default)]
@@ -186,14 +187,14 @@ fn check_op(state: &AppState, i: usize, op: Op) -> AppResult<Ready> {
     path = "/v1/sessions/{sid}/batch",
     operation_id = "batch_write",
     tag = "sessions",
-    params(crate::openapi::SessionPath),
+    params(crate::api::SessionPath),
     request_body = Batch,
     responses(
-        (status = 200, description = "Every operation was written: `results[i]` has the `status` and `body` its own endpoint would have answered", body = crate::openapi::BatchWriteResult),
+        (status = 200, description = "Every operation was written: `results[i]` has the `status` and `body` its own endpoint would have answered", body = BatchWriteResult),
         (status = 400, description = "`invalid_json`, `invalid_body` (an op lacks or has a field it should not; nothing written), `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session, agent or message (the batch stopped there: see `failed_op`)"),
-        (status = 409, description = "`message_conflict` or `message_id_gap` (the batch stopped there: see `failed_op`)"),
-        (status = 412, description = "`version_mismatch`: a `put_agent`'s `if_match` is not current (the batch stopped there: see `failed_op`)"),
+        (status = 404, description = "`not_found`: no such session, agent or message (the batch stopped there: the body is a `BatchFailure`)"),
+        (status = 409, description = "`message_conflict` or `message_id_gap` (the batch stopped there: the body is a `BatchFailure`)"),
+        (status = 412, description = "`version_mismatch`: a `put_agent`'s `if_match` is not current (the batch stopped there: the body is a `BatchFailure`)"),
         (status = 422, description = "`too_many_ops`, `message_too_large`, `agent_id_mismatch` or `too_deep`"),
     )
 )]
@@ -215,14 +216,17 @@ async fn batch(
     for (i, op) in body.ops.into_iter().enumerate() {
         ready.push(check_op(&state, i, op)?);
     }
-    let mut results: Vec<Value> = Vec::with_capacity(ready.len());
+    let mut results = Vec::with_capacity(ready.len());
     let mut wrote = false;
     for (i, op) in ready.into_iter().enumerate() {
         let outcome = run(&state, &caller, &sid, op).await;
         match outcome {
             Ok((status, created, value)) => {
                 wrote |= created;
-                results.push(json!({ "status": status.as_u16(), "body": value }));
+                results.push(BatchWriteItem {
+                    status: status.as_u16(),
+                    body: value,
+                });
             }
             Err(e) => {
                 if wrote {
@@ -235,7 +239,7 @@ async fn batch(
     if wrote {
         state.committed(&caller.tenant, &sid);
     }
-    Ok((StatusCode::OK, axum::Json(json!({ "results": results }))).into_response())
+    Ok((StatusCode::OK, axum::Json(BatchWriteResult { results })).into_response())
 }
 
 /// Runs one checked operation: its status, whether it wrote, its answer body.
@@ -273,19 +277,23 @@ fn to_value<T: serde::Serialize>(v: &T) -> AppResult<Value> {
 
 /// The error answer of a batch stopped at `failed`: the uniform error body plus
 /// `failed_op` and the `results` of the operations written before it.
-async fn partial(e: AppError, failed: usize, results: Vec<Value>) -> Response {
+async fn partial(e: AppError, failed: usize, results: Vec<BatchWriteItem>) -> Response {
     let resp = e.into_response();
     let (parts, body) = resp.into_parts();
     // The body of an AppError is a small in-memory JSON object.
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return (parts.status, parts.headers).into_response();
     };
-    let mut v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("failed_op".into(), json!(failed));
-        obj.insert("results".into(), Value::Array(results));
-    }
-    let mut out = (parts.status, axum::Json(v)).into_response();
+    let error = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|mut v| v.get_mut("error").map(Value::take))
+        .unwrap_or_default();
+    let body = BatchFailure {
+        error,
+        failed_op: failed,
+        results,
+    };
+    let mut out = (parts.status, axum::Json(body)).into_response();
     for (name, value) in &parts.headers {
         if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
             out.headers_mut().insert(name.clone(), value.clone());

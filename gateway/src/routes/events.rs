@@ -22,11 +22,11 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use futures::Stream;
-use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::check_sid;
 use crate::AppState;
+use crate::api::{ResetEvent, StreamEvent};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Path, Query};
@@ -44,17 +44,18 @@ pub fn router() -> Router<AppState> {
 const BACKFILL: usize = 256;
 
 fn to_sse(ev: &Event) -> SseEvent {
-    let data = json!({
-        "seq": ev.seq,
-        "type": ev.kind.as_str(),
-        "ts": format_ms(ev.ts),
-        "session_id": ev.session_id,
-        "payload": ev.payload,
-    });
+    let data = StreamEvent {
+        seq: ev.seq,
+        kind: ev.kind,
+        ts: format_ms(ev.ts),
+        session_id: &ev.session_id,
+        payload: &ev.payload,
+    };
     SseEvent::default()
         .id(ev.seq.to_string())
         .event(ev.kind.as_str())
-        .data(data.to_string())
+        .json_data(data)
+        .expect("an event serializes")
 }
 
 /// Releases the session's feed when the last subscriber goes away.
@@ -98,7 +99,7 @@ struct StreamState {
     operation_id = "stream_events",
     tag = "events",
     params(
-        crate::openapi::SessionPath,
+        crate::api::SessionPath,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (takes precedence over `after`)"),
         ("after" = Option<u64>, Query, description = "Resume after this event id (for clients that cannot set headers)"),
     ),
@@ -199,7 +200,11 @@ async fn events(
 fn reset(reason: String, resume_after: u64) -> SseEvent {
     SseEvent::default()
         .event("reset")
-        .data(json!({ "reason": reason, "resume_after": resume_after }).to_string())
+        .json_data(ResetEvent {
+            reason,
+            resume_after,
+        })
+        .expect("a reset serializes")
 }
 
 /// The next SSE event, or `None` when the stream ends.

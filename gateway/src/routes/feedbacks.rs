@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::check_sid;
 use crate::AppState;
+use crate::api::FeedbackList;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
@@ -29,10 +30,10 @@ pub fn router() -> Router<AppState> {
     path = "/v1/sessions/{sid}/feedbacks",
     operation_id = "add_feedback",
     tag = "feedbacks",
-    params(crate::openapi::SessionPath),
-    request_body = crate::openapi::FeedbackInput,
+    params(crate::api::SessionPath),
+    request_body = crate::api::FeedbackInput,
     responses(
-        (status = 201, description = "The stored feedback", body = crate::openapi::Feedback),
+        (status = 201, description = "The stored feedback", body = crate::api::Feedback),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object) or `invalid_session_id`"),
         (status = 404, description = "`not_found`: no such session"),
         (status = 422, description = "`invalid_rating`, `invalid_feedback`, `denied_by_hook`, `too_deep` or `too_large`"),
@@ -78,9 +79,9 @@ async fn add(
     path = "/v1/sessions/{sid}/feedbacks",
     operation_id = "list_feedbacks",
     tag = "feedbacks",
-    params(crate::openapi::SessionPath),
+    params(crate::api::SessionPath),
     responses(
-        (status = 200, description = "The feedbacks, oldest first", body = crate::openapi::FeedbackList),
+        (status = 200, description = "The feedbacks, oldest first", body = FeedbackList),
         (status = 400, description = "`invalid_session_id` or `invalid_path`"),
         (status = 404, description = "`not_found`: no such session"),
     )
@@ -89,9 +90,10 @@ async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(sid): Path<String>,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<axum::Json<FeedbackList>> {
     check_sid(&sid)?;
     let fbs = state.store.list_feedbacks(&caller.tenant, &sid).await?;
-    let fbs: Vec<_> = fbs.into_iter().map(|f| f.body).collect();
-    Ok(axum::Json(json!({ "feedbacks": fbs })))
+    Ok(axum::Json(FeedbackList {
+        feedbacks: fbs.into_iter().map(|f| f.body).collect(),
+    }))
 }

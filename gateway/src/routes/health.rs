@@ -2,13 +2,12 @@
 //! `GET /metrics` (Prometheus text format) and `GET /openapi.json` (the API
 //! document, from [`crate::openapi`]).
 
+use crate::AppState;
+use crate::api::{Health, Ready};
+use crate::error::AppResult;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use serde_json::{Value, json};
-
-use crate::AppState;
-use crate::error::AppResult;
 
 /// Health routes.
 pub fn router() -> Router<AppState> {
@@ -27,10 +26,10 @@ pub fn router() -> Router<AppState> {
     path = "/healthz",
     operation_id = "healthz",
     tag = "health",
-    responses((status = 200, description = "The process is up", body = crate::openapi::Health))
+    responses((status = 200, description = "The process is up", body = Health))
 )]
-async fn healthz() -> axum::Json<Value> {
-    axum::Json(json!({ "status": "ok" }))
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
 }
 
 /// Readiness probe
@@ -42,15 +41,16 @@ async fn healthz() -> axum::Json<Value> {
     operation_id = "readyz",
     tag = "health",
     responses(
-        (status = 200, description = "The store answers", body = crate::openapi::Ready),
+        (status = 200, description = "The store answers", body = Ready),
         (status = 503, description = "`store_unavailable`", headers(("Retry-After" = u64, description = "Seconds before a retry is sensible"))),
     )
 )]
-async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<Value>> {
+async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<Ready>> {
     state.store.ping().await?;
-    Ok(axum::Json(
-        json!({ "status": "ready", "store": state.store.name() }),
-    ))
+    Ok(axum::Json(Ready {
+        status: "ready",
+        store: state.store.name(),
+    }))
 }
 
 /// Prometheus metrics
@@ -70,6 +70,6 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::observe::render(&state).await,
+        state.metrics.render(&*state.store).await,
     )
 }

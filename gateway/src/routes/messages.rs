@@ -72,7 +72,7 @@ fn check_size(
     path = "/v1/sessions/{sid}/agents/{aid}/messages",
     operation_id = "append_message",
     tag = "messages",
-    params(crate::openapi::AgentPath),
+    params(crate::api::AgentPath),
     request_body = MessageInput,
     responses(
         (status = 201, description = "The message was appended", body = Message),
@@ -129,13 +129,13 @@ async fn append(
     operation_id = "list_messages",
     tag = "messages",
     params(
-        crate::openapi::AgentPath,
+        crate::api::AgentPath,
         ("limit" = Option<u64>, Query, description = "Page size: default and maximum `server.max_page_size` (default 1000); larger values are clamped, 0 means the default"),
         ("offset" = Option<u64>, Query, description = "Id of the first message of the page (default 0)"),
         ("latest" = Option<u64>, Query, description = "The last N messages instead of a page; beyond `server.max_page_size` (or the byte budget) the first part of them, with `next_offset` to continue"),
     ),
     responses(
-        (status = 200, description = "The messages, the agent's message count and where to continue", body = crate::openapi::MessageList),
+        (status = 200, description = "The messages, the agent's message count and where to continue", body = crate::api::MessageList),
         (status = 400, description = "`invalid_query`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session or agent"),
     )
@@ -310,7 +310,7 @@ async fn read_page(
     path = "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
     operation_id = "get_message",
     tag = "messages",
-    params(crate::openapi::MessagePath),
+    params(crate::api::MessagePath),
     responses(
         (status = 200, description = "The message", body = Message),
         (status = 400, description = "`invalid_path` (`mid` is not a non-negative integer), `invalid_session_id` or `invalid_agent_id`"),
@@ -341,7 +341,7 @@ async fn read(
     path = "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
     operation_id = "replace_message",
     tag = "messages",
-    params(crate::openapi::MessagePath),
+    params(crate::api::MessagePath),
     request_body = MessageInput,
     responses(
         (status = 200, description = "The updated message", body = Message),
@@ -387,7 +387,7 @@ async fn replace(
     path = "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
     operation_id = "patch_message",
     tag = "messages",
-    params(crate::openapi::MessagePath),
+    params(crate::api::MessagePath),
     request_body = MessagePatch,
     responses(
         (status = 200, description = "The updated message", body = Message),

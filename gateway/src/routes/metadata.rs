@@ -50,9 +50,9 @@ pub(crate) fn check_initial(md: &JsonObject) -> AppResult<()> {
     path = "/v1/sessions/{sid}/metadata",
     operation_id = "get_metadata",
     tag = "metadata",
-    params(crate::openapi::SessionPath),
+    params(crate::api::SessionPath),
     responses(
-        (status = 200, description = "The metadata", body = crate::openapi::Metadata),
+        (status = 200, description = "The metadata", body = crate::api::Metadata),
         (status = 400, description = "`invalid_session_id` or `invalid_path`"),
         (status = 404, description = "`not_found`: no such session"),
     )
@@ -81,11 +81,11 @@ async fn read(
     path = "/v1/sessions/{sid}/metadata",
     operation_id = "patch_metadata",
     tag = "metadata",
-    params(crate::openapi::SessionPath),
-    request_body = crate::openapi::MetadataPatch,
+    params(crate::api::SessionPath),
+    request_body = crate::api::MetadataPatch,
     responses(
         (status = 200, description = "The full metadata after the change (after get-hooks). With the `Metadata-Withheld` header the change is stored but a get-hook failed while showing the result, so the body is `{}`",
-            body = crate::openapi::Metadata,
+            body = crate::api::Metadata,
             headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body is then `{}`, not the metadata"))),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_metadata_key` or `invalid_session_id`"),
         (status = 404, description = "`not_found`: no such session"),
@@ -134,13 +134,13 @@ async fn patch(
     operation_id = "delete_metadata",
     tag = "metadata",
     params(
-        crate::openapi::SessionPath,
+        crate::api::SessionPath,
         ("keys" = String, Query, pattern = r"^[^.,$\x00][^.,\x00]*(\.[^.,$\x00][^.,\x00]*)*(,[^.,$\x00][^.,\x00]*(\.[^.,$\x00][^.,\x00]*)*)*$",
             description = "Comma-separated dotted paths to remove, e.g. `status,profile.tier` (segments non-empty, not starting with `$`)"),
     ),
     responses(
         (status = 200, description = "The full metadata after the change (after get-hooks). With the `Metadata-Withheld` header the change is stored but a get-hook failed while showing the result, so the body is `{}`",
-            body = crate::openapi::Metadata,
+            body = crate::api::Metadata,
             headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body is then `{}`, not the metadata"))),
         (status = 400, description = "`invalid_query` (`keys` missing, repeated or unknown parameter), `invalid_metadata_key` or `invalid_session_id`"),
         (status = 404, description = "`not_found`: no such session"),

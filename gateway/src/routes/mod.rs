@@ -46,6 +46,8 @@ async fn method_not_allowed(
     uri: axum::http::Uri,
 ) -> impl axum::response::IntoResponse {
     let message = format!("{method} is not allowed on {}", uri.path());
-    let body = serde_json::json!({ "error": { "code": "method_not_allowed", "message": message } });
-    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        crate::error::ErrorBody::new("method_not_allowed", message),
+    )
 }

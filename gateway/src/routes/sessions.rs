@@ -6,10 +6,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::check_sid;
 use crate::AppState;
+use crate::api::{BatchGetResult, SessionList};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, OptionalJson, Path, Query};
@@ -89,7 +90,7 @@ impl CreateSession {
     request_body(content = Option<CreateSession>, description = "The new session; an empty body means all defaults. Strands' `Session.to_dict()` is accepted as is: its `created_at` and `updated_at` are ignored (the gateway stamps its own times)."),
     responses(
         (status = 201, description = "The session was created. With the `Metadata-Withheld` header the metadata is withheld (`{}`) because a get-hook failed: the session is stored all the same (a retry answers 409)",
-            body = crate::openapi::CreatedSession,
+            body = crate::api::CreatedSession,
             headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body's `metadata` is then `{}` and `metadata_withheld` says why"))),
         (status = 400, description = "`invalid_json`, `invalid_session_id` or `invalid_metadata_key`"),
         (status = 409, description = "`session_exists`: a session with this id exists"),
@@ -159,7 +160,7 @@ async fn create(
     path = "/v1/sessions/{sid}",
     operation_id = "get_session",
     tag = "sessions",
-    params(crate::openapi::SessionPath),
+    params(crate::api::SessionPath),
     responses(
         (status = 200, description = "The session", body = Session),
         (status = 400, description = "`invalid_session_id` or `invalid_path`"),
@@ -186,7 +187,7 @@ async fn read(
     path = "/v1/sessions/{sid}",
     operation_id = "delete_session",
     tag = "sessions",
-    params(crate::openapi::SessionPath),
+    params(crate::api::SessionPath),
     responses(
         (status = 204, description = "The session was deleted"),
         (status = 400, description = "`invalid_session_id` or `invalid_path`"),
@@ -228,11 +229,11 @@ async fn delete(
             description = "Start after this session id: the `next_cursor` of the previous page"),
         ("updated_after" = Option<String>, Query, format = DateTime, description = "Only sessions changed after this RFC 3339 time"),
         ("session_type" = Option<String>, Query, description = "Only sessions of this type"),
-        ("metadata" = Option<crate::openapi::MetadataFilter>, Query, style = Form, explode,
+        ("metadata" = Option<crate::api::MetadataFilter>, Query, style = Form, explode,
             description = "Metadata filters: free-form query parameters named `metadata.<path>` (one per filter), e.g. `metadata.status=active&metadata.profile.tier=gold`"),
     ),
     responses(
-        (status = 200, description = "One page of sessions", body = crate::openapi::SessionList),
+        (status = 200, description = "One page of sessions", body = SessionList),
         (status = 400, description = "`invalid_query`: unknown or repeated parameter, bad limit, cursor, time or metadata path"),
     )
 )]
@@ -240,7 +241,7 @@ async fn list(
     State(state): State<AppState>,
     caller: Caller,
     q: Query,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<axum::Json<SessionList>> {
     q.only(&[
         "limit",
         "cursor",
@@ -300,10 +301,10 @@ async fn list(
         max,
     )
     .await?;
-    let sessions = page.sessions;
-    Ok(axum::Json(
-        json!({ "sessions": sessions, "next_cursor": page.next_cursor }),
-    ))
+    Ok(axum::Json(SessionList {
+        sessions: page.sessions,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// A metadata filter value: JSON when it parses as a JSON scalar (`5`, `true`,
@@ -322,7 +323,7 @@ fn filter_value(raw: &str) -> Value {
 struct BatchGet {
     /// Session ids to read (at most `server.max_batch_ids`, default 100); a
     /// repeated id is read and answered once.
-    #[schema(value_type = Vec<crate::openapi::SessionId>)]
+    #[schema(value_type = Vec<crate::api::SessionId>)]
     ids: Vec<String>,
 }
 
@@ -341,7 +342,7 @@ impl crate::extract::JsonBody for CreateSession {}
     tag = "sessions",
     request_body = BatchGet,
     responses(
-        (status = 200, description = "The sessions found and the ids missing", body = crate::openapi::BatchGetResult),
+        (status = 200, description = "The sessions found and the ids missing", body = BatchGetResult),
         (status = 400, description = "`invalid_json` or `invalid_session_id`"),
         (status = 422, description = "`too_many_ids`"),
     )
@@ -350,7 +351,7 @@ async fn batch_get(
     State(state): State<AppState>,
     caller: Caller,
     Json(body): Json<BatchGet>,
-) -> AppResult<axum::Json<Value>> {
+) -> AppResult<axum::Json<BatchGetResult>> {
     let max = state.config.server.max_batch_ids;
     if body.ids.len() > max {
         return Err(AppError::unprocessable(
@@ -369,15 +370,14 @@ async fn batch_get(
         .filter(|id| seen.insert(id.clone()))
         .collect();
     let found = state.store.batch_get_sessions(&caller.tenant, &ids).await?;
-    let missing: Vec<&String> = ids
+    let missing: Vec<String> = ids
         .iter()
         .filter(|id| !found.iter().any(|s| &&s.session_id == id))
+        .cloned()
         .collect();
     let mut sessions = Vec::with_capacity(found.len());
     for s in found {
         sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
     }
-    Ok(axum::Json(
-        json!({ "sessions": sessions, "missing": missing }),
-    ))
+    Ok(axum::Json(BatchGetResult { sessions, missing }))
 }

@@ -275,34 +275,12 @@ pub struct PoolMetrics {
     pub pool_cleared: u64,
 }
 
-/// A backend's own metrics, as numbers (rendering is the caller's business;
-/// [`render_metrics`] gives today's Prometheus text).
+/// A backend's own metrics, as numbers (`/metrics` renders them: see
+/// `observe.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreMetrics {
     /// The driver's connection pool, when the backend has one.
     pub pool: Option<PoolMetrics>,
-}
-
-/// Renders [`StoreMetrics`] in the Prometheus text exposition format (empty
-/// when the backend has nothing to report).
-#[must_use]
-pub fn render_metrics(m: &StoreMetrics) -> String {
-    let Some(p) = m.pool else {
-        return String::new();
-    };
-    format!(
-        "# HELP gateway_mongodb_connections Connections of the driver's pool by state.\n\
-         # TYPE gateway_mongodb_connections gauge\n\
-         gateway_mongodb_connections{{state=\"in_use\"}} {}\n\
-         gateway_mongodb_connections{{state=\"idle\"}} {}\n\
-         # HELP gateway_mongodb_checkout_failures_total Connection checkouts that failed.\n\
-         # TYPE gateway_mongodb_checkout_failures_total counter\n\
-         gateway_mongodb_checkout_failures_total {}\n\
-         # HELP gateway_mongodb_pool_cleared_total Times the pool was cleared (server went away).\n\
-         # TYPE gateway_mongodb_pool_cleared_total counter\n\
-         gateway_mongodb_pool_cleared_total {}\n",
-        p.in_use, p.idle, p.checkout_failures, p.pool_cleared,
-    )
 }
 
 /// What the backend is: its name, health and metrics.
@@ -538,34 +516,4 @@ pub trait RetentionPolicy: Send + Sync {
     /// Deletes up to `limit` expired sessions (with their children, recording
     /// `session.deleted` events) and the events past the event window.
     async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{PoolMetrics, StoreMetrics, render_metrics};
-
-    /// The exposition lines are the ones `/metrics` has always shown.
-    #[test]
-    fn metrics_render_as_before() {
-        assert_eq!(render_metrics(&StoreMetrics::default()), "");
-        let m = StoreMetrics {
-            pool: Some(PoolMetrics {
-                in_use: 2,
-                idle: 3,
-                checkout_failures: 4,
-                pool_cleared: 5,
-            }),
-        };
-        let want = "# HELP gateway_mongodb_connections Connections of the driver's pool by state.\n\
-# TYPE gateway_mongodb_connections gauge\n\
-gateway_mongodb_connections{state=\"in_use\"} 2\n\
-gateway_mongodb_connections{state=\"idle\"} 3\n\
-# HELP gateway_mongodb_checkout_failures_total Connection checkouts that failed.\n\
-# TYPE gateway_mongodb_checkout_failures_total counter\n\
-gateway_mongodb_checkout_failures_total 4\n\
-# HELP gateway_mongodb_pool_cleared_total Times the pool was cleared (server went away).\n\
-# TYPE gateway_mongodb_pool_cleared_total counter\n\
-gateway_mongodb_pool_cleared_total 5\n";
-        assert_eq!(render_metrics(&m), want);
-    }
 }
