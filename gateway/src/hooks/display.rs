@@ -52,6 +52,10 @@ impl Withheld {
         }
     }
 
+    fn from_refusal(r: &super::Refusal) -> Self {
+        Self::from_error(&AppError::from(r.clone()))
+    }
+
     /// `{"code","message"}`, the `metadata_withheld` field of answers and events.
     pub fn to_json(&self) -> Value {
         json!({ "code": self.code, "message": self.message })
@@ -59,25 +63,6 @@ impl Withheld {
 }
 
 impl HookHost {
-    /// The session type needed to show a session's metadata through the
-    /// get-chain of `loaded`: read (before a write) only when some get-hook
-    /// is loaded, so the answer after the commit needs no further store read.
-    ///
-    /// # Errors
-    /// A store error (404 for a missing session).
-    pub async fn session_type_for_display(
-        &self,
-        loaded: &Loaded,
-        store: &dyn SessionStore,
-        t: &Tenant,
-        sid: &str,
-    ) -> Result<Option<String>, AppError> {
-        if !loaded.shapes_metadata() {
-            return Ok(None);
-        }
-        Ok(Some(store.get_session(t, sid).await?.session_type))
-    }
-
     /// Metadata of a committed write as its answer shows it. Never an error:
     /// a failing fail-closed get-hook withholds the metadata (empty object and
     /// a [`Withheld`]) instead of turning the committed write into a 503.
@@ -106,7 +91,7 @@ impl HookHost {
             .await
         {
             Ok(md) => (md, None),
-            Err(e) => (JsonObject::new(), Some(Withheld::from_error(&e))),
+            Err(e) => (JsonObject::new(), Some(Withheld::from_refusal(&e))),
         }
     }
 
@@ -299,7 +284,7 @@ pub async fn redact_event(hooks: &HookHost, store: &dyn SessionStore, ev: &mut E
                     obj.insert("metadata".into(), json!({}));
                     obj.insert(
                         "metadata_withheld".into(),
-                        Withheld::from_error(&e).to_json(),
+                        Withheld::from_refusal(&e).to_json(),
                     );
                 }
             }
@@ -382,7 +367,7 @@ async fn shape_change(
     let shown = hooks
         .show_metadata_in(loaded, t, &ev.session_id, &ev.session_type, md)
         .await
-        .map_err(|e| Withheld::from_error(&e))?;
+        .map_err(|e| Withheld::from_refusal(&e))?;
     let visible = |p: &str| metadata::get_path(&shown, p);
     let change = if deleted {
         Value::from(
