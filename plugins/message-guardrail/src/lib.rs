@@ -95,7 +95,11 @@ impl Policy {
             ));
         }
         let lower = text.to_lowercase();
-        if self.blocked.iter().any(|t| !t.is_empty() && lower.contains(t)) {
+        if self
+            .blocked
+            .iter()
+            .any(|t| !t.is_empty() && lower.contains(t))
+        {
             return MessageVerdict::Deny("message contains a term the policy blocks".to_owned());
         }
         MessageVerdict::Allow
@@ -152,15 +156,28 @@ mod tests {
 
     #[test]
     fn length_and_blocked_terms() {
-        let p = Policy::from_config(r#"{"max_chars": 10, "blocked": ["Secret"], "roles": ["user"]}"#)
-            .unwrap();
+        let p =
+            Policy::from_config(r#"{"max_chars": 10, "blocked": ["Secret"], "roles": ["user"]}"#)
+                .unwrap();
         let msg = |role: &str, text: &str| {
             serde_json::json!({"role": role, "content": [{"text": text}]}).to_string()
         };
-        assert!(matches!(p.check(&msg("user", "short")), MessageVerdict::Allow));
-        assert!(matches!(p.check(&msg("user", "far too long a text")), MessageVerdict::Deny(_)));
-        assert!(matches!(p.check(&msg("user", "a SECRET")), MessageVerdict::Deny(_)));
-        assert!(matches!(p.check(&msg("assistant", "far too long a text")), MessageVerdict::Allow));
+        assert!(matches!(
+            p.check(&msg("user", "short")),
+            MessageVerdict::Allow
+        ));
+        assert!(matches!(
+            p.check(&msg("user", "far too long a text")),
+            MessageVerdict::Deny(_)
+        ));
+        assert!(matches!(
+            p.check(&msg("user", "a SECRET")),
+            MessageVerdict::Deny(_)
+        ));
+        assert!(matches!(
+            p.check(&msg("assistant", "far too long a text")),
+            MessageVerdict::Allow
+        ));
         assert!(Policy::from_config(r#"{"max_chars": "x"}"#).is_err());
     }
 }

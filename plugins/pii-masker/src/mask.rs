@@ -72,11 +72,9 @@ fn mask_emails(text: &str) -> Option<String> {
             end -= 1;
         }
         let domain: String = chars[i + 1..end].iter().collect();
-        let tld_ok = domain
-            .rsplit_once('.')
-            .is_some_and(|(host, tld)| {
-                !host.is_empty() && tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic())
-            });
+        let tld_ok = domain.rsplit_once('.').is_some_and(|(host, tld)| {
+            !host.is_empty() && tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic())
+        });
         if start < i && tld_ok {
             out.extend(&chars[copied..start]);
             out.push_str("[email]");
@@ -138,16 +136,19 @@ fn mask_numbers(text: &str, kinds: Kinds) -> Option<String> {
         let followed_by_word = chars.get(end).is_some_and(|c| c.is_alphanumeric());
         let digits: Vec<u32> = span.iter().filter_map(|c| c.to_digit(10)).collect();
         let dots = span.iter().filter(|&&c| c == '.').count();
+        // Two separators in a row are two numbers, except `) ` and ` (`.
         let spaced = span.windows(2).any(|w| {
-            !w[0].is_ascii_digit() && !w[1].is_ascii_digit() && !(w[0] == ')' && w[1] == ' ')
-                && !(w[0] == ' ' && w[1] == '(')
+            let group = matches!((w[0], w[1]), (')', ' ') | (' ', '('));
+            !(w[0].is_ascii_digit() || w[1].is_ascii_digit() || group)
         });
         let n = digits.len();
         let kind = if followed_by_word || spaced || dots == 1 {
             None
         } else if kinds.card
             && (13..=19).contains(&n)
-            && span.iter().all(|c| c.is_ascii_digit() || *c == ' ' || *c == '-')
+            && span
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == ' ' || *c == '-')
             && luhn(&digits)
         {
             Some("[card]")
@@ -184,7 +185,10 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(m("write to jane.doe+x@mail.example.org."), "write to [email].");
+        assert_eq!(
+            m("write to jane.doe+x@mail.example.org."),
+            "write to [email]."
+        );
         assert_eq!(m("a@b and c@d.io"), "a@b and [email]");
         assert_eq!(m("no at-sign here"), "no at-sign here");
     }
