@@ -163,11 +163,11 @@ pub fn metadata_response(md: JsonObject, withheld: Option<&Withheld>) -> Respons
 /// A store error, or 503 `hook_failed` when a fail-closed get-hook fails.
 pub async fn list_sessions(
     hooks: &HookHost,
-    store: &dyn SessionStore,
     t: &Tenant,
     mut q: ListQuery,
     scan_budget: usize,
 ) -> Result<Page, AppError> {
+    let store = &*hooks.store;
     let loaded = hooks.snapshot();
     let show = |s: Session| {
         let loaded = loaded.clone();
@@ -258,7 +258,8 @@ pub async fn list_sessions(
 /// When the chain fails (fail closed) or the metadata cannot be put together,
 /// the metadata parts are removed (`metadata` → `{}`; `change`, `changed`,
 /// `values` emptied) and `metadata_withheld: {"code","message"}` is added.
-pub async fn redact_event(hooks: &HookHost, store: &dyn SessionStore, ev: &mut Event) {
+pub async fn redact_event(hooks: &HookHost, ev: &mut Event) {
+    let store = &*hooks.store;
     let loaded = hooks.snapshot();
     if !loaded.shapes_metadata() {
         return;

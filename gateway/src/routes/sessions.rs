@@ -292,14 +292,8 @@ async fn list(
         metadata,
     };
     // Metadata filters match the metadata as get-hooks show it.
-    let page = crate::hooks::display::list_sessions(
-        &state.hooks,
-        &*state.store,
-        &caller.tenant,
-        query,
-        max,
-    )
-    .await?;
+    let page =
+        crate::hooks::display::list_sessions(&state.hooks, &caller.tenant, query, max).await?;
     let sessions = page.sessions;
     Ok(axum::Json(
         json!({ "sessions": sessions, "next_cursor": page.next_cursor }),
