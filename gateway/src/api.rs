@@ -450,7 +450,8 @@ pub struct PluginInfo {
     pub wasm: String,
     /// sha256 (hex) of the loaded file.
     pub sha256: String,
-    /// Events the hook subscribes to.
+    /// Events the hook subscribes to (`metadata.update`, `metadata.delete`,
+    /// `metadata.get`, `feedback.add`, `message.append`, `message.update`).
     pub events: Vec<String>,
     /// When it runs.
     pub phase: HookPhase,
@@ -460,6 +461,8 @@ pub struct PluginInfo {
     pub on_error: OnError,
     /// The WIT interfaces the component exports.
     pub exports: Vec<&'static str>,
+    /// The WIT package the component is served as, e.g. `gateway:hooks@0.1.0`.
+    pub wit: String,
     /// When this version was loaded.
     #[schema(format = DateTime)]
     pub loaded_at: String,

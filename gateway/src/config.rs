@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::model::EventType;
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -337,6 +338,99 @@ pub enum HookPhase {
     Get,
 }
 
+/// What a hook runs on: the `events` of a `[[hooks]]` entry.
+///
+/// Each maps onto the [`EventType`] the change records (except
+/// `metadata.get`, which records nothing), so config, store, hooks and the
+/// event stream name the same thing the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+pub enum HookEvent {
+    /// Metadata paths set (`PATCH .../metadata`).
+    #[serde(rename = "metadata.update")]
+    MetadataUpdate,
+    /// Metadata paths removed (`DELETE .../metadata`).
+    #[serde(rename = "metadata.delete")]
+    MetadataDelete,
+    /// Metadata read (get phase only).
+    #[serde(rename = "metadata.get")]
+    MetadataGet,
+    /// A feedback added.
+    #[serde(rename = "feedback.add")]
+    FeedbackAdd,
+    /// A message appended (before phase only; WIT 0.2.0 `message-hook`).
+    #[serde(rename = "message.append")]
+    MessageAppend,
+    /// A message replaced or patched (before phase only; WIT 0.2.0 `message-hook`).
+    #[serde(rename = "message.update")]
+    MessageUpdate,
+}
+
+impl HookEvent {
+    /// Every event, for messages listing them.
+    pub const ALL: [Self; 6] = [
+        Self::MetadataUpdate,
+        Self::MetadataDelete,
+        Self::MetadataGet,
+        Self::FeedbackAdd,
+        Self::MessageAppend,
+        Self::MessageUpdate,
+    ];
+
+    /// The name used in gateway.toml, e.g. `metadata.update`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MetadataUpdate => "metadata.update",
+            Self::MetadataDelete => "metadata.delete",
+            Self::MetadataGet => "metadata.get",
+            Self::FeedbackAdd => "feedback.add",
+            Self::MessageAppend => "message.append",
+            Self::MessageUpdate => "message.update",
+        }
+    }
+
+    /// The change event a write hooked on this records (`None` for reads).
+    pub fn event_type(self) -> Option<EventType> {
+        match self {
+            Self::MetadataUpdate => Some(EventType::MetadataUpdated),
+            Self::MetadataDelete => Some(EventType::MetadataDeleted),
+            Self::MetadataGet => None,
+            Self::FeedbackAdd => Some(EventType::FeedbackAdded),
+            Self::MessageAppend => Some(EventType::MessageAppended),
+            Self::MessageUpdate => Some(EventType::MessageUpdated),
+        }
+    }
+
+    /// The hook event of a recorded change, when hooks can observe it.
+    pub fn of(kind: EventType) -> Option<Self> {
+        match kind {
+            EventType::MetadataUpdated => Some(Self::MetadataUpdate),
+            EventType::MetadataDeleted => Some(Self::MetadataDelete),
+            EventType::FeedbackAdded => Some(Self::FeedbackAdd),
+            EventType::MessageAppended => Some(Self::MessageAppend),
+            EventType::MessageUpdated => Some(Self::MessageUpdate),
+            EventType::SessionCreated | EventType::SessionDeleted | EventType::AgentUpdated => None,
+        }
+    }
+
+    /// Whether a hook of `phase` may run on this event.
+    pub fn valid_in(self, phase: HookPhase) -> bool {
+        match phase {
+            HookPhase::Before => !matches!(self, Self::MetadataGet),
+            HookPhase::After => matches!(
+                self,
+                Self::MetadataUpdate | Self::MetadataDelete | Self::FeedbackAdd
+            ),
+            HookPhase::Get => self == Self::MetadataGet,
+        }
+    }
+}
+
+impl std::fmt::Display for HookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a hook does when it fails (trap, timeout, memory limit, bad output).
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema,
@@ -383,8 +477,9 @@ pub struct HookConfig {
     /// Optional sha256 pin (hex); a mismatch refuses the load.
     #[serde(default)]
     pub sha256: Option<String>,
-    /// Events the hook runs on: `metadata.update`, `metadata.delete`, `metadata.get`, `feedback.add`.
-    pub events: Vec<String>,
+    /// Events the hook runs on: `metadata.update`, `metadata.delete`,
+    /// `metadata.get`, `feedback.add`, `message.append`, `message.update`.
+    pub events: Vec<HookEvent>,
     /// `before`, `after` or `get`.
     pub phase: HookPhase,
     /// Fail closed (`deny`, default) or open (`allow`).
@@ -814,18 +909,9 @@ impl Config {
                 return invalid(format!("hooks.{}: events must not be empty", h.name));
             }
             for e in &h.events {
-                let ok = match h.phase {
-                    HookPhase::Before | HookPhase::After => {
-                        matches!(
-                            e.as_str(),
-                            "metadata.update" | "metadata.delete" | "feedback.add"
-                        )
-                    }
-                    HookPhase::Get => e == "metadata.get",
-                };
-                if !ok {
+                if !e.valid_in(h.phase) {
                     return invalid(format!(
-                        "hooks.{}: event {e:?} is not valid for phase {:?} (before/after: metadata.update, metadata.delete, feedback.add; get: metadata.get)",
+                        "hooks.{}: event \"{e}\" is not valid for phase {:?} (before: metadata.update, metadata.delete, feedback.add, message.append, message.update; after: metadata.update, metadata.delete, feedback.add; get: metadata.get)",
                         h.name, h.phase
                     ));
                 }

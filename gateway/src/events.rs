@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::hooks::HookHost;
 use crate::model::now_ms;
-use crate::store::SessionStore;
+use crate::store::{OutboxItem, OutboxState, SessionStore};
 
 /// How long a claimed event stays leased to this gateway.
 const LEASE_MS: i64 = 30_000;
@@ -45,7 +45,25 @@ pub async fn process(
         };
         let full = claimed.len() == BATCH;
         for ev in claimed {
-            let outbox = hooks.after_event(&ev).await;
+            let now = now_ms();
+            let outbox: Vec<OutboxItem> = hooks
+                .after_event(&ev)
+                .await
+                .into_iter()
+                .map(|n| OutboxItem {
+                    id: n.id,
+                    target: n.target,
+                    payload: n.payload,
+                    plugin: n.plugin,
+                    tenant: ev.tenant.clone(),
+                    session_id: ev.session_id.clone(),
+                    created_at: now,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    state: OutboxState::Pending,
+                    last_error: None,
+                })
+                .collect();
             let queued = !outbox.is_empty();
             match store
                 .complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox)

@@ -233,6 +233,70 @@ pub fn event_payload(change: &MetadataChange, applied: &Applied) -> Value {
     })
 }
 
+/// A committed metadata change as its event recorded it (the inverse of
+/// [`event_payload`]): what after-hooks receive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// The change as stored (after every rewrite).
+    pub change: MetadataChange,
+    /// Paths whose stored value actually changed.
+    pub changed: Vec<String>,
+    /// Each changed path's new value (null when removed).
+    pub values: JsonObject,
+}
+
+impl Recorded {
+    /// Reads the payload of a `metadata.updated` (`deleted` false) or
+    /// `metadata.deleted` event.
+    ///
+    /// # Errors
+    /// When the payload does not have the shape [`event_payload`] writes:
+    /// nothing is guessed or defaulted.
+    pub fn from_event_payload(deleted: bool, payload: &Value) -> Result<Self, String> {
+        let obj = payload
+            .as_object()
+            .ok_or("metadata event payload is not an object")?;
+        let want = if deleted { "delete" } else { "update" };
+        if obj.get("action").and_then(Value::as_str) != Some(want) {
+            return Err(format!(
+                "metadata event payload: action is {:?}, expected {want:?}",
+                obj.get("action")
+            ));
+        }
+        let change = match (deleted, obj.get("change")) {
+            (false, Some(Value::Object(m))) => {
+                MetadataChange::Update(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
+            (true, Some(Value::Array(keys))) => MetadataChange::Delete(
+                keys.iter()
+                    .map(|k| k.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or("metadata event payload: a deleted path is not a string")?,
+            ),
+            _ => return Err("metadata event payload: change has the wrong shape".into()),
+        };
+        let changed = obj
+            .get("changed")
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or("metadata event payload: changed is not a list of paths")?;
+        let values = obj
+            .get("values")
+            .and_then(Value::as_object)
+            .cloned()
+            .ok_or("metadata event payload: values is not an object")?;
+        Ok(Self {
+            change,
+            changed,
+            values,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +304,27 @@ mod tests {
 
     fn obj(v: Value) -> JsonObject {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn recorded_change_reads_back_what_the_event_wrote_and_nothing_else() {
+        let before = obj(json!({"a": 1, "b": {"c": 2}}));
+        for change in [
+            MetadataChange::Update(vec![("a".into(), json!(5)), ("x.y".into(), json!("z"))]),
+            MetadataChange::Delete(vec!["b.c".into(), "missing".into()]),
+        ] {
+            let applied = apply(&before, &change).unwrap();
+            let payload = event_payload(&change, &applied);
+            let deleted = matches!(change, MetadataChange::Delete(_));
+            let r = Recorded::from_event_payload(deleted, &payload).unwrap();
+            assert_eq!(r.change, change);
+            assert_eq!(r.changed, applied.changed);
+            assert_eq!(Value::Object(r.values), payload["values"]);
+            // The wrong kind, or a damaged payload, is an error, not an empty change.
+            assert!(Recorded::from_event_payload(!deleted, &payload).is_err());
+        }
+        assert!(Recorded::from_event_payload(false, &json!({"action": "update"})).is_err());
+        assert!(Recorded::from_event_payload(false, &json!(null)).is_err());
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Feed {
             for mut ev in events {
                 *last = ev.seq;
                 enrich(store, &mut ev).await;
-                crate::hooks::display::redact_event(hooks, store, &mut ev).await;
+                crate::hooks::display::redact_event(hooks, &mut ev).await;
                 let _ = self.tx.send(Arc::new(ev));
             }
             if n < READ_BATCH {

@@ -554,8 +554,55 @@ fn plugin_check_reports_exports() {
             "gateway:hooks/feedback-hook@0.1.0"
         ]
     );
+    assert_eq!(report["wit"], "gateway:hooks@0.1.0");
     let err = gateway::hooks::check_plugin(std::path::Path::new("Cargo.toml")).unwrap_err();
     assert!(!format!("{err:#}").is_empty());
+}
+
+/// A 0.2.0 component is recognised as such, with its message hook.
+#[test]
+fn plugin_check_reports_the_wit_version() {
+    let report = gateway::hooks::check_plugin(&common::plugin("pii_masker")).unwrap();
+    assert_eq!(report["wit"], "gateway:hooks@0.2.0", "{report}");
+    assert_eq!(
+        report["exports"],
+        json!(["gateway:hooks/message-hook@0.2.0"]),
+        "{report}"
+    );
+    let report = gateway::hooks::check_plugin(&common::plugin("fixture_deny")).unwrap();
+    assert_eq!(report["wit"], "gateway:hooks@0.1.0", "{report}");
+}
+
+/// A PATCH with a before-hook and a get-hook: both chains run on the one
+/// session lookup the request makes, and a missing session is a 404 before
+/// any hook runs.
+async fn before_and_get_hooks_on_one_patch(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook("deny", "fixture_deny", "get", &["metadata.get"], ""),
+            hook(
+                "validate",
+                "metadata_validator",
+                "before",
+                &["metadata.update"],
+                "config = { types = { status = \"string\" } }",
+            ),
+        ]
+    );
+    gw.session("s").await;
+    let (s, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"status": "ok"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"status": "ok", "fixture": "v1"}));
+    // A missing session is still a 404 before any hook runs.
+    let calls = gw.plugin_stats("validate").await["calls"].clone();
+    let (s, v) = gw
+        .patch("/v1/sessions/nope/metadata", json!({"status": "ok"}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(gw.plugin_stats("validate").await["calls"], calls);
 }
 
 /// A rewrite feeds the next hook in the chain and is what gets stored.
@@ -795,6 +842,7 @@ on_both_stores!(
     repeated_failures_quarantine_the_plugin_per_tenant,
     first_deny_stops_the_chain,
     fuel_stops_a_busy_plugin,
+    before_and_get_hooks_on_one_patch,
 );
 
 /// A busy plugin yields to the async runtime instead of pinning its thread:

@@ -52,6 +52,10 @@ impl Withheld {
         }
     }
 
+    fn from_refusal(r: &super::Refusal) -> Self {
+        Self::from_error(&AppError::from(r.clone()))
+    }
+
     /// `{"code","message"}`, the `metadata_withheld` field of answers and events.
     pub fn to_json(&self) -> Value {
         json!({ "code": self.code, "message": self.message })
@@ -59,25 +63,6 @@ impl Withheld {
 }
 
 impl HookHost {
-    /// The session type needed to show a session's metadata through the
-    /// get-chain of `loaded`: read (before a write) only when some get-hook
-    /// is loaded, so the answer after the commit needs no further store read.
-    ///
-    /// # Errors
-    /// A store error (404 for a missing session).
-    pub async fn session_type_for_display(
-        &self,
-        loaded: &Loaded,
-        store: &dyn SessionStore,
-        t: &Tenant,
-        sid: &str,
-    ) -> Result<Option<String>, AppError> {
-        if !loaded.shapes_metadata() {
-            return Ok(None);
-        }
-        Ok(Some(store.get_session(t, sid).await?.session_type))
-    }
-
     /// Metadata of a committed write as its answer shows it. Never an error:
     /// a failing fail-closed get-hook withholds the metadata (empty object and
     /// a [`Withheld`]) instead of turning the committed write into a 503.
@@ -106,7 +91,7 @@ impl HookHost {
             .await
         {
             Ok(md) => (md, None),
-            Err(e) => (JsonObject::new(), Some(Withheld::from_error(&e))),
+            Err(e) => (JsonObject::new(), Some(Withheld::from_refusal(&e))),
         }
     }
 
@@ -178,11 +163,11 @@ pub fn metadata_response(md: JsonObject, withheld: Option<&Withheld>) -> Respons
 /// A store error, or 503 `hook_failed` when a fail-closed get-hook fails.
 pub async fn list_sessions(
     hooks: &HookHost,
-    store: &dyn SessionStore,
     t: &Tenant,
     mut q: ListQuery,
     scan_budget: usize,
 ) -> Result<Page, AppError> {
+    let store = &*hooks.store;
     let loaded = hooks.snapshot();
     let show = |s: Session| {
         let loaded = loaded.clone();
@@ -273,7 +258,8 @@ pub async fn list_sessions(
 /// When the chain fails (fail closed) or the metadata cannot be put together,
 /// the metadata parts are removed (`metadata` → `{}`; `change`, `changed`,
 /// `values` emptied) and `metadata_withheld: {"code","message"}` is added.
-pub async fn redact_event(hooks: &HookHost, store: &dyn SessionStore, ev: &mut Event) {
+pub async fn redact_event(hooks: &HookHost, ev: &mut Event) {
+    let store = &*hooks.store;
     let loaded = hooks.snapshot();
     if !loaded.shapes_metadata() {
         return;
@@ -299,7 +285,7 @@ pub async fn redact_event(hooks: &HookHost, store: &dyn SessionStore, ev: &mut E
                     obj.insert("metadata".into(), json!({}));
                     obj.insert(
                         "metadata_withheld".into(),
-                        Withheld::from_error(&e).to_json(),
+                        Withheld::from_refusal(&e).to_json(),
                     );
                 }
             }
@@ -382,7 +368,7 @@ async fn shape_change(
     let shown = hooks
         .show_metadata_in(loaded, t, &ev.session_id, &ev.session_type, md)
         .await
-        .map_err(|e| Withheld::from_error(&e))?;
+        .map_err(|e| Withheld::from_refusal(&e))?;
     let visible = |p: &str| metadata::get_path(&shown, p);
     let change = if deleted {
         Value::from(

@@ -1,7 +1,11 @@
 //! Metadata and feedback hooks as sandboxed, hot-swappable WebAssembly components.
 //!
-//! - [`runtime`]: engine, linker, limits, instance pools, artifact cache.
-//! - [`v0_1_0`]: bindings of the frozen `gateway:hooks@0.1.0` WIT.
+//! - [`runtime`]: engine, linker, limits, instance pools, artifact cache,
+//!   generic over the WIT version.
+//! - [`v0_1_0`], [`v0_2_0`]: one host module per released `gateway:hooks`
+//!   WIT version (bindings, `host` imports, conversions).
+//! - [`outcome`]: what a chain decided, in the hooks' own terms; the HTTP
+//!   layer maps it onto statuses.
 //! - this module: [`HookHost`], which loads the `[[hooks]]` of `gateway.toml`,
 //!   swaps them atomically on reload, and runs chains for the HTTP layer
 //!   (before/get phases) and for the change-event processor (after phase).
@@ -11,8 +15,10 @@
 
 pub mod breaker;
 pub mod display;
+pub mod outcome;
 pub mod runtime;
 pub mod v0_1_0;
+pub mod v0_2_0;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,13 +26,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use self::runtime::{CallError, Plugin, Runtime, Verdict};
-use self::v0_1_0 as v1;
-use crate::config::{Config, HookConfig, HookPhase};
-use crate::error::AppError;
-use crate::metadata::MetadataChange;
+pub use self::outcome::{Notification, Outcome, Refusal, Subject};
+use self::runtime::{CallError, MessageTarget, Plugin, Runtime, Verdict};
+use crate::config::{Config, HookConfig, HookEvent, HookPhase};
+use crate::metadata::{MetadataChange, Recorded};
 use crate::model::{Event, EventType, JsonObject, Session, Tenant, format_ms, now_ms};
-use crate::store::{OutboxItem, OutboxState, SessionStore};
+use crate::store::{SessionStore, StoreResult};
 
 /// The plugins in force, in config order. Immutable: a reload builds a new one.
 #[derive(Default)]
@@ -44,12 +49,8 @@ impl Loaded {
             .iter()
             .filter(|p| p.config.phase == HookPhase::After)
         {
-            for e in &p.config.events {
-                kinds = kinds.with(match e.as_str() {
-                    "metadata.update" => EventType::MetadataUpdated,
-                    "metadata.delete" => EventType::MetadataDeleted,
-                    _ => EventType::FeedbackAdded,
-                });
+            for kind in p.config.events.iter().filter_map(|e| e.event_type()) {
+                kinds = kinds.with(kind);
             }
         }
         kinds
@@ -58,15 +59,20 @@ impl Loaded {
     /// Whether some get-hook shapes metadata on its way out (`metadata.get`):
     /// then every exit of stored metadata goes through it (see [`display`]).
     pub fn shapes_metadata(&self) -> bool {
-        self.plugins.iter().any(|p| {
-            p.config.phase == HookPhase::Get && p.config.events.iter().any(|e| e == "metadata.get")
-        })
+        self.runs(HookPhase::Get, HookEvent::MetadataGet)
     }
 
-    fn chain(&self, phase: HookPhase, event: &str) -> Vec<Arc<Plugin>> {
+    /// Whether some plugin runs in `phase` on `event`.
+    pub fn runs(&self, phase: HookPhase, event: HookEvent) -> bool {
         self.plugins
             .iter()
-            .filter(|p| p.config.phase == phase && p.config.events.iter().any(|e| e == event))
+            .any(|p| p.config.phase == phase && p.config.events.contains(&event))
+    }
+
+    fn chain(&self, phase: HookPhase, event: HookEvent) -> Vec<Arc<Plugin>> {
+        self.plugins
+            .iter()
+            .filter(|p| p.config.phase == phase && p.config.events.contains(&event))
             .cloned()
             .collect()
     }
@@ -105,31 +111,29 @@ pub struct HookHost {
 
 type CompileObserver = Arc<dyn Fn(&str) + Send + Sync>;
 
-fn hook_failed(p: &Plugin, e: &CallError) -> AppError {
-    AppError::Unavailable {
-        code: "hook_failed",
-        message: format!("{}: {e}", p.meta.name),
-        retry_after: match e {
-            CallError::Quarantined(left) => Some(left.as_secs() + 1),
-            _ => None,
-        },
+fn denied(p: &Plugin, reason: String) -> Refusal {
+    Refusal::Denied {
+        plugin: p.meta.name.clone(),
+        reason,
     }
 }
 
-fn denied(p: &Plugin, reason: &str) -> AppError {
-    AppError::unprocessable("denied_by_hook", format!("{}: {reason}", p.meta.name))
-}
-
-/// Applies a plugin's failure policy: fail closed answers 503, fail open logs and goes on.
-fn on_failure(p: &Plugin, e: &CallError) -> Result<(), AppError> {
+/// Applies a plugin's failure policy: fail closed refuses, fail open logs and goes on.
+fn on_failure(p: &Plugin, e: &CallError) -> Outcome<()> {
     // A quarantine was logged once, when it began: not again for every call it skips.
     let quarantined = matches!(e, CallError::Quarantined(_));
     if p.fails_closed() {
-        if quarantined {
-            return Err(hook_failed(p, e));
+        if let CallError::Quarantined(left) = e {
+            return Err(Refusal::Skipped {
+                plugin: p.meta.name.clone(),
+                retry_in: *left,
+            });
         }
         tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing closed");
-        Err(hook_failed(p, e))
+        Err(Refusal::Failed {
+            plugin: p.meta.name.clone(),
+            cause: e.to_string(),
+        })
     } else {
         if !quarantined {
             tracing::warn!(plugin = %p.meta.name, error = %e, "hook failed; failing open");
@@ -138,8 +142,8 @@ fn on_failure(p: &Plugin, e: &CallError) -> Result<(), AppError> {
     }
 }
 
-fn session_ref(t: &Tenant, sid: &str, session_type: &str) -> v1::SessionRef {
-    v1::SessionRef {
+fn session_ref(t: &Tenant, sid: &str, session_type: &str) -> Subject {
+    Subject {
         tenant: t.as_str().to_owned(),
         session_id: sid.to_owned(),
         session_type: session_type.to_owned(),
@@ -269,7 +273,6 @@ impl HookHost {
             }
         }
         let loaded = Loaded { plugins: next };
-        self.runtime.set_active(!loaded.plugins.is_empty());
         self.store.set_after_hooked(loaded.after_hooked());
         *self.current.write().expect("hooks lock") = Arc::new(loaded);
         *self.last_report.lock().expect("report lock") = report.clone();
@@ -307,15 +310,25 @@ impl HookHost {
         let sha2 = sha.clone();
         let component = tokio::task::spawn_blocking(move || rt.compile(&bytes, &sha2)).await??;
         let prepared = self.runtime.prepare(&component)?;
-        let needs = |iface: &str| prepared.exports().contains(&iface);
+        let exports = prepared.exports();
         for e in &hc.events {
-            let iface = if e.starts_with("feedback.") {
-                v1::FEEDBACK_EXPORT
-            } else {
-                v1::METADATA_EXPORT
+            let iface = match e {
+                HookEvent::FeedbackAdd => "feedback-hook",
+                HookEvent::MetadataUpdate | HookEvent::MetadataDelete | HookEvent::MetadataGet => {
+                    "metadata-hook"
+                }
+                HookEvent::MessageAppend | HookEvent::MessageUpdate => "message-hook",
             };
-            if !needs(iface) {
-                anyhow::bail!("event {e:?} needs the component to export {iface}");
+            let prefix = format!("gateway:hooks/{iface}@");
+            if !exports.iter().any(|x| x.starts_with(&prefix)) {
+                let since = if iface == "message-hook" {
+                    "0.2.0"
+                } else {
+                    "0.1.0"
+                };
+                anyhow::bail!(
+                    "event \"{e}\" needs the component to export gateway:hooks/{iface} (WIT {since} or later); it exports {exports:?}"
+                );
             }
         }
         tracing::info!(plugin = %hc.name, ms = started.elapsed().as_millis() as u64, "plugin compiled");
@@ -329,32 +342,38 @@ impl HookHost {
         Ok(Some(plugin))
     }
 
-    /// Runs the before-chain of a metadata change; returns the change to store.
+    /// Who a chain in `loaded` is about. The session's type is read (one
+    /// store read, through the store the host holds) only when `needed`, i.e.
+    /// when some hook of the request will run; the same [`Subject`] then
+    /// serves every chain of the request.
     ///
     /// # Errors
-    /// 422 `denied_by_hook`, 503 `hook_failed` (fail-closed plugin), or a store error.
+    /// A store error (e.g. no such session) when the type has to be read.
+    pub async fn subject(&self, t: &Tenant, sid: &str, needed: bool) -> StoreResult<Subject> {
+        let session_type = if needed {
+            self.store.get_session(t, sid).await?.session_type
+        } else {
+            String::new()
+        };
+        Ok(session_ref(t, sid, &session_type))
+    }
+
+    /// Runs the before-chain of a metadata change; allows the change to store.
+    ///
+    /// # Errors
+    /// The chain's [`Refusal`]: a deny, or a failing fail-closed plugin.
     pub async fn before_metadata(
         &self,
-        store: &dyn SessionStore,
-        t: &Tenant,
-        sid: &str,
+        loaded: &Loaded,
+        subject: &Subject,
         change: MetadataChange,
-    ) -> Result<MetadataChange, AppError> {
-        let event = match change {
-            MetadataChange::Update(_) => "metadata.update",
-            MetadataChange::Delete(_) => "metadata.delete",
-        };
-        let chain = self.snapshot().chain(HookPhase::Before, event);
-        if chain.is_empty() {
-            return Ok(change);
-        }
-        let session = store.get_session(t, sid).await?;
-        let sref = session_ref(t, sid, &session.session_type);
+    ) -> Outcome<MetadataChange> {
+        let chain = loaded.chain(HookPhase::Before, metadata_event(&change));
         let mut change = change;
         for p in &chain {
-            match p.before_change(&sref, &change).await {
+            match p.before_change(subject, &change).await {
                 Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny(reason)) => return Err(denied(p, &reason)),
+                Ok(Verdict::Deny(reason)) => return Err(denied(p, reason)),
                 Ok(Verdict::Rewrite(c)) => change = c,
                 Err(e) => on_failure(p, &e)?,
             }
@@ -362,34 +381,64 @@ impl HookHost {
         Ok(change)
     }
 
-    /// Runs the before-chain of a feedback; returns the feedback to store.
+    /// Runs the before-chain of a feedback; allows the feedback to store.
     ///
     /// # Errors
     /// As [`HookHost::before_metadata`].
     pub async fn before_feedback(
         &self,
-        store: &dyn SessionStore,
-        t: &Tenant,
-        sid: &str,
+        loaded: &Loaded,
+        subject: &Subject,
         feedback: JsonObject,
-    ) -> Result<JsonObject, AppError> {
-        let chain = self.snapshot().chain(HookPhase::Before, "feedback.add");
-        if chain.is_empty() {
-            return Ok(feedback);
-        }
-        let session = store.get_session(t, sid).await?;
-        let sref = session_ref(t, sid, &session.session_type);
+    ) -> Outcome<JsonObject> {
+        let chain = loaded.chain(HookPhase::Before, HookEvent::FeedbackAdd);
         let mut feedback = feedback;
         for p in &chain {
             let text = Value::Object(feedback.clone()).to_string();
-            match p.before_add(&sref, &text).await {
+            match p.before_add(subject, &text).await {
                 Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny(reason)) => return Err(denied(p, &reason)),
+                Ok(Verdict::Deny(reason)) => return Err(denied(p, reason)),
                 Ok(Verdict::Rewrite(fb)) => feedback = fb,
                 Err(e) => on_failure(p, &e)?,
             }
         }
         Ok(feedback)
+    }
+
+    /// Runs the before-chain of a message's content (`message.append` when
+    /// `target.update` is false, else `message.update`); allows the content
+    /// to store. A rewrite must be JSON of at most `max_bytes`, or the call
+    /// counts as failed.
+    ///
+    /// # Errors
+    /// As [`HookHost::before_metadata`].
+    pub async fn before_message(
+        &self,
+        loaded: &Loaded,
+        subject: &Subject,
+        target: &MessageTarget,
+        content: Box<serde_json::value::RawValue>,
+        max_bytes: usize,
+    ) -> Outcome<Box<serde_json::value::RawValue>> {
+        let event = if target.update {
+            HookEvent::MessageUpdate
+        } else {
+            HookEvent::MessageAppend
+        };
+        let chain = loaded.chain(HookPhase::Before, event);
+        let mut content = content;
+        for p in &chain {
+            match p
+                .before_message(subject, target, content.get(), max_bytes)
+                .await
+            {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny(reason)) => return Err(denied(p, reason)),
+                Ok(Verdict::Rewrite(c)) => content = c,
+                Err(e) => on_failure(p, &e)?,
+            }
+        }
+        Ok(content)
     }
 
     /// Runs the get-chain over metadata about to be shown.
@@ -402,7 +451,7 @@ impl HookHost {
         sid: &str,
         session_type: &str,
         metadata: JsonObject,
-    ) -> Result<JsonObject, AppError> {
+    ) -> Outcome<JsonObject> {
         self.show_metadata_in(&self.snapshot(), t, sid, session_type, metadata)
             .await
     }
@@ -419,8 +468,8 @@ impl HookHost {
         sid: &str,
         session_type: &str,
         metadata: JsonObject,
-    ) -> Result<JsonObject, AppError> {
-        let chain = loaded.chain(HookPhase::Get, "metadata.get");
+    ) -> Outcome<JsonObject> {
+        let chain = loaded.chain(HookPhase::Get, HookEvent::MetadataGet);
         if chain.is_empty() {
             return Ok(metadata);
         }
@@ -442,11 +491,7 @@ impl HookHost {
     ///
     /// # Errors
     /// As [`HookHost::show_metadata`].
-    pub async fn redact_session(
-        &self,
-        t: &Tenant,
-        mut session: Session,
-    ) -> Result<Session, AppError> {
+    pub async fn redact_session(&self, t: &Tenant, mut session: Session) -> Outcome<Session> {
         let md = std::mem::take(&mut session.metadata);
         session.metadata = self
             .show_metadata(t, &session.session_id, &session.session_type, md)
@@ -457,64 +502,61 @@ impl HookHost {
     /// Runs the after-chain for one committed event and returns the
     /// notifications its plugins published. A failing after-hook is counted
     /// and logged; it does not stop the others.
-    pub async fn after_event(&self, ev: &Event) -> Vec<OutboxItem> {
-        let (event, is_metadata) = match ev.kind {
-            EventType::MetadataUpdated => ("metadata.update", true),
-            EventType::MetadataDeleted => ("metadata.delete", true),
-            EventType::FeedbackAdded => ("feedback.add", false),
-            _ => return Vec::new(),
+    pub async fn after_event(&self, ev: &Event) -> Vec<Notification> {
+        let Some(event) = HookEvent::of(ev.kind) else {
+            return Vec::new();
         };
         let chain = self.snapshot().chain(HookPhase::After, event);
         if chain.is_empty() {
             return Vec::new();
         }
-        let sref = v1::SessionRef {
+        // The change as the store recorded it; an event that does not read
+        // back is an error, never an empty change.
+        let recorded = match ev.kind {
+            EventType::MetadataUpdated | EventType::MetadataDeleted => {
+                Recorded::from_event_payload(ev.kind == EventType::MetadataDeleted, &ev.payload)
+                    .map(AfterInput::Metadata)
+            }
+            EventType::FeedbackAdded => match ev.payload.get("feedback") {
+                Some(fb @ Value::Object(_)) => Ok(AfterInput::Feedback(fb.to_string())),
+                _ => Err("feedback event payload has no feedback object".to_owned()),
+            },
+            _ => Err(format!("no after-hooks on {} events", ev.kind.as_str())),
+        };
+        let input = match recorded {
+            Ok(input) => input,
+            Err(why) => {
+                tracing::error!(seq = ev.seq, session_id = %ev.session_id, kind = ev.kind.as_str(), error = %why, "after-hooks not run: the event does not read back");
+                return Vec::new();
+            }
+        };
+        let subject = Subject {
             tenant: ev.tenant.clone(),
             session_id: ev.session_id.clone(),
             session_type: ev.session_type.clone(),
         };
-        let info = v1::CommitInfo {
+        let info = runtime::Commit {
             event_id: ev.seq,
             timestamp: format_ms(ev.ts),
         };
         let key = format!("{}/{}/{}", ev.tenant, ev.session_id, ev.seq);
         let mut out = Vec::new();
         for p in &chain {
-            let result = if is_metadata {
-                let (change, changed, values) = metadata_from_payload(&ev.payload);
-                p.after_change(
-                    &sref,
-                    &v1::change_to_wit(&change),
-                    &changed,
-                    &values,
-                    info.clone(),
-                    key.clone(),
-                )
-                .await
-            } else {
-                let fb = ev
-                    .payload
-                    .get("feedback")
-                    .cloned()
-                    .unwrap_or(Value::Null)
-                    .to_string();
-                p.after_add(&sref, &fb, info.clone(), key.clone()).await
+            let result = match &input {
+                AfterInput::Metadata(r) => {
+                    p.after_change(&subject, r, info.clone(), key.clone()).await
+                }
+                AfterInput::Feedback(fb) => {
+                    p.after_add(&subject, fb, info.clone(), key.clone()).await
+                }
             };
             match result {
                 Ok(published) => {
-                    let now = now_ms();
-                    out.extend(published.into_iter().map(|n| OutboxItem {
+                    out.extend(published.into_iter().map(|n| Notification {
+                        plugin: p.meta.name.clone(),
                         id: n.id,
                         target: n.target,
                         payload: n.payload,
-                        plugin: p.meta.name.clone(),
-                        tenant: ev.tenant.clone(),
-                        session_id: ev.session_id.clone(),
-                        created_at: now,
-                        attempts: 0,
-                        next_attempt_at: now,
-                        state: OutboxState::Pending,
-                        last_error: None,
                     }));
                 }
                 // Logged once, when the quarantine began.
@@ -527,83 +569,6 @@ impl HookHost {
             }
         }
         out
-    }
-
-    /// Plugins as listed by `GET /v1/admin/plugins` for an operator.
-    pub fn describe(&self) -> Value {
-        self.describe_for(None)
-    }
-
-    /// Plugins as listed by `GET /v1/admin/plugins`: everything for an
-    /// operator (`tenant` `None`); for one tenant's admin, the plugins'
-    /// configuration and load state and that tenant's own quarantine only —
-    /// no other tenant's name, and none of the process-wide call counters,
-    /// which also count other tenants' traffic.
-    pub fn describe_for(&self, tenant: Option<&str>) -> Value {
-        use std::sync::atomic::Ordering::Relaxed;
-        let loaded = self.snapshot();
-        let report = self.last_report();
-        let now = std::time::Instant::now();
-        let plugins: Vec<Value> = loaded
-            .plugins
-            .iter()
-            .map(|p| {
-                if let Some(t) = tenant {
-                    let quarantined: Vec<String> = p
-                        .breakers
-                        .open(now)
-                        .into_iter()
-                        .filter(|q| q == t)
-                        .collect();
-                    return json!({
-                        "name": p.meta.name,
-                        "wasm": p.config.wasm,
-                        "sha256": p.sha256,
-                        "events": p.config.events,
-                        "phase": p.config.phase,
-                        "instance": p.config.instance,
-                        "on_error": p.config.on_error,
-                        "exports": p.exports,
-                        "loaded_at": format_ms(p.loaded_at),
-                        "breaker": {
-                            "config": p.config.breaker,
-                            "quarantined_tenants": quarantined,
-                        },
-                        "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
-                    });
-                }
-                let s = &p.meta.stats;
-                let calls = s.calls.load(Relaxed);
-                let total = s.latency_us_total.load(Relaxed);
-                json!({
-                    "name": p.meta.name,
-                    "wasm": p.config.wasm,
-                    "sha256": p.sha256,
-                    "events": p.config.events,
-                    "phase": p.config.phase,
-                    "instance": p.config.instance,
-                    "on_error": p.config.on_error,
-                    "exports": p.exports,
-                    "loaded_at": format_ms(p.loaded_at),
-                    "calls": calls,
-                    "errors": s.errors.load(Relaxed),
-                    "instantiations": s.instantiations.load(Relaxed),
-                    "publish_refused": s.publish_refused.load(Relaxed),
-                    "latency_us_avg": total.checked_div(calls).unwrap_or(0),
-                    "latency_us_max": s.latency_us_max.load(Relaxed),
-                    "breaker": {
-                        "config": p.config.breaker,
-                        "trips": p.breakers.trips.load(Relaxed),
-                        "skipped_calls": p.breakers.skipped.load(Relaxed),
-                        "isolated_calls": p.breakers.isolated.load(Relaxed),
-                        "isolated_inline_calls": p.breakers.inline.load(Relaxed),
-                        "quarantined_tenants": p.breakers.open(now),
-                    },
-                    "last_error": report.failed.iter().find(|(n, _)| n == &p.meta.name).map(|(_, e)| e),
-                })
-            })
-            .collect();
-        json!({ "plugins": plugins, "last_reload": report })
     }
 
     /// Polls the config file and plugin files and reloads when one changes.
@@ -684,38 +649,18 @@ fn same_config(a: &HookConfig, b: &HookConfig) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
 
-/// Recovers the change, the changed paths and their values (as JSON text)
-/// from a metadata event payload (see [`crate::metadata::event_payload`]).
-fn metadata_from_payload(payload: &Value) -> (MetadataChange, Vec<String>, String) {
-    let change = match (
-        payload.get("action").and_then(Value::as_str),
-        payload.get("change"),
-    ) {
-        (Some("delete"), Some(Value::Array(keys))) => MetadataChange::Delete(
-            keys.iter()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect(),
-        ),
-        (_, Some(Value::Object(m))) => {
-            MetadataChange::Update(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        }
-        _ => MetadataChange::Update(Vec::new()),
-    };
-    let changed = payload
-        .get("changed")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let values = payload
-        .get("values")
-        .cloned()
-        .unwrap_or_else(|| json!({}))
-        .to_string();
-    (change, changed, values)
+/// What an after-chain receives, read once from the event.
+enum AfterInput {
+    Metadata(Recorded),
+    Feedback(String),
+}
+
+/// The hook event of a metadata change.
+pub fn metadata_event(change: &MetadataChange) -> HookEvent {
+    match change {
+        MetadataChange::Update(_) => HookEvent::MetadataUpdate,
+        MetadataChange::Delete(_) => HookEvent::MetadataDelete,
+    }
 }
 
 /// Validates a component file against the WIT and describes its exports
@@ -735,7 +680,7 @@ pub fn check_plugin(path: &Path) -> anyhow::Result<Value> {
         "file": path,
         "sha256": sha,
         "bytes": bytes.len(),
-        "wit": "gateway:hooks@0.1.0",
+        "wit": prepared.wit(),
         "exports": prepared.exports(),
         "imports": imports,
     }))

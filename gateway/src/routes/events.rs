@@ -243,7 +243,7 @@ async fn next(st: &mut StreamState) -> Option<SseEvent> {
                         crate::stream::enrich(&*st.store, &mut ev).await;
                         // Replayed events are shaped like live ones (the
                         // feed shapes those before broadcasting them).
-                        crate::hooks::display::redact_event(&st.hooks, &*st.store, &mut ev).await;
+                        crate::hooks::display::redact_event(&st.hooks, &mut ev).await;
                         st.queued.push_back(ev);
                     }
                 }

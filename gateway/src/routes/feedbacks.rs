@@ -11,6 +11,7 @@ use super::check_sid;
 use crate::AppState;
 use crate::api::FeedbackList;
 use crate::auth::Caller;
+use crate::config::{HookEvent, HookPhase};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
 use crate::model::validate_feedback;
@@ -64,10 +65,10 @@ async fn add(
     )?;
     crate::metadata::validate_value(&Value::Object(body.clone()))
         .map_err(|m| AppError::unprocessable("invalid_feedback", m))?;
-    let body = state
-        .hooks
-        .before_feedback(&*state.store, &caller.tenant, &sid, body)
-        .await?;
+    let loaded = state.hooks.snapshot();
+    let hooked = loaded.runs(HookPhase::Before, HookEvent::FeedbackAdd);
+    let subject = state.hooks.subject(&caller.tenant, &sid, hooked).await?;
+    let body = state.hooks.before_feedback(&loaded, &subject, body).await?;
     let fb = state.store.add_feedback(&caller.tenant, &sid, body).await?;
     state.committed(&caller.tenant, &sid);
     Ok((StatusCode::CREATED, axum::Json(fb.body)))

@@ -11,8 +11,10 @@ use serde_json::value::RawValue;
 use super::{check_aid, check_sid};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::config::{HookEvent, HookPhase};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path, Query};
+use crate::hooks::runtime::MessageTarget;
 use crate::model::{Message, MessageInput, MessagePatch, MessageRange};
 use crate::store::Appended;
 
@@ -80,7 +82,8 @@ fn check_size(
         (status = 400, description = "`invalid_json`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session or agent"),
         (status = 409, description = "`message_conflict` (the id exists with other content) or `message_id_gap` (the id is past the next one)"),
-        (status = 422, description = "`message_too_large`"),
+        (status = 422, description = "`message_too_large`, or `denied_by_hook` (a `message.append` hook refused it)"),
+        (status = 503, description = "`hook_failed`: a fail-closed message hook failed; nothing was stored"),
     )
 )]
 async fn append(
@@ -97,6 +100,17 @@ async fn append(
         input.redact_message.as_deref(),
         input.event_loop_metrics.as_ref(),
     )?;
+    let mut input = input;
+    input.message = message_hooks(
+        &state,
+        &caller,
+        &sid,
+        &aid,
+        input.message_id,
+        false,
+        input.message,
+    )
+    .await?;
     match state
         .store
         .append_message(&caller.tenant, &sid, &aid, input)
@@ -347,7 +361,8 @@ async fn read(
         (status = 200, description = "The updated message", body = Message),
         (status = 400, description = "`invalid_json`, `invalid_path`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session, agent or message"),
-        (status = 422, description = "`message_id_mismatch` (body `message_id` differs from the path's) or `message_too_large`"),
+        (status = 422, description = "`message_id_mismatch` (body `message_id` differs from the path's), `message_too_large` or `denied_by_hook` (a `message.update` hook refused it)"),
+        (status = 503, description = "`hook_failed`: a fail-closed message hook failed; nothing was changed"),
     )
 )]
 async fn replace(
@@ -393,7 +408,8 @@ async fn replace(
         (status = 200, description = "The updated message", body = Message),
         (status = 400, description = "`invalid_json`, `invalid_body` (nothing to change), `invalid_path`, `invalid_session_id` or `invalid_agent_id`"),
         (status = 404, description = "`not_found`: no such session, agent or message"),
-        (status = 422, description = "`message_too_large`"),
+        (status = 422, description = "`message_too_large` or `denied_by_hook` (a `message.update` hook refused a new `message`)"),
+        (status = 503, description = "`hook_failed`: a fail-closed message hook failed; nothing was changed"),
     )
 )]
 async fn patch(
@@ -427,10 +443,49 @@ async fn update(
     mid: u64,
     patch: MessagePatch,
 ) -> AppResult<axum::Json<Message>> {
+    let mut patch = patch;
+    if let Some(content) = patch.message.take() {
+        patch.message =
+            Some(message_hooks(&state, &caller, &sid, &aid, Some(mid), true, content).await?);
+    }
     let m = state
         .store
         .update_message(&caller.tenant, &sid, &aid, mid, patch)
         .await?;
     state.committed(&caller.tenant, &sid);
     Ok(axum::Json(m))
+}
+
+/// Runs the `message.append` (or, with `update`, `message.update`) before-
+/// chain over a message's content; returns the content to store. Reads the
+/// session (for the hooks' `session-ref`) only when such a hook is loaded.
+async fn message_hooks(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    aid: &str,
+    mid: Option<u64>,
+    update: bool,
+    content: Box<RawValue>,
+) -> AppResult<Box<RawValue>> {
+    let loaded = state.hooks.snapshot();
+    let event = if update {
+        HookEvent::MessageUpdate
+    } else {
+        HookEvent::MessageAppend
+    };
+    if !loaded.runs(HookPhase::Before, event) {
+        return Ok(content);
+    }
+    let subject = state.hooks.subject(&caller.tenant, sid, true).await?;
+    let target = MessageTarget {
+        update,
+        agent_id: aid.to_owned(),
+        message_id: mid,
+    };
+    let max = state.config.server.max_message_bytes;
+    Ok(state
+        .hooks
+        .before_message(&loaded, &subject, &target, content, max)
+        .await?)
 }

@@ -10,8 +10,10 @@ use serde_json::Value;
 use super::check_sid;
 use crate::AppState;
 use crate::auth::Caller;
+use crate::config::HookPhase;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path, Query};
+use crate::hooks::metadata_event;
 use crate::metadata::MetadataChange;
 use crate::model::JsonObject;
 
@@ -174,15 +176,16 @@ async fn apply(
 ) -> AppResult<Response> {
     change.validate().map_err(bad_key)?;
     let loaded = state.hooks.snapshot();
-    // Read before the write so that showing the result needs no store read.
-    let session_type = state
-        .hooks
-        .session_type_for_display(&loaded, &*state.store, &caller.tenant, &sid)
-        .await?;
+    // One session read (only when a hook runs) serves the before-chain and,
+    // after the write, the get-chain that shows the result.
+    let shapes = loaded.shapes_metadata();
+    let hooked = shapes || loaded.runs(HookPhase::Before, metadata_event(&change));
+    let subject = state.hooks.subject(&caller.tenant, &sid, hooked).await?;
     let change = state
         .hooks
-        .before_metadata(&*state.store, &caller.tenant, &sid, change)
+        .before_metadata(&loaded, &subject, change)
         .await?;
+    let session_type = shapes.then_some(subject.session_type);
     let result = state
         .store
         .change_metadata(&caller.tenant, &sid, &change)

@@ -24,6 +24,23 @@ pub(crate) fn check_aid(aid: &str) -> Result<(), AppError> {
     validate_id("agent_id", aid).map_err(|m| AppError::bad_request("invalid_agent_id", m))
 }
 
+/// A hook chain's refusal as the client sees it: a deny is 422
+/// `denied_by_hook`; a failing or quarantined fail-closed plugin is 503
+/// `hook_failed` (with `Retry-After` while quarantined). Messages name the plugin.
+impl From<crate::hooks::Refusal> for AppError {
+    fn from(r: crate::hooks::Refusal) -> Self {
+        use crate::hooks::Refusal;
+        match &r {
+            Refusal::Denied { .. } => AppError::unprocessable("denied_by_hook", r.to_string()),
+            Refusal::Failed { .. } | Refusal::Skipped { .. } => AppError::Unavailable {
+                code: "hook_failed",
+                message: r.to_string(),
+                retry_after: r.retry_after_secs(),
+            },
+        }
+    }
+}
+
 /// All routes of the v1 API plus health and admin endpoints.
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()

@@ -293,14 +293,8 @@ async fn list(
         metadata,
     };
     // Metadata filters match the metadata as get-hooks show it.
-    let page = crate::hooks::display::list_sessions(
-        &state.hooks,
-        &*state.store,
-        &caller.tenant,
-        query,
-        max,
-    )
-    .await?;
+    let page =
+        crate::hooks::display::list_sessions(&state.hooks, &caller.tenant, query, max).await?;
     Ok(axum::Json(SessionList {
         sessions: page.sessions,
         next_cursor: page.next_cursor,
