@@ -78,7 +78,12 @@ fn plugin_list(hooks: &HookHost, tenant: Option<&str>) -> PluginList {
                 name: p.meta.name.clone(),
                 wasm: p.config.wasm.to_string_lossy().into_owned(),
                 sha256: p.sha256.clone(),
-                events: p.config.events.iter().map(|e| e.as_str().to_owned()).collect(),
+                events: p
+                    .config
+                    .events
+                    .iter()
+                    .map(|e| e.as_str().to_owned())
+                    .collect(),
                 phase: p.config.phase,
                 instance: p.config.instance,
                 on_error: p.config.on_error,
