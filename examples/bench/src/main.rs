@@ -106,6 +106,8 @@ struct Report {
     p2_min_us: Option<f64>,
     /// Server commands per acknowledged write, gateway (MongoDB), by concurrency.
     cmd: BTreeMap<usize, f64>,
+    /// Gateway CPU per operation (µs) on the embedded store's mix, by concurrency.
+    gw_cpu_us: BTreeMap<usize, f64>,
     p2_us: Option<f64>,
     p2_by_op: BTreeMap<String, f64>,
     hooks: Value,
@@ -437,6 +439,9 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
                 "gateway-embedded c={c}: {:.0} ops/s p50 {} µs",
                 s.ops_per_s, s.all.p50
             );
+            if let Some([g, _, _]) = cpu {
+                ctx.r.gw_cpu_us.insert(c, g);
+            }
             rows.push(MixRow {
                 target: "gateway (embedded)".into(),
                 mix: "full".into(),
@@ -1454,11 +1459,17 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or("n/a".into(), f)
 }
 
+/// Gateway CPU per request on the embedded store's mix at c=32 (issue #16).
+fn gw_cpu_32(r: &Report) -> Option<f64> {
+    r.gw_cpu_us.get(&32).copied()
+}
+
 fn verdicts(r: &Report) -> Vec<(String, String, String, Option<bool>)> {
     let p5max =
         r.p5.values()
             .cloned()
             .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    let gw_cpu = gw_cpu_32(r);
     vec![
         (
             "P1 gateway/raw ops/s at c=32".into(),
@@ -1477,6 +1488,12 @@ fn verdicts(r: &Report) -> Vec<(String, String, String, Option<bool>)> {
             "≤ 150 µs".into(),
             fmt_opt(r.p2_min_us, |v| format!("{v:.0} µs")),
             r.p2_min_us.map(|v| v <= 150.0),
+        ),
+        (
+            "CPU gateway CPU per request, embedded mix, c=32".into(),
+            "≤ 60 µs".into(),
+            fmt_opt(gw_cpu, |v| format!("{v:.0} µs")),
+            gw_cpu.map(|v| v <= 60.0),
         ),
         (
             "CMD server commands per write, c=16 / c=1".into(),
@@ -1657,7 +1674,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{}",
+        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{} CPU={}",
         fmt_opt(r.p1, |v| format!("{v:.2}")),
         fmt_opt(r.p1_min, |v| format!("{v:.2}")),
         fmt_opt(r.p2_us, |v| format!("{v:.0}us")),
@@ -1671,6 +1688,7 @@ async fn main() -> anyhow::Result<()> {
         fmt_opt(r.p7_per_request_kb, |v| format!("{v:.1}KB")),
         fmt_opt(r.cmd.get(&16).copied(), |v| format!("{v:.2}")),
         fmt_opt(r.cmd.get(&1).copied(), |v| format!("{v:.2}")),
+        fmt_opt(gw_cpu_32(r), |v| format!("{v:.0}us")),
     );
     if let Some(p) = &ctx.a.json_out {
         let mut v = serde_json::to_value(&ctx.r)?;
