@@ -421,7 +421,9 @@ pub fn check_body(bytes: &[u8], max_depth: usize, verbatim: &[&str]) -> Result<(
 /// differently when two shortest renderings are equally close, e.g. Python's
 /// `0.013643264770507812` comes back as `0.013643264770507813`, the same
 /// double). Texts carrying more precision than a double are refused, since
-/// they would come back changed. Malformed tokens answer true (the parser
+/// they would come back changed — below 2.2250738585072014e-308 (subnormal
+/// doubles, which hold fewer than 17 digits) that is any text other than the
+/// double's shortest rendering. Malformed tokens answer true (the parser
 /// refuses them with a position).
 pub fn number_is_exact(text: &str) -> bool {
     if !text.contains(['.', 'e', 'E'])
@@ -433,9 +435,16 @@ pub fn number_is_exact(text: &str) -> bool {
         return true;
     };
     // No decimal reading: an exponent beyond i64, so infinite or underflowed.
-    let Some((_, digits, _)) = decimal(text) else {
+    let Some((neg, digits, power)) = decimal(text) else {
         return false;
     };
+    if f != 0.0 && f.is_finite() && !f.is_normal() {
+        // Subnormal (below 2.2250738585072014e-308): a double holds fewer
+        // digits here, down to one, so only the double's own shortest
+        // rendering comes back as sent (`41e-324` would come back `4e-323`).
+        return decimal(&format!("{f:e}"))
+            .is_some_and(|(n, d, p)| n == neg && d == digits && p == power);
+    }
     f.is_finite() && (f != 0.0 || digits.is_empty()) && digits.len() <= 17
 }
 
@@ -533,6 +542,18 @@ mod tests {
             Some("duplicate_key")
         );
         assert_eq!(code(r#"{"m":1e-400}"#, 5, &[]), Some("invalid_number"));
+        // Subnormals: only the double's shortest rendering is kept.
+        assert_eq!(code(r#"{"m":41e-324}"#, 5, &[]), Some("invalid_number"));
+        assert_eq!(code(r#"{"m":4.1e-323}"#, 5, &[]), Some("invalid_number"));
+        for kept in [
+            "4e-323",
+            "-4e-323",
+            "5e-324",
+            "2.225073858507201e-308",
+            "2.2250738585072014e-308",
+        ] {
+            assert_eq!(code(&format!(r#"{{"m":{kept}}}"#), 5, &[]), None, "{kept}");
+        }
         assert_eq!(code(r#"{"m":1e-400,"x":1}"#, 5, &["m"]), None);
         assert_eq!(code(r#"{"m":{"v":[1e-400]},"x":1}"#, 5, &["m"]), None);
         assert_eq!(

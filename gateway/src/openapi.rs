@@ -52,7 +52,7 @@ status; a failed request writes nothing. Bodies are JSON (the `Content-Type` is 
 Every JSON body passes one rule before it is parsed or stored: objects/arrays nested at most \
 `limits.max_json_depth` (32) levels inside the body's object (422 `too_deep`); no key twice in one object \
 (400 `duplicate_key`); outside `message` and `redact_message` (kept as the exact text sent), integers within \
-64 bits and other numbers must be finite 64-bit doubles of at most 17 significant digits (400 `invalid_number`).",
+64 bits and other numbers must be finite 64-bit doubles of at most 17 significant digits (below 2.2250738585072014e-308: the double's shortest form) (400 `invalid_number`).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
