@@ -242,10 +242,57 @@ async fn versions_side_by_side(b: Backend) {
     gw.stop().await;
 }
 
+/// `POST …/batch` runs the same message hooks as the single-message routes
+/// (the Python client sends each turn's last message as a batch): an
+/// `append_message` and a `patch_message` are masked, and a refused op stops
+/// the batch there with nothing of it stored.
+async fn batches_run_the_message_hooks(b: Backend) {
+    let gw = gw!(b, vec![pii(), guard()]);
+    session_and_agent(&gw).await;
+    let batch = "/v1/sessions/s/batch";
+    let op = |m: Value| json!({"op": "append_message", "agent_id": "a", "message": m});
+    let (s, v) = gw
+        .post(
+            batch,
+            json!({"ops": [
+                op(msg(0, "user", "mail bob@example.org")),
+                {"op": "patch_message", "agent_id": "a", "message_id": 0,
+                 "patch": {"message": {"role": "user", "content": [{"text": "tel 020 7946 0958"}]}}},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(text(&v["results"][0]["body"]), "mail [email]", "{v}");
+    assert_eq!(text(&v["results"][1]["body"]), "tel [phone]", "{v}");
+    assert_eq!(
+        text(&gw.get(&format!("{MESSAGES}/0")).await.1),
+        "tel [phone]"
+    );
+    // The guardrail refuses the second op: the first stays written, the
+    // refused one and the one after it are not.
+    let (s, v) = gw
+        .post(
+            batch,
+            json!({"ops": [
+                op(msg(1, "user", "ok")),
+                op(msg(2, "user", "tell me about Project X")),
+                op(msg(3, "user", "after")),
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_error(&v, "denied_by_hook");
+    assert_eq!(v["failed_op"], 1, "{v}");
+    let (_, list) = gw.get(MESSAGES).await;
+    assert_eq!(list["total"], 2, "{list}");
+    gw.stop().await;
+}
+
 on_both_stores!(
     pii_is_masked_before_it_is_stored,
     guardrail_refuses_and_nothing_is_stored,
     versions_side_by_side,
+    batches_run_the_message_hooks,
 );
 
 /// Swapping a 0.2.0 plugin's file (masker → guardrail) changes behaviour on

@@ -195,7 +195,8 @@ fn check_op(state: &AppState, i: usize, op: Op) -> AppResult<Ready> {
         (status = 404, description = "`not_found`: no such session, agent or message (the batch stopped there: the body is a `BatchFailure`)"),
         (status = 409, description = "`message_conflict` or `message_id_gap` (the batch stopped there: the body is a `BatchFailure`)"),
         (status = 412, description = "`version_mismatch`: a `put_agent`'s `if_match` is not current (the batch stopped there: the body is a `BatchFailure`)"),
-        (status = 422, description = "`too_many_ops`, `message_too_large`, `agent_id_mismatch` or `too_deep`"),
+        (status = 422, description = "`too_many_ops`, `message_too_large`, `agent_id_mismatch`, `too_deep`, or `denied_by_hook` (a message hook refused an op: the batch stopped there, the body is a `BatchFailure`)"),
+        (status = 503, description = "`hook_failed`: a fail-closed message hook failed on an op (the batch stopped there: the body is a `BatchFailure`)"),
     )
 )]
 async fn batch(
@@ -251,10 +252,24 @@ async fn run(
 ) -> AppResult<(StatusCode, bool, Value)> {
     let t = &caller.tenant;
     match op {
-        Ready::Append(aid, input) => match state.store.append_message(t, sid, &aid, input).await? {
-            Appended::Created(m) => Ok((StatusCode::CREATED, true, to_value(&m)?)),
-            Appended::Existing(m) => Ok((StatusCode::OK, false, to_value(&m)?)),
-        },
+        Ready::Append(aid, mut input) => {
+            // The message hooks run as for `POST …/messages`: a batch is no
+            // way around the masker or the guardrail.
+            input.message = super::messages::message_hooks(
+                state,
+                caller,
+                sid,
+                &aid,
+                input.message_id,
+                false,
+                input.message,
+            )
+            .await?;
+            match state.store.append_message(t, sid, &aid, input).await? {
+                Appended::Created(m) => Ok((StatusCode::CREATED, true, to_value(&m)?)),
+                Appended::Existing(m) => Ok((StatusCode::OK, false, to_value(&m)?)),
+            }
+        }
         Ready::Put(aid, body, version) => {
             let (agent, created) = state.store.put_agent(t, sid, &aid, body, version).await?;
             let status = if created {
@@ -265,6 +280,7 @@ async fn run(
             Ok((status, true, agent.to_json()))
         }
         Ready::Patch(aid, mid, patch) => {
+            let patch = super::messages::hook_patch(state, caller, sid, &aid, mid, patch).await?;
             let m = state.store.update_message(t, sid, &aid, mid, patch).await?;
             Ok((StatusCode::OK, true, to_value(&m)?))
         }

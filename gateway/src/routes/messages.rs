@@ -443,11 +443,7 @@ async fn update(
     mid: u64,
     patch: MessagePatch,
 ) -> AppResult<axum::Json<Message>> {
-    let mut patch = patch;
-    if let Some(content) = patch.message.take() {
-        patch.message =
-            Some(message_hooks(&state, &caller, &sid, &aid, Some(mid), true, content).await?);
-    }
+    let patch = hook_patch(&state, &caller, &sid, &aid, mid, patch).await?;
     let m = state
         .store
         .update_message(&caller.tenant, &sid, &aid, mid, patch)
@@ -456,10 +452,29 @@ async fn update(
     Ok(axum::Json(m))
 }
 
+/// A message update after the `message.update` before-chain: the content it
+/// sets, if any, as the hooks left it (a patch without content runs none).
+/// Used by `PUT`/`PATCH …/messages/{mid}` and the batch's `patch_message`.
+pub(super) async fn hook_patch(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    aid: &str,
+    mid: u64,
+    mut patch: MessagePatch,
+) -> AppResult<MessagePatch> {
+    if let Some(content) = patch.message.take() {
+        patch.message =
+            Some(message_hooks(state, caller, sid, aid, Some(mid), true, content).await?);
+    }
+    Ok(patch)
+}
+
 /// Runs the `message.append` (or, with `update`, `message.update`) before-
 /// chain over a message's content; returns the content to store. Reads the
 /// session (for the hooks' `session-ref`) only when such a hook is loaded.
-async fn message_hooks(
+/// Used by `POST …/messages` and the batch's `append_message`.
+pub(super) async fn message_hooks(
     state: &AppState,
     caller: &Caller,
     sid: &str,
