@@ -28,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod hooks;
+#[cfg(feature = "mongodb")]
 pub mod import;
 pub mod limits;
 pub mod metadata;
@@ -122,6 +123,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>
                     .with_max_read_bytes(config.server.max_response_bytes),
             )
         }
+        #[cfg(not(feature = "mongodb"))]
+        StorageType::Mongodb => anyhow::bail!(
+            "storage.type = \"mongodb\" needs the `mongodb` feature, which this binary was built without; \
+             build the whole gateway with `cargo build --release` (scripts/run.sh does so when the config asks for MongoDB)"
+        ),
+        #[cfg(feature = "mongodb")]
         StorageType::Mongodb => {
             let m = &config.storage.mongodb;
             tracing::info!(uri = %config::redact_uri(&m.uri), database = %m.database, "connecting to MongoDB");

@@ -44,6 +44,7 @@ enum Command {
     },
     /// Import sessions written by the Python `mongodb-session-manager` library
     /// into the configured store (idempotent: re-running is safe).
+    #[cfg(feature = "mongodb")]
     Import(Box<gateway::import::ImportArgs>),
 }
 
@@ -85,6 +86,7 @@ fn init_tracing(json: bool, command: Option<&Command>) {
     // `import` prints its report on stdout and progress on stderr: its logs go
     // to stderr and only warnings show by default.
     let (level, stderr) = match command {
+        #[cfg(feature = "mongodb")]
         Some(Command::Import(_)) => ("warn", true),
         _ => ("info", false),
     };
@@ -110,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_json, cli.command.as_ref());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
+        #[cfg(feature = "mongodb")]
         Command::Import(args) => {
             let code = gateway::import::run(&cli.config, *args).await?;
             std::io::Write::flush(&mut std::io::stdout())?;

@@ -30,13 +30,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "aws")]
 use anyhow::Context;
 use async_trait::async_trait;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{AwsConfig, NotifyConfig, NotifyTarget, TargetKind};
+#[cfg(feature = "aws")]
+use crate::config::{AwsConfig, TargetKind};
+use crate::config::{NotifyConfig, NotifyTarget};
 use crate::model::now_ms;
 use crate::store::{OutboxItem, SessionStore};
 
@@ -67,6 +70,7 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, target: &NotifyTarget, item: &OutboxItem) -> Result<(), String>;
 }
 
+#[cfg(feature = "aws")]
 /// Loads the AWS SDK configuration for `[notify.aws]`: explicit settings
 /// first, the standard AWS chain for the rest. SDK-level retries are off (the
 /// dispatcher retries with its own backoff and counts each attempt) and every
@@ -117,12 +121,14 @@ pub async fn sdk_config(
     Ok(sdk)
 }
 
+#[cfg(feature = "aws")]
 /// Delivers through the AWS SDK: SNS `Publish` and SQS `SendMessage`.
 pub struct AwsTransport {
     sns: aws_sdk_sns::Client,
     sqs: aws_sdk_sqs::Client,
 }
 
+#[cfg(feature = "aws")]
 impl AwsTransport {
     /// Builds the SNS and SQS clients for `[notify.aws]`.
     ///
@@ -137,6 +143,7 @@ impl AwsTransport {
     }
 }
 
+#[cfg(feature = "aws")]
 /// Renders an SDK error with its service code and message when there is one.
 fn describe<E, R>(e: &aws_sdk_sqs::error::SdkError<E, R>) -> String
 where
@@ -157,6 +164,7 @@ where
     }
 }
 
+#[cfg(feature = "aws")]
 #[async_trait]
 impl Transport for AwsTransport {
     async fn send(&self, target: &NotifyTarget, item: &OutboxItem) -> Result<(), String> {
@@ -398,17 +406,28 @@ pub async fn spawn(
         );
         return Ok(None);
     }
-    let transport = AwsTransport::new(cfg)
-        .await
-        .context("notify: configuring AWS")?;
-    let d = Dispatcher::new(
-        state.store.clone(),
-        cfg.clone(),
-        Arc::new(transport),
-        state.outbox_stats.clone(),
-        state.outbox_wake.clone(),
-    );
-    Ok(Some(tokio::spawn(d.run(stop))))
+    #[cfg(not(feature = "aws"))]
+    {
+        drop(stop);
+        anyhow::bail!(
+            "[notify.targets] needs the `aws` feature (SNS/SQS delivery), which this binary was built without; \
+             build the whole gateway with `cargo build --release` (scripts/run.sh does so when the config names targets)"
+        )
+    }
+    #[cfg(feature = "aws")]
+    {
+        let transport = AwsTransport::new(cfg)
+            .await
+            .context("notify: configuring AWS")?;
+        let d = Dispatcher::new(
+            state.store.clone(),
+            cfg.clone(),
+            Arc::new(transport),
+            state.outbox_stats.clone(),
+            state.outbox_wake.clone(),
+        );
+        Ok(Some(tokio::spawn(d.run(stop))))
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@ use serde_json::Value;
 
 use super::{Appended, StoreError, StoreResult};
 use crate::metadata::MetadataChange;
-use crate::model::{
-    Agent, EventType, JsonObject, Message, MessageInput, MessageRange, Session, format_ms,
-};
+use crate::model::{Agent, EventType, JsonObject, Message, MessageInput, MessageRange, format_ms};
 
 pub(crate) fn message_conflict(mid: u64) -> StoreError {
     StoreError::Conflict {
@@ -185,13 +183,14 @@ pub(crate) fn put_agent_answer(
 }
 
 /// The answer to creating a session at `now`.
+#[cfg(feature = "mongodb")]
 pub(crate) fn created_session(
     sid: &str,
     session_type: &str,
     metadata: &JsonObject,
     now: i64,
-) -> Session {
-    Session {
+) -> crate::model::Session {
+    crate::model::Session {
         session_id: sid.to_owned(),
         session_type: session_type.to_owned(),
         created_at: format_ms(now),

@@ -28,6 +28,7 @@
 
 mod common;
 pub mod embedded;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
 
 pub(crate) use common::*;
