@@ -12,8 +12,16 @@ maps each to the file that defines it and to its top-level module, and prints:
 - files over the line limit;
 - modules missing from lib.rs's crate map.
 
-Usage: scripts/module_graph.py [--src gateway/src] [--edges] [--check]
+A named `pub use` is followed: a path through a re-export counts as an
+import of the file that defines the item, and the re-export itself is not
+counted as an import of the re-exporting module (`--count-reexports` counts
+it). Glob re-exports are not followed (users stay with the re-exporting file)
+and not counted either. Paths inside `macro_rules!` bodies that
+start with `self`/`super` are skipped (they resolve where the macro is used).
+
+Usage: scripts/module_graph.py [--src gateway/src] [--edges] [--cycle-edges] [--check]
   --edges  also list every module-level edge (with the files behind it)
+  --cycle-edges  list the imports inside each file cycle
   --check  exit 1 when a cycle is larger than --max-cycle files, an import
            goes upward, a file is over --max-lines, or the map misses one
 """
@@ -25,9 +33,11 @@ import sys
 from collections import defaultdict
 
 # Higher number = higher layer. An import may only go to the same or a
-# lower layer. The order is issue #15's: routes → service → {hooks, store,
-# events, …} → model. `api` (the HTTP views) converts store and hook values,
-# so it sits above them and below the handlers.
+# lower layer (cycles inside a layer are reported as SCCs). The order is
+# issue #15's: routes → service → {hooks, store, events, …} → model.
+# `api` (the HTTP views) converts store and hook values (and maps a
+# `StoreError` onto an `AppError`), so it sits above them, below the
+# handlers; `import` is a command beside the service.
 LAYERS = {
     "main": 6,
     "lib": 5,
@@ -36,7 +46,6 @@ LAYERS = {
     "openapi": 5,
     "service": 4,
     "import": 4,
-    "extract": 4,
     "api": 3,
     "hooks": 2,
     "store": 2,
@@ -45,10 +54,11 @@ LAYERS = {
     "stream": 2,
     "limits": 2,
     "observe": 2,
+    "config": 1,
     "auth": 1,
     "error": 1,
+    "extract": 1,
     "metadata": 1,
-    "config": 1,
     "model": 0,
 }
 
@@ -183,8 +193,9 @@ def expand_use(tree):
 
 
 class Crate:
-    def __init__(self, src):
+    def __init__(self, src, count_reexports=False):
         self.src = src
+        self.count_reexports = count_reexports
         self.files = {}  # rel path -> module path (tuple)
         for root, _, names in os.walk(src):
             for name in names:
@@ -281,9 +292,14 @@ class Crate:
                 r = resolve(p, m.start())
                 if r is None:
                     continue
+                if public and r:
+                    # A re-export is the module's interface, not a use by its
+                    # code: users of a named one are sent to its file.
+                    if alias != "*":
+                        exports[alias or r[-1]] = r
+                    if not self.count_reexports:
+                        continue
                 found.append((r, line_of(m.start())))
-                if public and alias != "*" and r:
-                    exports[alias or r[-1]] = r
         path_re = re.compile(r"(?<![\w:])((?:[A-Za-z_]\w*)(?:::[A-Za-z_]\w*)+)")
         for m in path_re.finditer(code):
             if any(a <= m.start() < b for a, b in spans):
@@ -341,12 +357,21 @@ def main():
     ap.add_argument("--src", default=os.path.join(here, "..", "gateway", "src"))
     ap.add_argument("--edges", action="store_true")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument(
+        "--cycle-edges", action="store_true", help="list the imports inside each file cycle"
+    )
+    ap.add_argument(
+        "--count-reexports",
+        action="store_true",
+        help="count a named `pub use` as an import of the file re-exporting it",
+    )
     ap.add_argument("--max-cycle", type=int, default=5)
     ap.add_argument("--max-lines", type=int, default=LINE_LIMIT)
     args = ap.parse_args()
 
-    crate = Crate(os.path.normpath(args.src))
+    crate = Crate(os.path.normpath(args.src), args.count_reexports)
     file_edges = defaultdict(set)
+    file_sites = defaultdict(set)  # (a, b) -> {line}
     mod_edges = defaultdict(lambda: defaultdict(set))  # a -> b -> {"file:line"}
     for rel in sorted(crate.files):
         a = top_of(crate, rel)
@@ -354,6 +379,7 @@ def main():
             target = crate.file_of(path)
             if target != rel:
                 file_edges[rel].add(target)
+                file_sites[(rel, target)].add(line)
             b = top_of(crate, target) if path else "lib"
             if b != a:
                 mod_edges[a][b].add(f"{rel}:{line}")
@@ -371,6 +397,12 @@ def main():
     print(f"file cycles (SCCs of more than one file): {len(file_sccs)}")
     for c in file_sccs:
         print(f"  {len(c)}: {' '.join(c)}")
+        if args.cycle_edges:
+            members = set(c)
+            for a in c:
+                for b in sorted(file_edges[a] & members):
+                    lines = ",".join(str(n) for n in sorted(file_sites[(a, b)]))
+                    print(f"      {a} -> {b} (lines {lines})")
     largest = len(file_sccs[0]) if file_sccs else 1
     if largest > args.max_cycle:
         failures += 1
