@@ -45,13 +45,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::config::{Config, StorageType};
+use crate::config::Config;
 use crate::hooks::HookHost;
 use crate::store::SessionStore;
 
@@ -90,6 +89,12 @@ impl AppState {
     }
 }
 
+impl axum::extract::FromRef<AppState> for extract::MaxJsonDepth {
+    fn from_ref(state: &AppState) -> Self {
+        Self(state.config.limits.max_json_depth)
+    }
+}
+
 /// The HTTP application: every route, with the body limit applied.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
@@ -97,7 +102,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { error::AppError::RouteNotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.guard.clone(),
             limits::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -107,32 +112,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Opens the store the config names.
-///
-/// # Errors
-/// When the store cannot be opened or reached.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
-    Ok(match config.storage.kind {
-        StorageType::Embedded => {
-            let path = &config.storage.embedded.path;
-            tracing::info!(path = %path.display(), "opening embedded store");
-            Arc::new(
-                store::embedded::EmbeddedStore::open(path, config.storage.embedded.cache_mb)
-                    .with_context(|| format!("opening {}", path.display()))?
-                    .with_max_read_bytes(config.server.max_response_bytes),
-            )
-        }
-        StorageType::Mongodb => {
-            let m = &config.storage.mongodb;
-            tracing::info!(uri = %config::redact_uri(&m.uri), database = %m.database, "connecting to MongoDB");
-            Arc::new(
-                store::mongo::MongoStore::connect(m)
-                    .await
-                    .context("connecting to MongoDB")?,
-            )
-        }
-    })
-}
+pub use store::open as open_store;
 
 /// A running gateway's background parts; dropping it stops them.
 pub struct Gateway {
@@ -148,7 +128,7 @@ impl Gateway {
     /// # Errors
     /// When the store cannot be opened or a required plugin fails to load.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let store = open_store(&config).await?;
+        let store = store::open(&config).await?;
         store.set_retention(config.retention.policy().map_err(anyhow::Error::msg)?);
         if config.auth.mode == auth::AuthMode::None {
             tracing::warn!(
@@ -193,7 +173,16 @@ impl Gateway {
             Duration::from_millis(state.config.retention.sweep_interval_ms),
             stop_rx.clone(),
         )));
-        tasks.extend(outbox::spawn(&state, stop_rx.clone()).await?);
+        tasks.extend(
+            outbox::spawn(
+                state.store.clone(),
+                &state.config.notify,
+                state.outbox_stats.clone(),
+                state.outbox_wake.clone(),
+                stop_rx.clone(),
+            )
+            .await?,
+        );
         if state.config.plugins.watch {
             let interval = Duration::from_millis(state.config.plugins.watch_interval_ms);
             tasks.push(tokio::spawn(hooks.watch(interval, stop_rx)));

@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{AwsConfig, NotifyConfig, NotifyTarget, TargetKind};
 use crate::model::now_ms;
-use crate::store::{OutboxItem, SessionStore};
+use crate::store::{OutboxItem, OutboxQueue};
 
 /// Name of the message attribute carrying the notification id.
 pub const ID_ATTRIBUTE: &str = "notification_id";
@@ -220,7 +220,7 @@ pub fn backoff(failed: u32, base: Duration, max: Duration) -> Duration {
 }
 
 struct Inner {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn OutboxQueue>,
     cfg: NotifyConfig,
     transport: Arc<dyn Transport>,
     stats: Arc<OutboxStats>,
@@ -296,7 +296,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher delivering through `transport`.
     pub fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn OutboxQueue>,
         cfg: NotifyConfig,
         transport: Arc<dyn Transport>,
         stats: Arc<OutboxStats>,
@@ -382,16 +382,20 @@ impl Dispatcher {
     }
 }
 
-/// Starts the dispatcher for `state` when `[notify.targets]` is not empty;
-/// otherwise logs once that notifications stay pending and returns `None`.
+/// Starts the dispatcher over `store`'s outbox when `[notify.targets]` is
+/// not empty; otherwise logs once that notifications stay pending and returns
+/// `None`. It counts deliveries in `stats` and also runs when `wake` is
+/// notified (e.g. after an operator retry).
 ///
 /// # Errors
 /// When the AWS configuration cannot be loaded (e.g. no region).
 pub async fn spawn(
-    state: &crate::AppState,
+    store: Arc<dyn OutboxQueue>,
+    cfg: &NotifyConfig,
+    stats: Arc<OutboxStats>,
+    wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let cfg = &state.config.notify;
     if cfg.targets.is_empty() {
         tracing::info!(
             "notify: no [notify.targets] configured; the outbox dispatcher is not started and published notifications stay pending"
@@ -401,13 +405,7 @@ pub async fn spawn(
     let transport = AwsTransport::new(cfg)
         .await
         .context("notify: configuring AWS")?;
-    let d = Dispatcher::new(
-        state.store.clone(),
-        cfg.clone(),
-        Arc::new(transport),
-        state.outbox_stats.clone(),
-        state.outbox_wake.clone(),
-    );
+    let d = Dispatcher::new(store, cfg.clone(), Arc::new(transport), stats, wake);
     Ok(Some(tokio::spawn(d.run(stop))))
 }
 
@@ -463,7 +461,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn drains_with_bounded_concurrency() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn SessionStore> = Arc::new(
+        let store: Arc<dyn crate::store::SessionStore> = Arc::new(
             crate::store::embedded::EmbeddedStore::open(&dir.path().join("db"), 16).unwrap(),
         );
         let mut items: Vec<OutboxItem> = (0..20)

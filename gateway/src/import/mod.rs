@@ -266,7 +266,7 @@ pub async fn run(config_path: &Path, args: ImportArgs) -> anyhow::Result<i32> {
             args.source_database
         );
     }
-    let store = crate::open_store(&config).await.with_context(|| {
+    let store = crate::store::open(&config).await.with_context(|| {
         if config.storage.kind == crate::config::StorageType::Embedded {
             "opening the gateway's store (the embedded store has a single writer: \
              stop the gateway using it first)"
