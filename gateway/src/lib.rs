@@ -1,8 +1,12 @@
 //! Session Gateway: durable sessions for AI agents over HTTP, with metadata and
 //! feedback hooks as sandboxed WebAssembly components.
 //!
-//! Crate map:
-//! - [`config`]: `gateway.toml`, typed and strict.
+//! Crate map. Imports flow one way, from the top of this list's layers down:
+//! `routes`/`server`/`openapi` → `service` → `api` → {`hooks`, `store`,
+//! `events`, `outbox`, `stream`, `limits`, `observe`} → {`config`, `auth`,
+//! `error`, `extract`, `metadata`} → `model`; `scripts/module_graph.py`
+//! prints the graph, its cycles and any import that goes back up.
+//! - [`config`]: `gateway.toml`, typed and strict, one file per section.
 //! - [`error`]: [`error::AppError`], the uniform JSON error of every endpoint.
 //! - [`extract`]: JSON/path/query extractors that answer bad input with that error.
 //! - [`auth`]: API keys, tenants and roles: who a request is from.
@@ -14,7 +18,7 @@
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
 //! - [`routes`]: one file per resource, each with `router()`.
 //! - [`server`]: the accept loop: connection cap, header and idle timeouts, shutdown.
-//! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB.
+//! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB; [`store::open`].
 //! - [`hooks`]: the wasmtime host: plugins, limits, chains, hot swap.
 //! - [`events`]: runs after-hooks from the durable change-event log.
 //! - [`outbox`]: delivers the notifications hooks publish to SNS/SQS.
