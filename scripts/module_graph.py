@@ -22,6 +22,8 @@ start with `self`/`super` are skipped (they resolve where the macro is used).
 Usage: scripts/module_graph.py [--src gateway/src] [--edges] [--cycle-edges] [--check]
   --edges  also list every module-level edge (with the files behind it)
   --cycle-edges  list the imports inside each file cycle
+
+Its own tests: python3 -m unittest scripts/test_module_graph.py
   --check  exit 1 when a cycle is larger than --max-cycle files, an import
            goes upward, a file is over --max-lines, or the map misses one
 """
