@@ -5,7 +5,7 @@
 //! are persisted as [`OutboxItem`]s atomically with the event's completion
 //! (see [`crate::events`]). This task drains that outbox:
 //!
-//! - It claims due items with a lease ([`OutboxQueue::claim_outbox`](crate::store::OutboxQueue::claim_outbox)), so
+//! - It claims due items with a lease ([`OutboxQueue::claim_outbox`]), so
 //!   gateways sharing a MongoDB never send one item concurrently, and at most
 //!   `notify.concurrency` sends are in flight.
 //! - Each item goes to the topic or queue its logical target names in
