@@ -14,8 +14,9 @@ maps each to the file that defines it and to its top-level module, and prints:
 
 A named `pub use` is followed: a path through a re-export counts as an
 import of the file that defines the item, and the re-export itself is not
-counted as an import of the re-exporting module (`--count-reexports` counts
-it). Glob re-exports are not followed (users stay with the re-exporting file)
+counted as an import of the re-exporting module in the cycles
+(`--count-reexports` counts it); a re-export from a higher layer is still an
+upward import. Glob re-exports are not followed (users stay with the re-exporting file)
 and not counted either. Paths inside `macro_rules!` bodies that
 start with `self`/`super` are skipped (they resolve where the macro is used).
 
@@ -195,9 +196,8 @@ def expand_use(tree):
 
 
 class Crate:
-    def __init__(self, src, count_reexports=False):
+    def __init__(self, src):
         self.src = src
-        self.count_reexports = count_reexports
         self.files = {}  # rel path -> module path (tuple)
         for root, _, names in os.walk(src):
             for name in names:
@@ -229,7 +229,7 @@ class Crate:
         return "lib.rs"
 
     def refs(self, rel):
-        """Crate paths `rel` refers to, as (path, line) pairs."""
+        """Crate paths `rel` refers to, as (path, line, is a re-export)."""
         return self.parse(rel)[0]
 
     def parse(self, rel):
@@ -294,21 +294,19 @@ class Crate:
                 r = resolve(p, m.start())
                 if r is None:
                     continue
-                if public and r:
-                    # A re-export is the module's interface, not a use by its
-                    # code: users of a named one are sent to its file.
-                    if alias != "*":
-                        exports[alias or r[-1]] = r
-                    if not self.count_reexports:
-                        continue
-                found.append((r, line_of(m.start())))
+                reexport = bool(public and r)
+                if reexport and alias != "*":
+                    # A re-export is the module's interface: users of a
+                    # named one are sent to the file defining it.
+                    exports[alias or r[-1]] = r
+                found.append((r, line_of(m.start()), reexport))
         path_re = re.compile(r"(?<![\w:])((?:[A-Za-z_]\w*)(?:::[A-Za-z_]\w*)+)")
         for m in path_re.finditer(code):
             if any(a <= m.start() < b for a, b in spans):
                 continue
             r = resolve(m.group(1).split("::"), m.start())
             if r is not None:
-                found.append((r, line_of(m.start())))
+                found.append((r, line_of(m.start()), False))
         self.parsed[rel] = (found, exports)
         return self.parsed[rel]
 
@@ -371,18 +369,26 @@ def main():
     ap.add_argument("--max-lines", type=int, default=LINE_LIMIT)
     args = ap.parse_args()
 
-    crate = Crate(os.path.normpath(args.src), args.count_reexports)
+    crate = Crate(os.path.normpath(args.src))
     file_edges = defaultdict(set)
     file_sites = defaultdict(set)  # (a, b) -> {line}
     mod_edges = defaultdict(lambda: defaultdict(set))  # a -> b -> {"file:line"}
+    reexport_edges = defaultdict(lambda: defaultdict(set))
     for rel in sorted(crate.files):
         a = top_of(crate, rel)
-        for path, line in crate.refs(rel):
+        for path, line, reexport in crate.refs(rel):
             target = crate.file_of(path)
+            b = top_of(crate, target) if path else "lib"
+            if reexport and not args.count_reexports:
+                # Not a use by the file's code (no cycle through it), but a
+                # re-export from a higher layer still makes a lower module's
+                # interface depend on it.
+                if b != a:
+                    reexport_edges[a][b].add(f"{rel}:{line}")
+                continue
             if target != rel:
                 file_edges[rel].add(target)
                 file_sites[(rel, target)].add(line)
-            b = top_of(crate, target) if path else "lib"
             if b != a:
                 mod_edges[a][b].add(f"{rel}:{line}")
 
@@ -415,10 +421,10 @@ def main():
         print(f"modules without a layer (add them to LAYERS): {' '.join(unknown)}")
         failures += 1
     upward = []
-    for a in sorted(mod_edges):
-        for b in sorted(mod_edges[a]):
+    for a in sorted(set(mod_edges) | set(reexport_edges)):
+        for b in sorted(set(mod_edges[a]) | set(reexport_edges[a])):
             if a in LAYERS and b in LAYERS and LAYERS[b] > LAYERS[a]:
-                upward.append((a, b, sorted(mod_edges[a][b])))
+                upward.append((a, b, sorted(mod_edges[a][b] | reexport_edges[a][b])))
     print(f"upward imports (lower layer -> higher layer): {len(upward)}")
     for a, b, sites in upward:
         print(f"  {a} ({LAYERS[a]}) -> {b} ({LAYERS[b]}): {', '.join(sites)}")

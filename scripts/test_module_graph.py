@@ -141,6 +141,20 @@ class Graph(unittest.TestCase):
         _, out = run(src, "--count-reexports")
         self.assertIn("  2: store/mem.rs store/mod.rs", out)
 
+    def test_upward_reexport_is_reported(self):
+        src = crate(
+            {
+                "lib.rs": LIB,
+                "model.rs": "pub use crate::store::Store;\n",
+                "store/mod.rs": "pub struct Store;\n",
+                "routes.rs": "",
+            }
+        )
+        code, out = run(src, "--check")
+        self.assertEqual(code, 1)
+        self.assertIn("file cycles (SCCs of more than one file): 0", out)
+        self.assertIn("model (0) -> store (2): model.rs:1", out)
+
     def test_super_in_an_inline_module_and_macro(self):
         src = crate(
             {
