@@ -4,6 +4,10 @@
 //! `{"error":{"code":"snake_case_code","message":"human text"}}` with the status
 //! documented on each variant. Internal errors are logged with their detail and
 //! answered with a generic message, so storage internals never leak to clients.
+//!
+//! This module imports nothing of the crate: a store error becomes an
+//! [`AppError`] through `From<StoreError>`, implemented in [`crate::api`],
+//! which sits above both.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
