@@ -16,17 +16,19 @@ A named `pub use` is followed: a path through a re-export counts as an
 import of the file that defines the item, and the re-export itself is not
 counted as an import of the re-exporting module in the cycles
 (`--count-reexports` counts it); a re-export from a higher layer is still an
-upward import. Glob re-exports are not followed (users stay with the re-exporting file)
-and not counted either. Paths inside `macro_rules!` bodies that
-start with `self`/`super` are skipped (they resolve where the macro is used).
+upward import. Glob re-exports are neither followed (users stay with the
+re-exporting file) nor counted. Paths inside `macro_rules!` bodies that start
+with `self`/`super` are skipped (they resolve where the macro is used).
 
-Usage: scripts/module_graph.py [--src gateway/src] [--edges] [--cycle-edges] [--check]
-  --edges  also list every module-level edge (with the files behind it)
+Usage: scripts/module_graph.py [--src gateway/src] [--edges] [--cycle-edges]
+                               [--count-reexports] [--check]
+  --edges        also list every module-level edge (with the files behind it)
   --cycle-edges  list the imports inside each file cycle
+  --check        exit 1 when a cycle spans more than --max-cycle files (5), an
+                 import goes upward, a file is over --max-lines (800), or the
+                 crate map misses a module
 
 Its own tests: python3 -m unittest scripts/test_module_graph.py
-  --check  exit 1 when a cycle is larger than --max-cycle files, an import
-           goes upward, a file is over --max-lines, or the map misses one
 """
 
 import argparse
@@ -354,9 +356,11 @@ def sccs(nodes, edges):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", default=os.path.join(here, "..", "gateway", "src"))
-    ap.add_argument("--edges", action="store_true")
-    ap.add_argument("--check", action="store_true")
+    ap.add_argument(
+        "--src", default=os.path.join(here, "..", "gateway", "src"), help="the crate's src dir"
+    )
+    ap.add_argument("--edges", action="store_true", help="list every module-level import")
+    ap.add_argument("--check", action="store_true", help="exit 1 when anything is listed")
     ap.add_argument(
         "--cycle-edges", action="store_true", help="list the imports inside each file cycle"
     )
@@ -365,8 +369,10 @@ def main():
         action="store_true",
         help="count a named `pub use` as an import of the file re-exporting it",
     )
-    ap.add_argument("--max-cycle", type=int, default=5)
-    ap.add_argument("--max-lines", type=int, default=LINE_LIMIT)
+    ap.add_argument(
+        "--max-cycle", type=int, default=5, help="largest file cycle --check accepts"
+    )
+    ap.add_argument("--max-lines", type=int, default=LINE_LIMIT, help="longest file accepted")
     args = ap.parse_args()
 
     crate = Crate(os.path.normpath(args.src))
