@@ -668,3 +668,25 @@ pub struct OutboxList {
     #[schema(nullable = false)]
     pub dispatcher_running: Option<bool>,
 }
+
+/// How a store error answers over HTTP (here, above both the store and the
+/// error type, so neither knows the other).
+impl From<crate::store::StoreError> for crate::error::AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Conflict { code, message } => Self::Conflict { code, message },
+            StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(
+                "If-Match version {expected} does not match current version {current}"
+            )),
+            StoreError::Invalid { code, message } => Self::Unprocessable { code, message },
+            StoreError::Unavailable(message) => Self::Unavailable {
+                code: "store_unavailable",
+                message,
+                retry_after: Some(1),
+            },
+            StoreError::Internal(message) => Self::Internal(message),
+        }
+    }
+}

@@ -20,12 +20,13 @@ use std::collections::HashMap;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, Method, header};
 use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::AppError;
+pub use crate::error::challenge;
+use crate::error::{AppError, INVALID_KEY};
 use crate::model::Tenant;
 
 /// `[auth]`
@@ -201,8 +202,6 @@ impl Keys {
 
 /// The 401 message when no bearer key was sent.
 const KEY_REQUIRED: &str = "an API key is required: Authorization: Bearer <key>";
-/// The 401 message when the key sent is not a configured one.
-const INVALID_KEY: &str = "invalid API key";
 
 /// The key of an `Authorization: Bearer <key>` header value. The scheme name
 /// is matched case-insensitively (RFC 9110 §11.1) and may be followed by any
@@ -214,20 +213,6 @@ fn bearer_token(value: &str) -> Option<&str> {
     }
     let key = rest.trim();
     (!key.is_empty()).then_some(key)
-}
-
-/// The `WWW-Authenticate` challenge of a 401 with this message (RFC 6750 §3):
-/// the realm always, `error="invalid_token"` when a key was sent but is not
-/// valid (no error code when the request carried no bearer key at all).
-pub fn challenge(message: &str) -> HeaderValue {
-    if message == INVALID_KEY {
-        HeaderValue::from_static(
-            "Bearer realm=\"session-gateway\", error=\"invalid_token\", \
-             error_description=\"the API key is not valid\"",
-        )
-    } else {
-        HeaderValue::from_static("Bearer realm=\"session-gateway\"")
-    }
 }
 
 /// What a key may do.

@@ -4,12 +4,14 @@
 //! `{"error":{"code":"snake_case_code","message":"human text"}}` with the status
 //! documented on each variant. Internal errors are logged with their detail and
 //! answered with a generic message, so storage internals never leak to clients.
+//!
+//! This module imports nothing of the crate: a store error becomes an
+//! [`AppError`] through `From<StoreError>`, implemented in [`crate::api`],
+//! which sits above both.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-
-use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -133,25 +135,6 @@ impl AppError {
     }
 }
 
-impl From<StoreError> for AppError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => Self::NotFound(what),
-            StoreError::Conflict { code, message } => Self::Conflict { code, message },
-            StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(
-                "If-Match version {expected} does not match current version {current}"
-            )),
-            StoreError::Invalid { code, message } => Self::Unprocessable { code, message },
-            StoreError::Unavailable(message) => Self::Unavailable {
-                code: "store_unavailable",
-                message,
-                retry_after: Some(1),
-            },
-            StoreError::Internal(message) => Self::Internal(message),
-        }
-    }
-}
-
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -180,9 +163,26 @@ impl IntoResponse for AppError {
         if let Self::Unauthorized(message) = &self {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, crate::auth::challenge(message));
+                .insert(header::WWW_AUTHENTICATE, challenge(message));
         }
         response
+    }
+}
+
+/// The 401 message when the key sent is not a configured one.
+pub const INVALID_KEY: &str = "invalid API key";
+
+/// The `WWW-Authenticate` challenge of a 401 with this message (RFC 6750 §3):
+/// the realm always, `error="invalid_token"` when a key was sent but is not
+/// valid (no error code when the request carried no bearer key at all).
+pub fn challenge(message: &str) -> HeaderValue {
+    if message == INVALID_KEY {
+        HeaderValue::from_static(
+            "Bearer realm=\"session-gateway\", error=\"invalid_token\", \
+             error_description=\"the API key is not valid\"",
+        )
+    } else {
+        HeaderValue::from_static("Bearer realm=\"session-gateway\"")
     }
 }
 

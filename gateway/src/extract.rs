@@ -15,8 +15,13 @@ use axum::http::request::Parts;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::AppState;
 use crate::error::AppError;
+
+/// The deepest JSON nesting a body may have (`limits.max_json_depth`): the
+/// one value the body extractors need from the application state, which
+/// provides it with [`FromRef`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaxJsonDepth(pub usize);
 
 /// A type accepted as a JSON request body.
 ///
@@ -47,12 +52,12 @@ pub struct Json<T>(pub T);
 
 impl<T: JsonBody, S: Send + Sync> FromRequest<S> for Json<T>
 where
-    AppState: FromRef<S>,
+    MaxJsonDepth: FromRef<S>,
 {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let depth = AppState::from_ref(state).config.limits.max_json_depth;
+        let MaxJsonDepth(depth) = MaxJsonDepth::from_ref(state);
         let bytes = body_bytes(req, state).await?;
         parse_body::<T>(&bytes, depth).map(Json)
     }
@@ -64,12 +69,12 @@ pub struct OptionalJson<T>(pub Option<T>);
 
 impl<T: JsonBody, S: Send + Sync> FromRequest<S> for OptionalJson<T>
 where
-    AppState: FromRef<S>,
+    MaxJsonDepth: FromRef<S>,
 {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let depth = AppState::from_ref(state).config.limits.max_json_depth;
+        let MaxJsonDepth(depth) = MaxJsonDepth::from_ref(state);
         let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));

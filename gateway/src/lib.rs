@@ -1,8 +1,12 @@
 //! Session Gateway: durable sessions for AI agents over HTTP, with metadata and
 //! feedback hooks as sandboxed WebAssembly components.
 //!
-//! Crate map:
-//! - [`config`]: `gateway.toml`, typed and strict.
+//! Crate map. Imports flow one way, from the top of this list's layers down:
+//! `routes`/`server`/`openapi` → `service` → `api` → {`hooks`, `store`,
+//! `events`, `outbox`, `stream`, `limits`, `observe`} → {`config`, `auth`,
+//! `error`, `extract`, `metadata`} → `model`; `scripts/module_graph.py`
+//! prints the graph, its cycles and any import that goes back up.
+//! - [`config`]: `gateway.toml`, typed and strict, one file per section.
 //! - [`error`]: [`error::AppError`], the uniform JSON error of every endpoint.
 //! - [`extract`]: JSON/path/query extractors that answer bad input with that error.
 //! - [`auth`]: API keys, tenants and roles: who a request is from.
@@ -14,7 +18,7 @@
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
 //! - [`routes`]: one file per resource, each with `router()`.
 //! - [`server`]: the accept loop: connection cap, header and idle timeouts, shutdown.
-//! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB.
+//! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB; [`store::open`].
 //! - [`hooks`]: the wasmtime host: plugins, limits, chains, hot swap.
 //! - [`events`]: runs after-hooks from the durable change-event log.
 //! - [`outbox`]: delivers the notifications hooks publish to SNS/SQS.
@@ -46,13 +50,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::config::{Config, StorageType};
+use crate::config::Config;
 use crate::hooks::HookHost;
 use crate::store::SessionStore;
 
@@ -91,6 +94,12 @@ impl AppState {
     }
 }
 
+impl axum::extract::FromRef<AppState> for extract::MaxJsonDepth {
+    fn from_ref(state: &AppState) -> Self {
+        Self(state.config.limits.max_json_depth)
+    }
+}
+
 /// The HTTP application: every route, with the body limit applied.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
@@ -98,7 +107,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { error::AppError::RouteNotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.guard.clone(),
             limits::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -108,38 +117,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Opens the store the config names.
-///
-/// # Errors
-/// When the store cannot be opened or reached.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
-    Ok(match config.storage.kind {
-        StorageType::Embedded => {
-            let path = &config.storage.embedded.path;
-            tracing::info!(path = %path.display(), "opening embedded store");
-            Arc::new(
-                store::embedded::EmbeddedStore::open(path, config.storage.embedded.cache_mb)
-                    .with_context(|| format!("opening {}", path.display()))?
-                    .with_max_read_bytes(config.server.max_response_bytes),
-            )
-        }
-        #[cfg(not(feature = "mongodb"))]
-        StorageType::Mongodb => anyhow::bail!(
-            "storage.type = \"mongodb\" needs the `mongodb` feature, which this binary was built without; \
-             build the whole gateway with `cargo build --release` (scripts/run.sh does so when the config asks for MongoDB)"
-        ),
-        #[cfg(feature = "mongodb")]
-        StorageType::Mongodb => {
-            let m = &config.storage.mongodb;
-            tracing::info!(uri = %config::redact_uri(&m.uri), database = %m.database, "connecting to MongoDB");
-            Arc::new(
-                store::mongo::MongoStore::connect(m)
-                    .await
-                    .context("connecting to MongoDB")?,
-            )
-        }
-    })
-}
+pub use store::open as open_store;
 
 /// A running gateway's background parts; dropping it stops them.
 pub struct Gateway {
@@ -155,7 +133,7 @@ impl Gateway {
     /// # Errors
     /// When the store cannot be opened or a required plugin fails to load.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let store = open_store(&config).await?;
+        let store = store::open(&config).await?;
         store.set_retention(config.retention.policy().map_err(anyhow::Error::msg)?);
         if config.auth.mode == auth::AuthMode::None {
             tracing::warn!(
@@ -200,7 +178,16 @@ impl Gateway {
             Duration::from_millis(state.config.retention.sweep_interval_ms),
             stop_rx.clone(),
         )));
-        tasks.extend(outbox::spawn(&state, stop_rx.clone()).await?);
+        tasks.extend(
+            outbox::spawn(
+                state.store.clone(),
+                &state.config.notify,
+                state.outbox_stats.clone(),
+                state.outbox_wake.clone(),
+                stop_rx.clone(),
+            )
+            .await?,
+        );
         if state.config.plugins.watch {
             let interval = Duration::from_millis(state.config.plugins.watch_interval_ms);
             tasks.push(tokio::spawn(hooks.watch(interval, stop_rx)));

@@ -7,6 +7,7 @@
 //! collectors, so the hot paths keep their plain atomics.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -24,7 +25,6 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
 use crate::hooks::HookHost;
-use crate::server::ConnStats;
 use crate::store::SessionStore;
 use crate::stream::EventHub;
 
@@ -71,6 +71,26 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
+}
+
+/// Connection counters for `/metrics`, kept by the accept loop
+/// ([`crate::server`]).
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Closed for taking longer than the header read timeout.
+    pub closed_header_timeout: AtomicU64,
+    /// Closed after the idle timeout.
+    pub closed_idle: AtomicU64,
+    /// Idle connections closed to make room at the connection cap.
+    pub closed_evicted: AtomicU64,
+    /// Times `accept` failed (e.g. `EMFILE`).
+    pub accept_errors: AtomicU64,
+    /// The connection cap in force.
+    pub max: AtomicU64,
 }
 
 /// The gateway's metrics: the registry `GET /metrics` encodes, and the

@@ -5,7 +5,7 @@
 //! are persisted as [`OutboxItem`]s atomically with the event's completion
 //! (see [`crate::events`]). This task drains that outbox:
 //!
-//! - It claims due items with a lease ([`OutboxQueue::claim_outbox`](crate::store::OutboxQueue::claim_outbox)), so
+//! - It claims due items with a lease ([`OutboxQueue::claim_outbox`]), so
 //!   gateways sharing a MongoDB never send one item concurrently, and at most
 //!   `notify.concurrency` sends are in flight.
 //! - Each item goes to the topic or queue its logical target names in
@@ -41,7 +41,7 @@ use tokio::task::JoinSet;
 use crate::config::{AwsConfig, TargetKind};
 use crate::config::{NotifyConfig, NotifyTarget};
 use crate::model::now_ms;
-use crate::store::{OutboxItem, SessionStore};
+use crate::store::{OutboxItem, OutboxQueue};
 
 /// Name of the message attribute carrying the notification id.
 pub const ID_ATTRIBUTE: &str = "notification_id";
@@ -228,7 +228,7 @@ pub fn backoff(failed: u32, base: Duration, max: Duration) -> Duration {
 }
 
 struct Inner {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn OutboxQueue>,
     cfg: NotifyConfig,
     transport: Arc<dyn Transport>,
     stats: Arc<OutboxStats>,
@@ -304,7 +304,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher delivering through `transport`.
     pub fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn OutboxQueue>,
         cfg: NotifyConfig,
         transport: Arc<dyn Transport>,
         stats: Arc<OutboxStats>,
@@ -390,16 +390,20 @@ impl Dispatcher {
     }
 }
 
-/// Starts the dispatcher for `state` when `[notify.targets]` is not empty;
-/// otherwise logs once that notifications stay pending and returns `None`.
+/// Starts the dispatcher over `store`'s outbox when `[notify.targets]` is
+/// not empty; otherwise logs once that notifications stay pending and returns
+/// `None`. It counts deliveries in `stats` and also runs when `wake` is
+/// notified (e.g. after an operator retry).
 ///
 /// # Errors
 /// When the AWS configuration cannot be loaded (e.g. no region).
 pub async fn spawn(
-    state: &crate::AppState,
+    store: Arc<dyn OutboxQueue>,
+    cfg: &NotifyConfig,
+    stats: Arc<OutboxStats>,
+    wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let cfg = &state.config.notify;
     if cfg.targets.is_empty() {
         tracing::info!(
             "notify: no [notify.targets] configured; the outbox dispatcher is not started and published notifications stay pending"
@@ -408,7 +412,7 @@ pub async fn spawn(
     }
     #[cfg(not(feature = "aws"))]
     {
-        drop(stop);
+        drop((store, stats, wake, stop));
         anyhow::bail!(
             "[notify.targets] needs the `aws` feature (SNS/SQS delivery), which this binary was built without; \
              build the whole gateway with `cargo build --release` (scripts/run.sh does so when the config names targets)"
@@ -419,13 +423,7 @@ pub async fn spawn(
         let transport = AwsTransport::new(cfg)
             .await
             .context("notify: configuring AWS")?;
-        let d = Dispatcher::new(
-            state.store.clone(),
-            cfg.clone(),
-            Arc::new(transport),
-            state.outbox_stats.clone(),
-            state.outbox_wake.clone(),
-        );
+        let d = Dispatcher::new(store, cfg.clone(), Arc::new(transport), stats, wake);
         Ok(Some(tokio::spawn(d.run(stop))))
     }
 }
@@ -482,7 +480,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn drains_with_bounded_concurrency() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn SessionStore> = Arc::new(
+        let store: Arc<dyn crate::store::SessionStore> = Arc::new(
             crate::store::embedded::EmbeddedStore::open(&dir.path().join("db"), 16).unwrap(),
         );
         let mut items: Vec<OutboxItem> = (0..20)

@@ -37,6 +37,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tower::ServiceExt as _;
 
 use crate::config::Config;
+pub use crate::observe::ConnStats;
 
 /// Connection limits, resolved from `[server]` and the file limit.
 #[derive(Debug, Clone, Copy)]
@@ -69,25 +70,28 @@ const TRIM_AFTER_CLOSED: u64 = 256;
 /// chunks in its arenas, so without this the process stays at its peak RSS.
 /// Runs when at least [`TRIM_AFTER_CLOSED`] connections closed since the
 /// last trim and fewer are open now than closed since, at most once a second,
-/// off the async threads.
-fn release_memory(stats: &ConnStats, open: u64) {
+/// off the async threads. The bookkeeping is process-wide, like the heap.
+fn release_memory(open: u64) {
     static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let closed = stats.closed_since_trim.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Connections closed since memory was last handed back.
+    static CLOSED_SINCE_TRIM: AtomicU64 = AtomicU64::new(0);
+    /// When memory was last handed back (ms since `BASE`; 0 = never).
+    static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+    let closed = CLOSED_SINCE_TRIM.fetch_add(1, Ordering::Relaxed) + 1;
     if closed < TRIM_AFTER_CLOSED || open >= closed {
         return;
     }
     let now =
         u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX);
-    let last = stats.last_trim_ms.load(Ordering::Relaxed);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
     if (last != 0 && now.saturating_sub(last) < 1_000)
-        || stats
-            .last_trim_ms
+        || LAST_TRIM_MS
             .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
     {
         return;
     }
-    stats.closed_since_trim.store(0, Ordering::Relaxed);
+    CLOSED_SINCE_TRIM.store(0, Ordering::Relaxed);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn_blocking(trim_heap);
     }
@@ -157,29 +161,6 @@ impl ConnLimits {
             max_connections,
         }
     }
-}
-
-/// Connection counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ConnStats {
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Closed for taking longer than the header read timeout.
-    pub closed_header_timeout: AtomicU64,
-    /// Closed after the idle timeout.
-    pub closed_idle: AtomicU64,
-    /// Idle connections closed to make room at the connection cap.
-    pub closed_evicted: AtomicU64,
-    /// Times `accept` failed (e.g. `EMFILE`).
-    pub accept_errors: AtomicU64,
-    /// Connections closed since memory was last handed back ([`release_memory`]).
-    closed_since_trim: AtomicU64,
-    /// When memory was last handed back (ms since the process's base instant).
-    last_trim_ms: AtomicU64,
-    /// The connection cap in force.
-    pub max: AtomicU64,
 }
 
 /// One connection's state, shared by its task, its service and its socket.
@@ -360,7 +341,7 @@ impl Drop for Closed {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let open = self.stats.open.fetch_sub(1, Ordering::Relaxed) - 1;
-        release_memory(&self.stats, open);
+        release_memory(open);
         let mut conns = self
             .registry
             .conns

@@ -8,7 +8,7 @@
 //! bindings and where the hook exports sit. The `host` import
 //! implementation, the calls into the hook exports and the conversions
 //! between WIT values and the gateway's own types are written once, in
-//! `shared_host_glue!` (hooks/mod.rs), and expanded here over this version's
+//! `shared_host_glue!` (hooks/glue.rs), and expanded here over this version's
 //! generated types.
 
 use serde_json::Value;

@@ -30,8 +30,10 @@ mod common;
 pub mod embedded;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+mod open;
 
 pub(crate) use common::*;
+pub use open::open;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -178,33 +180,7 @@ pub struct OutboxItem {
     pub last_error: Option<String>,
 }
 
-/// How long sessions and events are kept.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Retention {
-    /// Session lifetime after its last change, in ms, by `session_type`.
-    pub sessions: std::collections::BTreeMap<String, i64>,
-    /// Lifetime of sessions whose type is not listed; `None` keeps them forever.
-    pub default_session_ms: Option<i64>,
-    /// How long change events are kept (the window for SSE resume and
-    /// after-hook redelivery); `None` keeps them forever.
-    pub events_ms: Option<i64>,
-}
-
-impl Retention {
-    /// The lifetime of a session of this type, if it has one.
-    pub fn session_ttl(&self, session_type: &str) -> Option<i64> {
-        self.sessions
-            .get(session_type)
-            .copied()
-            .or(self.default_session_ms)
-    }
-
-    /// Whether a session last changed at `updated_at` has expired at `now`.
-    pub fn session_expired(&self, session_type: &str, updated_at: i64, now: i64) -> bool {
-        self.session_ttl(session_type)
-            .is_some_and(|ttl| updated_at.saturating_add(ttl) <= now)
-    }
-}
+pub use crate::config::Retention;
 
 /// Which event types have after-hooks configured, as a bit set: only those
 /// events are queued for the after-hook processor, so a gateway without
