@@ -210,8 +210,8 @@ pub struct BatchWriteResult {
 /// The answer of `POST /v1/sessions`: the session as get-hooks show it, and
 /// `metadata_withheld` when a get-hook failed after the session was stored.
 ///
-/// Schema only: the answer is built by `hooks::display::session_response`
-/// (the hooks' module); `tests/openapi.rs` checks the two agree.
+/// Schema only: the answer is built by `routes::session_response`;
+/// `tests/openapi.rs` checks the two agree.
 #[derive(ToSchema)]
 pub struct CreatedSession {
     /// The client's id for the session.

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::hooks::HookHost;
 use crate::model::{Event, EventType, Tenant, now_ms};
+use crate::service::Shaper;
 use crate::store::{SessionStore, StoreResult};
 
 /// Events broadcast to a feed's subscribers before a slow one is told it lagged
@@ -50,7 +50,7 @@ impl Feed {
 
     /// Reads events after the last broadcast one and broadcasts them, with
     /// their metadata shaped by the get-hooks once for every subscriber.
-    async fn pump(&self, store: &dyn SessionStore, hooks: &HookHost) -> StoreResult<()> {
+    async fn pump(&self, store: &dyn SessionStore, shape: &Shaper) -> StoreResult<()> {
         let mut last = self.last_seq.lock().await;
         loop {
             let events = store
@@ -60,7 +60,7 @@ impl Feed {
             for mut ev in events {
                 *last = ev.seq;
                 enrich(store, &mut ev).await;
-                crate::hooks::display::redact_event(hooks, &mut ev).await;
+                shape.event(&mut ev).await;
                 let _ = self.tx.send(Arc::new(ev));
             }
             if n < READ_BATCH {
@@ -104,7 +104,7 @@ pub async fn enrich(store: &dyn SessionStore, ev: &mut Event) {
 /// All live feeds of this gateway.
 pub struct EventHub {
     store: Arc<dyn SessionStore>,
-    hooks: Arc<HookHost>,
+    shape: Arc<Shaper>,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     /// Set at shutdown: every SSE stream ends.
     closing: watch::Sender<bool>,
@@ -115,12 +115,12 @@ fn key(t: &Tenant, sid: &str) -> String {
 }
 
 impl EventHub {
-    /// A hub over `store`; events are shaped by `hooks`' get-hooks before
-    /// they are broadcast.
-    pub fn new(store: Arc<dyn SessionStore>, hooks: Arc<HookHost>) -> Self {
+    /// A hub over `store`; events are shaped by `shape` (the get-hooks)
+    /// before they are broadcast.
+    pub fn new(store: Arc<dyn SessionStore>, shape: Arc<Shaper>) -> Self {
         Self {
             store,
-            hooks,
+            shape,
             feeds: Mutex::new(HashMap::new()),
             closing: watch::Sender::new(false),
         }
@@ -205,9 +205,9 @@ impl EventHub {
             .cloned();
         if let Some(feed) = feed {
             let store = self.store.clone();
-            let hooks = self.hooks.clone();
+            let shape = self.shape.clone();
             tokio::spawn(async move {
-                if let Err(e) = feed.pump(&*store, &hooks).await {
+                if let Err(e) = feed.pump(&*store, &shape).await {
                     tracing::warn!(error = %e, session_id = %feed.session_id, "cannot read new events for subscribers");
                 }
             });
