@@ -12,7 +12,7 @@
 //! | `metadata.<path>=<value>` filters of `GET /v1/sessions` | evaluated on the shaped metadata, never on what is stored ([`Shaper::list`]) |
 //! | answers of writes (`POST /v1/sessions`, `PATCH`/`DELETE …/metadata`) | [`Shaper::committed_session`], [`Shaper::committed_metadata`]: shaped after the commit; a failing hook is a *display* failure: the success status stays, the metadata is withheld ([`Withheld`]) |
 //! | SSE `session.created`, `metadata.updated`, `metadata.deleted` (live and replayed) | [`Shaper::event`] before the event is sent |
-//! | admin outbox payloads | withheld from tenant admins while a get-hook is loaded (`routes::admin`) |
+//! | admin outbox payloads | withheld from tenant admins while a get-hook is loaded ([`Shaper::shows_payloads`]) |
 //!
 //! After-hooks (and so what they publish to SNS/SQS) see the change as
 //! stored: routing and auditing need the real values, and their targets are
@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::hooks::{HookHost, Loaded, Outcome, Refusal};
 use crate::metadata;
@@ -86,6 +87,15 @@ impl Shaper {
     /// The plugin set a request uses from start to end.
     pub fn snapshot(&self) -> Arc<Loaded> {
         self.hooks.snapshot()
+    }
+
+    /// Whether a caller is shown notification payloads (the admin outbox
+    /// views): an operator always; a tenant admin only while no get-hook
+    /// shapes metadata, because after-hooks publish from the change as
+    /// stored, so a payload may hold values a get-hook (e.g. a redactor)
+    /// hides from the session API.
+    pub fn shows_payloads(&self, caller: &Caller) -> bool {
+        caller.is_operator() || !self.snapshot().shapes_metadata()
     }
 
     /// The one shaping step: `md` of session `sid` through the get-chain of
