@@ -44,7 +44,7 @@ impl Service {
         let t = &caller.tenant;
         let loaded = self.hooks.snapshot();
         let hooked = loaded.runs(HookPhase::Before, HookEvent::FeedbackAdd);
-        let subject = self.hooks.subject(t, sid, hooked).await?;
+        let subject = self.subject(t, sid, hooked).await?;
         let body = self.hooks.before_feedback(&loaded, &subject, body).await?;
         let fb = self.store.add_feedback(t, sid, body).await?;
         self.committed.session(t, sid);

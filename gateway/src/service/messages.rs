@@ -228,7 +228,7 @@ impl Service {
         if !loaded.runs(HookPhase::Before, event) {
             return Ok(content);
         }
-        let subject = self.hooks.subject(&caller.tenant, sid, true).await?;
+        let subject = self.subject(&caller.tenant, sid, true).await?;
         let target = MessageTarget {
             update,
             agent_id: aid.to_owned(),

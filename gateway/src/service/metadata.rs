@@ -116,7 +116,7 @@ impl Service {
         // after the write, the get-chain that shows the result.
         let shapes = loaded.shapes_metadata();
         let hooked = shapes || loaded.runs(HookPhase::Before, metadata_event(&change));
-        let subject = self.hooks.subject(t, sid, hooked).await?;
+        let subject = self.subject(t, sid, hooked).await?;
         let change = self
             .hooks
             .before_metadata(&loaded, &subject, change)

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
-use crate::hooks::HookHost;
+use crate::hooks::{HookHost, Subject};
 use crate::model::{Tenant, validate_id};
 use crate::store::{AfterHooked, SessionStore};
 use crate::stream::EventHub;
@@ -108,6 +108,27 @@ impl Service {
     /// The shaper every exit of stored metadata goes through.
     pub fn shaper(&self) -> &Arc<Shaper> {
         &self.shape
+    }
+
+    /// Who the hooks of a request are about (their `session-ref`). The
+    /// session's type is read (one store read) only when `needed`, i.e.
+    /// when some hook of the request will run; the same [`Subject`] then
+    /// serves every chain of the request.
+    ///
+    /// # Errors
+    /// 404 when the type has to be read and the session is missing; a store
+    /// error.
+    async fn subject(&self, t: &Tenant, sid: &str, needed: bool) -> AppResult<Subject> {
+        let session_type = if needed {
+            self.store.get_session(t, sid).await?.session_type
+        } else {
+            String::new()
+        };
+        Ok(Subject {
+            tenant: t.as_str().to_owned(),
+            session_id: sid.to_owned(),
+            session_type,
+        })
     }
 }
 
