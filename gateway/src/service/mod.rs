@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
-use crate::hooks::{HookHost, Subject};
+use crate::hooks::{HookHost, Refusal, Subject};
 use crate::model::{Tenant, validate_id};
 use crate::store::{AfterHooked, SessionStore};
 use crate::stream::EventHub;
@@ -151,4 +151,20 @@ fn check_ids(sid: &str, aid: &str) -> AppResult<()> {
 /// The caller may write (403 otherwise).
 fn writer(caller: &Caller) -> AppResult<()> {
     caller.require_write()
+}
+
+/// A hook chain's refusal as the client sees it: a deny is 422
+/// `denied_by_hook`; a failing or quarantined fail-closed plugin is 503
+/// `hook_failed` (with `Retry-After` while quarantined). Messages name the plugin.
+impl From<Refusal> for AppError {
+    fn from(r: Refusal) -> Self {
+        match &r {
+            Refusal::Denied { .. } => AppError::unprocessable("denied_by_hook", r.to_string()),
+            Refusal::Failed { .. } | Refusal::Skipped { .. } => AppError::Unavailable {
+                code: "hook_failed",
+                message: r.to_string(),
+                retry_after: r.retry_after_secs(),
+            },
+        }
+    }
 }

@@ -427,19 +427,3 @@ impl Shaper {
         Ok((change, changed, values))
     }
 }
-
-/// A hook chain's refusal as the client sees it: a deny is 422
-/// `denied_by_hook`; a failing or quarantined fail-closed plugin is 503
-/// `hook_failed` (with `Retry-After` while quarantined). Messages name the plugin.
-impl From<Refusal> for AppError {
-    fn from(r: Refusal) -> Self {
-        match &r {
-            Refusal::Denied { .. } => AppError::unprocessable("denied_by_hook", r.to_string()),
-            Refusal::Failed { .. } | Refusal::Skipped { .. } => AppError::Unavailable {
-                code: "hook_failed",
-                message: r.to_string(),
-                retry_after: r.retry_after_secs(),
-            },
-        }
-    }
-}
