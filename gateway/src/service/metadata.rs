@@ -112,22 +112,21 @@ impl Service {
         change.validate().map_err(bad_key)?;
         let t = &caller.tenant;
         let loaded = self.shape.snapshot();
-        // One session read (only when a hook runs) serves the before-chain and,
-        // after the write, the get-chain that shows the result.
-        let shapes = loaded.shapes_metadata();
-        let hooked = shapes || loaded.runs(HookPhase::Before, metadata_event(&change));
+        // The session is read (for the hooks' session-ref) only when a
+        // before-hook runs; the get-chain that shows the result takes the
+        // type from the write.
+        let hooked = loaded.runs(HookPhase::Before, metadata_event(&change));
         let subject = self.subject(t, sid, hooked).await?;
         let change = self
             .hooks
             .before_metadata(&loaded, &subject, change)
             .await?;
-        let session_type = shapes.then_some(subject.session_type);
         let result = self.store.change_metadata(t, sid, &change).await?;
         self.committed.session(t, sid);
         // Committed: a failing get-hook withholds the metadata, it does not fail the write.
         Ok(self
             .shape
-            .committed_metadata(&loaded, t, sid, session_type.as_deref(), result.metadata)
+            .committed_metadata(&loaded, t, sid, &result.session_type, result.metadata)
             .await)
     }
 }

@@ -132,31 +132,14 @@ impl Shaper {
     /// Metadata of a committed write as its answer shows it. Never an error:
     /// a failing fail-closed get-hook withholds the metadata (empty object and
     /// a [`Withheld`]) instead of turning the committed write into a 503.
-    /// `session_type` is `None` when it was not read before the write (only
-    /// possible when no get-hook was loaded then).
     pub async fn committed_metadata(
         &self,
         loaded: &Loaded,
         t: &Tenant,
         sid: &str,
-        session_type: Option<&str>,
+        session_type: &str,
         md: JsonObject,
     ) -> Shown<JsonObject> {
-        if !loaded.shapes_metadata() {
-            return Shown {
-                value: md,
-                withheld: None,
-            };
-        }
-        let Some(session_type) = session_type else {
-            return Shown {
-                value: JsonObject::new(),
-                withheld: Some(Withheld {
-                    code: "hook_failed",
-                    message: "the session type was not read before the write".into(),
-                }),
-            };
-        };
         match self.metadata(loaded, t, sid, session_type, md).await {
             Ok(md) => Shown {
                 value: md,
@@ -178,9 +161,7 @@ impl Shaper {
     ) -> Shown<Session> {
         let md = std::mem::take(&mut session.metadata);
         let (sid, ty) = (session.session_id.clone(), session.session_type.clone());
-        let shown = self
-            .committed_metadata(loaded, t, &sid, Some(&ty), md)
-            .await;
+        let shown = self.committed_metadata(loaded, t, &sid, &ty, md).await;
         session.metadata = shown.value;
         Shown {
             value: session,
