@@ -408,3 +408,11 @@ impl Shaper {
         Ok((change, changed, values))
     }
 }
+
+/// The SSE feeds shape their events with the same [`Shaper`].
+#[async_trait::async_trait]
+impl crate::stream::ShapeEvent for Shaper {
+    async fn shape(&self, ev: &mut Event) {
+        self.event(ev).await;
+    }
+}
