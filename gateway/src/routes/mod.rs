@@ -15,14 +15,13 @@ pub mod messages;
 pub mod metadata;
 pub mod sessions;
 
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
 use crate::AppState;
+use crate::api::CreatedSession;
 use crate::model::{JsonObject, Session};
 use crate::service::Shown;
 use crate::service::shape::Withheld;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 /// Response header set when the answer of a committed write withholds the
 /// metadata because a get-hook failed: its value is the error code
@@ -40,15 +39,15 @@ fn withheld_header(response: &mut Response, w: &Withheld) {
 /// when withheld, `metadata` is `{}`, the body gains `metadata_withheld` and
 /// the `Metadata-Withheld` header is set.
 pub(crate) fn session_response(status: StatusCode, shown: Shown<Session>) -> Response {
-    let Some(w) = &shown.withheld else {
-        return (status, axum::Json(shown.value)).into_response();
-    };
-    let mut body = serde_json::to_value(&shown.value).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("metadata_withheld".into(), w.to_json());
-    }
+    let withheld = shown.withheld.as_ref().map(|w| crate::api::Withheld {
+        code: w.code.to_owned(),
+        message: w.message.clone(),
+    });
+    let body = CreatedSession::new(shown.value, withheld);
     let mut response = (status, axum::Json(body)).into_response();
-    withheld_header(&mut response, w);
+    if let Some(w) = &shown.withheld {
+        withheld_header(&mut response, w);
+    }
     response
 }
 
