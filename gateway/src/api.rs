@@ -209,10 +209,7 @@ pub struct BatchWriteResult {
 
 /// The answer of `POST /v1/sessions`: the session as get-hooks show it, and
 /// `metadata_withheld` when a get-hook failed after the session was stored.
-///
-/// Schema only: the answer is built by `hooks::display::session_response`
-/// (the hooks' module); `tests/openapi.rs` checks the two agree.
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct CreatedSession {
     /// The client's id for the session.
     pub session_id: String,
@@ -226,17 +223,33 @@ pub struct CreatedSession {
     pub updated_at: String,
     /// The metadata after get-hooks; `{}` when `metadata_withheld` is present.
     #[schema(value_type = Object)]
-    pub metadata: Value,
+    pub metadata: JsonObject,
     /// Ids of the agents in the session.
     pub agents: Vec<String>,
     /// Present only when the metadata is withheld (a display failure after
     /// the commit, not a failed write).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_withheld: Option<Withheld>,
+}
+
+impl CreatedSession {
+    /// `session` as shown, with why its metadata was withheld, if it was.
+    pub fn new(session: Session, metadata_withheld: Option<Withheld>) -> Self {
+        Self {
+            session_id: session.session_id,
+            session_type: session.session_type,
+            created_at: session.created_at,
+            updated_at: session.updated_at,
+            metadata: session.metadata,
+            agents: session.agents,
+            metadata_withheld,
+        }
+    }
 }
 
 /// Why metadata was withheld from an answer or an SSE event: a get-hook
 /// failed after the change was committed.
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Withheld {
     /// The error a read would have answered, e.g. `hook_failed`.
     pub code: String,

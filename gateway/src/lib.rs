@@ -16,7 +16,8 @@
 //! - [`openapi`]: assembles the OpenAPI document from the handlers' annotations.
 //! - [`metadata`]: dotted-path metadata changes, shared by both stores.
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
-//! - [`routes`]: one file per resource, each with `router()`.
+//! - [`routes`]: one file per resource, each with `router()`: parse, call the service, answer.
+//! - [`service`]: the use cases (validate, hooks, store, commit notification, get-hook shaping).
 //! - [`server`]: the accept loop: connection cap, header and idle timeouts, shutdown.
 //! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB; [`store::open`].
 //! - [`hooks`]: the wasmtime host: plugins, limits, chains, hot swap.
@@ -42,6 +43,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod routes;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod stream;
 
@@ -80,18 +82,8 @@ pub struct AppState {
     pub guard: Arc<limits::Guard>,
     /// Request metrics for `/metrics`.
     pub metrics: Arc<observe::Metrics>,
-}
-
-impl AppState {
-    /// Tells the event processor and the session's subscribers that a change
-    /// was committed in a session.
-    pub fn committed(&self, t: &model::Tenant, sid: &str) {
-        // Only events some after-hook observes are queued for the processor.
-        if self.hooks.snapshot().after_hooked() != store::AfterHooked::default() {
-            self.events_wake.notify_one();
-        }
-        self.hub.committed(t, sid);
-    }
+    /// The use cases the API routes call.
+    pub service: Arc<service::Service>,
 }
 
 impl axum::extract::FromRef<AppState> for extract::MaxJsonDepth {
@@ -147,17 +139,29 @@ impl Gateway {
             auth::Keys::new(&config.auth),
             &config.limits,
         ));
-        let hub = Arc::new(stream::EventHub::new(store.clone(), hooks.clone()));
+        let shaper = Arc::new(service::Shaper::new(store.clone(), hooks.clone()));
+        let hub = Arc::new(stream::EventHub::new(store.clone(), shaper.clone()));
+        let config = Arc::new(config);
+        let events_wake = Arc::new(Notify::new());
+        let service = Arc::new(service::Service::new(
+            store.clone(),
+            hooks.clone(),
+            config.clone(),
+            service::Committed::new(hooks.clone(), events_wake.clone(), hub.clone()),
+            shaper,
+            hub.clone(),
+        ));
         let state = AppState {
             store: store.clone(),
-            config: Arc::new(config),
+            config,
             hooks: hooks.clone(),
-            events_wake: Arc::new(Notify::new()),
+            events_wake,
             outbox_wake: Arc::new(Notify::new()),
             outbox_stats: Arc::new(outbox::OutboxStats::default()),
             metrics: Arc::new(observe::Metrics::new(hooks.clone(), hub.clone())),
             hub,
             guard,
+            service,
         };
         let mut tasks = vec![tokio::spawn(events::process(
             store,

@@ -19,9 +19,17 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::hooks::HookHost;
 use crate::model::{Event, EventType, Tenant, now_ms};
 use crate::store::{SessionStore, StoreResult};
+
+/// Shapes an event's metadata before it is sent to subscribers (the
+/// get-hooks, implemented by `service::Shaper`), so every exit of stored
+/// metadata is shaped the same way.
+#[async_trait::async_trait]
+pub trait ShapeEvent: Send + Sync {
+    /// Shapes `ev` in place.
+    async fn shape(&self, ev: &mut Event);
+}
 
 /// Events broadcast to a feed's subscribers before a slow one is told it lagged
 /// (it then re-reads from the store, so nothing is lost). The ring is
@@ -50,7 +58,7 @@ impl Feed {
 
     /// Reads events after the last broadcast one and broadcasts them, with
     /// their metadata shaped by the get-hooks once for every subscriber.
-    async fn pump(&self, store: &dyn SessionStore, hooks: &HookHost) -> StoreResult<()> {
+    async fn pump(&self, store: &dyn SessionStore, shape: &dyn ShapeEvent) -> StoreResult<()> {
         let mut last = self.last_seq.lock().await;
         loop {
             let events = store
@@ -60,7 +68,7 @@ impl Feed {
             for mut ev in events {
                 *last = ev.seq;
                 enrich(store, &mut ev).await;
-                crate::hooks::display::redact_event(hooks, &mut ev).await;
+                shape.shape(&mut ev).await;
                 let _ = self.tx.send(Arc::new(ev));
             }
             if n < READ_BATCH {
@@ -104,7 +112,7 @@ pub async fn enrich(store: &dyn SessionStore, ev: &mut Event) {
 /// All live feeds of this gateway.
 pub struct EventHub {
     store: Arc<dyn SessionStore>,
-    hooks: Arc<HookHost>,
+    shape: Arc<dyn ShapeEvent>,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     /// Set at shutdown: every SSE stream ends.
     closing: watch::Sender<bool>,
@@ -115,12 +123,12 @@ fn key(t: &Tenant, sid: &str) -> String {
 }
 
 impl EventHub {
-    /// A hub over `store`; events are shaped by `hooks`' get-hooks before
-    /// they are broadcast.
-    pub fn new(store: Arc<dyn SessionStore>, hooks: Arc<HookHost>) -> Self {
+    /// A hub over `store`; events are shaped by `shape` (the get-hooks)
+    /// before they are broadcast.
+    pub fn new(store: Arc<dyn SessionStore>, shape: Arc<dyn ShapeEvent>) -> Self {
         Self {
             store,
-            hooks,
+            shape,
             feeds: Mutex::new(HashMap::new()),
             closing: watch::Sender::new(false),
         }
@@ -205,9 +213,9 @@ impl EventHub {
             .cloned();
         if let Some(feed) = feed {
             let store = self.store.clone();
-            let hooks = self.hooks.clone();
+            let shape = self.shape.clone();
             tokio::spawn(async move {
-                if let Err(e) = feed.pump(&*store, &hooks).await {
+                if let Err(e) = feed.pump(&*store, &*shape).await {
                     tracing::warn!(error = %e, session_id = %feed.session_id, "cannot read new events for subscribers");
                 }
             });

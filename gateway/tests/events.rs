@@ -568,9 +568,58 @@ async fn redaction_leaves_no_copy_in_the_log(b: Backend) {
     assert_eq!(evs[3].event, "message.updated");
 }
 
+/// The writes only `POST …/batch` and `PUT …/messages/{mid}` make reach a
+/// live subscriber: a batch tells the feed once for all its writes, also
+/// when it stops at a failing op after earlier ops were written. (On the
+/// embedded store nothing but that notification wakes a live feed.)
+async fn batch_and_replace_reach_live_subscribers(b: Backend) {
+    let gw = gw!(b);
+    gw.session("bt").await;
+    let mut r = Reader::open(&gw, "bt", None).await;
+    let text = |t: &str| json!({"message": {"role": "user", "content": [{"text": t}]}});
+    let (s, v) = gw
+        .post(
+            "/v1/sessions/bt/batch",
+            json!({"ops": [
+                {"op": "put_agent", "agent_id": "bot", "agent": {"state": {}}},
+                {"op": "append_message", "agent_id": "bot", "message": text("one")},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let evs = r.take(2).await;
+    assert_eq!(evs[0].event, "agent.updated");
+    assert_eq!(evs[1].event, "message.appended");
+    // Stops at op 1 (there is no message 7): op 0 stays written, and is
+    // streamed before any later write could wake the feed.
+    let (s, v) = gw
+        .post(
+            "/v1/sessions/bt/batch",
+            json!({"ops": [
+                {"op": "append_message", "agent_id": "bot", "message": text("two")},
+                {"op": "patch_message", "agent_id": "bot", "message_id": 7,
+                 "patch": {"event_loop_metrics": {"latencyMs": 1}}},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["failed_op"], 1, "{v}");
+    let ev = r.take(1).await.remove(0);
+    assert_eq!(ev.event, "message.appended");
+    assert_eq!(ev.data["payload"]["message"]["content"][0]["text"], "two");
+    let (s, v) = gw
+        .put("/v1/sessions/bt/agents/bot/messages/0", text("uno"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ev = r.take(1).await.remove(0);
+    assert_eq!(ev.event, "message.updated");
+    assert_eq!(ev.data["payload"]["message"]["content"][0]["text"], "uno");
+}
+
 on_both_stores!(
     redaction_leaves_no_copy_in_the_log,
     every_change_type_in_order,
+    batch_and_replace_reach_live_subscribers,
     resume_misses_and_repeats_nothing,
     many_subscribers_share_one_feed,
     a_burst_larger_than_the_feed_ring_arrives_whole,

@@ -1416,6 +1416,14 @@ async fn metadata_set_unset_and_changed(s: Store) {
     assert_eq!(Value::Object(r.metadata.clone()), want);
     assert_eq!(r.changed, ["status", "profile.tier"]);
     assert_eq!(r.seq, 2);
+    // The write says which session type it wrote to (the get-hooks that show
+    // the result need it), default or given.
+    assert_eq!(r.session_type, "AGENT");
+    s.create_session(&t, new_session(Some("typed"), Some("CHAT"), json!({})))
+        .await
+        .unwrap();
+    let typed = s.change_metadata(&t, "typed", &change).await.unwrap();
+    assert_eq!(typed.session_type, "CHAT");
     let stored = s.get_metadata(&t, "s").await.unwrap();
     assert_eq!(stored, r.metadata);
     assert_eq!(

@@ -16,7 +16,6 @@
 //! a reload never changes the plugins under an in-flight request.
 
 pub mod breaker;
-pub mod display;
 pub mod outcome;
 pub mod runtime;
 
@@ -62,7 +61,7 @@ impl Loaded {
     }
 
     /// Whether some get-hook shapes metadata on its way out (`metadata.get`):
-    /// then every exit of stored metadata goes through it (see [`display`]).
+    /// then every exit of stored metadata goes through it (see `service::shape`).
     pub fn shapes_metadata(&self) -> bool {
         self.runs(HookPhase::Get, HookEvent::MetadataGet)
     }

@@ -1,5 +1,5 @@
 //! What a hook chain decided, in the hooks' own terms (no HTTP, no storage):
-//! the caller maps it onto its answer (see `routes::hook_refused`).
+//! the caller maps it onto its answer (the service: `From<Refusal> for AppError`).
 
 use std::time::Duration;
 

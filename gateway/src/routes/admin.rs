@@ -146,14 +146,6 @@ async fn reload(State(state): State<AppState>, caller: Caller) -> AppResult<Json
     }))
 }
 
-/// Whether a caller is shown notification payloads: an operator always; a
-/// tenant admin only while no get-hook shapes metadata, because after-hooks
-/// publish from the change as stored, so a payload may hold values a get-hook
-/// (e.g. a redactor) hides from the session API.
-fn shows_payloads(state: &AppState, caller: &Caller) -> bool {
-    caller.is_operator() || !state.hooks.snapshot().shapes_metadata()
-}
-
 /// List outbox notifications
 ///
 /// Notifications published by after-hooks, waiting for delivery (`pending`)
@@ -204,7 +196,7 @@ async fn outbox(
         .min(state.config.server.max_page_size as u64) as usize;
     let items = state.store.list_outbox_of(scope, filter, limit).await?;
     let (pending, dead) = state.store.outbox_counts_of(scope).await?;
-    let show = shows_payloads(&state, &caller);
+    let show = state.service.shaper().shows_payloads(&caller);
     // Counters since start cover every tenant: operators only.
     let stats = &state.outbox_stats;
     let since_start =
@@ -250,6 +242,6 @@ async fn retry(
     state.outbox_wake.notify_one();
     Ok(Json(OutboxItem::view(
         item,
-        shows_payloads(&state, &caller),
+        state.service.shaper().shows_payloads(&caller),
     )))
 }

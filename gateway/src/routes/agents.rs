@@ -7,14 +7,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
 
-use super::{check_aid, check_sid};
 use crate::AppState;
 use crate::api::AgentList;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
-use crate::model::{AGENT_SERVER_FIELDS, Agent, JsonObject};
-use crate::store::StoreError;
+use crate::model::Agent;
+use crate::service::agents::Precondition;
 
 /// Agent routes.
 pub fn router() -> Router<AppState> {
@@ -31,17 +30,6 @@ fn with_etag(status: StatusCode, agent: &Agent) -> Response {
     let mut resp = (status, axum::Json(agent.to_json())).into_response();
     resp.headers_mut().insert(header::ETAG, etag(agent.version));
     resp
-}
-
-/// A write precondition from the request headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Precondition {
-    /// No precondition.
-    None,
-    /// The stored version must be this one (0: the agent must not exist).
-    Version(u64),
-    /// `If-Match: *`: the agent must exist, whatever its version (RFC 9110).
-    Exists,
 }
 
 /// Parses `If-Match: "3"` (also `3` and `W/"3"`) and `If-Match: *` (the
@@ -81,11 +69,6 @@ fn if_match(headers: &HeaderMap) -> AppResult<Precondition> {
         .map_err(|_| bad())
 }
 
-/// Attempts of an `If-Match: *` write: each reads the current version and
-/// writes only while it is still current, so a concurrent writer makes it
-/// try again rather than overwrite a version it did not see.
-const IF_MATCH_ANY_ATTEMPTS: usize = 16;
-
 /// Create or replace an agent
 ///
 /// The body is the agent's JSON object (Strands `SessionAgent`: `state`,
@@ -124,41 +107,11 @@ async fn put(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> AppResult<Response> {
-    caller.require_write()?;
-    check_sid(&sid)?;
-    check_aid(&aid)?;
-    crate::limits::check_json("agent", &body, &state.config.limits, None)?;
-    let Value::Object(mut body) = body else {
-        return Err(AppError::bad_request(
-            "invalid_body",
-            "an agent must be a JSON object",
-        ));
-    };
-    if let Some(given) = body.get("agent_id")
-        && given.as_str() != Some(aid.as_str())
-    {
-        return Err(AppError::unprocessable(
-            "agent_id_mismatch",
-            format!("body agent_id {given} does not match the path's {aid:?}"),
-        ));
-    }
-    body.retain(|k, _| !AGENT_SERVER_FIELDS.contains(&k.as_str()));
-    let (agent, created) = match if_match(&headers)? {
-        Precondition::None => {
-            state
-                .store
-                .put_agent(&caller.tenant, &sid, &aid, body, None)
-                .await?
-        }
-        Precondition::Version(v) => {
-            state
-                .store
-                .put_agent(&caller.tenant, &sid, &aid, body, Some(v))
-                .await?
-        }
-        Precondition::Exists => put_existing(&state, &caller, &sid, &aid, body).await?,
-    };
-    state.committed(&caller.tenant, &sid);
+    let pre = if_match(&headers)?;
+    let (agent, created) = state
+        .service
+        .put_agent(&caller, &sid, &aid, body, pre)
+        .await?;
     Ok(with_etag(
         if created {
             StatusCode::CREATED
@@ -167,41 +120,6 @@ async fn put(
         },
         &agent,
     ))
-}
-
-/// `If-Match: *`: replaces the agent only if it exists (412 otherwise).
-async fn put_existing(
-    state: &AppState,
-    caller: &Caller,
-    sid: &str,
-    aid: &str,
-    body: JsonObject,
-) -> AppResult<(Agent, bool)> {
-    let mut last = None;
-    for _ in 0..IF_MATCH_ANY_ATTEMPTS {
-        let current = match state.store.get_agent(&caller.tenant, sid, aid).await {
-            Ok(a) => a.version,
-            Err(StoreError::NotFound(_)) => {
-                // 404 when the session is missing, 412 when only the agent is.
-                state.store.get_session(&caller.tenant, sid).await?;
-                return Err(AppError::PreconditionFailed(format!(
-                    "If-Match: * but agent {aid:?} does not exist"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match state
-            .store
-            .put_agent(&caller.tenant, sid, aid, body.clone(), Some(current))
-            .await
-        {
-            Err(e @ StoreError::VersionMismatch { .. }) => last = Some(e),
-            other => return Ok(other?),
-        }
-    }
-    Err(last
-        .map(AppError::from)
-        .unwrap_or_else(|| AppError::Internal("If-Match: * made no attempt".into())))
 }
 
 /// Get an agent
@@ -223,9 +141,7 @@ async fn read(
     caller: Caller,
     Path((sid, aid)): Path<(String, String)>,
 ) -> AppResult<Response> {
-    check_sid(&sid)?;
-    check_aid(&aid)?;
-    let agent = state.store.get_agent(&caller.tenant, &sid, &aid).await?;
+    let agent = state.service.get_agent(&caller, &sid, &aid).await?;
     Ok(with_etag(StatusCode::OK, &agent))
 }
 
@@ -247,8 +163,7 @@ async fn list(
     caller: Caller,
     Path(sid): Path<String>,
 ) -> AppResult<axum::Json<AgentList>> {
-    check_sid(&sid)?;
-    let agents = state.store.list_agents(&caller.tenant, &sid).await?;
+    let agents = state.service.list_agents(&caller, &sid).await?;
     Ok(axum::Json(AgentList {
         agents: agents.iter().map(Agent::to_json).collect(),
     }))

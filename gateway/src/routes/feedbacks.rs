@@ -7,14 +7,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::Value;
 
-use super::check_sid;
 use crate::AppState;
 use crate::api::FeedbackList;
 use crate::auth::Caller;
-use crate::config::{HookEvent, HookPhase};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::extract::{Json, Path};
-use crate::model::validate_feedback;
 
 /// Feedback routes.
 pub fn router() -> Router<AppState> {
@@ -46,32 +43,8 @@ async fn add(
     Path(sid): Path<String>,
     Json(body): Json<Value>,
 ) -> AppResult<impl IntoResponse> {
-    caller.require_write()?;
-    check_sid(&sid)?;
-    let Value::Object(mut body) = body else {
-        return Err(AppError::bad_request(
-            "invalid_body",
-            "a feedback must be a JSON object",
-        ));
-    };
-    body.shift_remove("created_at");
-    validate_feedback(&body).map_err(|m| AppError::unprocessable("invalid_rating", m))?;
-    let limits = &state.config.limits;
-    crate::limits::check_json(
-        "feedback",
-        &Value::Object(body.clone()),
-        limits,
-        Some(limits.max_metadata_bytes),
-    )?;
-    crate::metadata::validate_value(&Value::Object(body.clone()))
-        .map_err(|m| AppError::unprocessable("invalid_feedback", m))?;
-    let loaded = state.hooks.snapshot();
-    let hooked = loaded.runs(HookPhase::Before, HookEvent::FeedbackAdd);
-    let subject = state.hooks.subject(&caller.tenant, &sid, hooked).await?;
-    let body = state.hooks.before_feedback(&loaded, &subject, body).await?;
-    let fb = state.store.add_feedback(&caller.tenant, &sid, body).await?;
-    state.committed(&caller.tenant, &sid);
-    Ok((StatusCode::CREATED, axum::Json(fb.body)))
+    let fb = state.service.add_feedback(&caller, &sid, body).await?;
+    Ok((StatusCode::CREATED, axum::Json(fb)))
 }
 
 /// List a session's feedbacks
@@ -92,9 +65,7 @@ async fn list(
     caller: Caller,
     Path(sid): Path<String>,
 ) -> AppResult<axum::Json<FeedbackList>> {
-    check_sid(&sid)?;
-    let fbs = state.store.list_feedbacks(&caller.tenant, &sid).await?;
     Ok(axum::Json(FeedbackList {
-        feedbacks: fbs.into_iter().map(|f| f.body).collect(),
+        feedbacks: state.service.list_feedbacks(&caller, &sid).await?,
     }))
 }

@@ -5,18 +5,13 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::Value;
-use serde_json::value::RawValue;
 
-use super::{check_aid, check_sid};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::config::{HookEvent, HookPhase};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path, Query};
-use crate::hooks::runtime::MessageTarget;
-use crate::model::{Message, MessageInput, MessagePatch, MessageRange};
-use crate::store::Appended;
+use crate::model::{Message, MessageInput, MessagePatch};
+use crate::service::messages::Wanted;
 
 /// Message routes.
 pub fn router() -> Router<AppState> {
@@ -29,39 +24,6 @@ pub fn router() -> Router<AppState> {
             "/v1/sessions/{sid}/agents/{aid}/messages/{mid}",
             get(read).put(replace).patch(patch),
         )
-}
-
-fn check(sid: &str, aid: &str) -> AppResult<()> {
-    check_sid(sid)?;
-    check_aid(aid)
-}
-
-/// Checks each stored part of a message against `server.max_message_bytes`,
-/// so one stored message is at most three times that (which bounds what a
-/// list read holds per message).
-fn check_size(
-    state: &AppState,
-    message: Option<&RawValue>,
-    redact: Option<&RawValue>,
-    metrics: Option<&Value>,
-) -> AppResult<()> {
-    let max = state.config.server.max_message_bytes;
-    let too_large = |what: &str| {
-        Err(AppError::unprocessable(
-            "message_too_large",
-            format!("{what} may be at most {max} bytes"),
-        ))
-    };
-    if message.is_some_and(|m| m.get().len() > max) {
-        return too_large("a message");
-    }
-    if redact.is_some_and(|r| r.get().len() > max) {
-        return too_large("redact_message");
-    }
-    if metrics.is_some_and(|m| serde_json::to_vec(m).map_or(usize::MAX, |b| b.len()) > max) {
-        return too_large("event_loop_metrics");
-    }
-    Ok(())
 }
 
 /// Append a message
@@ -92,36 +54,16 @@ async fn append(
     Path((sid, aid)): Path<(String, String)>,
     Json(input): Json<MessageInput>,
 ) -> AppResult<impl IntoResponse> {
-    caller.require_write()?;
-    check(&sid, &aid)?;
-    check_size(
-        &state,
-        Some(&input.message),
-        input.redact_message.as_deref(),
-        input.event_loop_metrics.as_ref(),
-    )?;
-    let mut input = input;
-    input.message = message_hooks(
-        &state,
-        &caller,
-        &sid,
-        &aid,
-        input.message_id,
-        false,
-        input.message,
-    )
-    .await?;
-    match state
-        .store
-        .append_message(&caller.tenant, &sid, &aid, input)
-        .await?
-    {
-        Appended::Created(m) => {
-            state.committed(&caller.tenant, &sid);
-            Ok((StatusCode::CREATED, axum::Json(m)))
-        }
-        Appended::Existing(m) => Ok((StatusCode::OK, axum::Json(m))),
-    }
+    let (m, created) = state
+        .service
+        .append_message(&caller, &sid, &aid, input)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(m)))
 }
 
 /// List messages
@@ -160,7 +102,6 @@ async fn list(
     Path((sid, aid)): Path<(String, String)>,
     q: Query,
 ) -> AppResult<Response> {
-    check(&sid, &aid)?;
     q.only(&["limit", "offset", "latest"])?;
     let wanted = match (
         q.get_u64("latest")?,
@@ -179,7 +120,10 @@ async fn list(
             offset: offset.unwrap_or(0),
         },
     };
-    let body = read_page(&state, &caller, &sid, &aid, wanted).await?;
+    let body = state
+        .service
+        .list_messages(&caller, &sid, &aid, wanted)
+        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -188,134 +132,6 @@ async fn list(
         body,
     )
         .into_response())
-}
-
-/// What a list request asked for.
-#[derive(Debug, Clone, Copy)]
-enum Wanted {
-    /// `limit` (None: the page size) messages from `offset`.
-    Page { limit: Option<u64>, offset: u64 },
-    /// The last `n` messages.
-    Latest(u64),
-}
-
-/// How many messages one store read may return. The embedded store stops
-/// reading at the byte budget itself (`EmbeddedStore::with_max_read_bytes`),
-/// so it is asked for the whole page at once; other stores return what they
-/// are asked for, so they are asked for as many as fit in the budget if every
-/// message were as large as allowed (a stored message is at most three times
-/// `server.max_message_bytes`; the budget assumes one), which bounds what a
-/// request holds to a few times the budget.
-fn read_chunk(state: &AppState) -> u64 {
-    if state.store.name() == "embedded" {
-        u64::MAX
-    } else {
-        let s = &state.config.server;
-        (s.max_response_bytes / s.max_message_bytes.max(1)).max(1) as u64
-    }
-}
-
-/// Reads a page within the page size and the byte budget, serialized as the
-/// response body: messages are written out as they are read (their text kept
-/// as stored, never parsed into a JSON tree), so a request holds at most one
-/// store read plus the budget.
-async fn read_page(
-    state: &AppState,
-    caller: &Caller,
-    sid: &str,
-    aid: &str,
-    wanted: Wanted,
-) -> AppResult<Vec<u8>> {
-    let store = &state.store;
-    let cap = state.config.server.max_page_size as u64;
-    let budget = state.config.server.max_response_bytes;
-    let chunk = read_chunk(state);
-    let t = &caller.tenant;
-    // A first read, when the request is answered by one `Latest` read.
-    let mut first = None;
-    let (start, want) = match wanted {
-        Wanted::Page { limit, offset } => (offset, limit.unwrap_or(cap)),
-        Wanted::Latest(n) if n <= cap && n <= chunk => {
-            let (msgs, total) = store
-                .list_messages(t, sid, aid, MessageRange::Latest(n))
-                .await?;
-            first = Some((msgs, total));
-            (total.saturating_sub(n), n)
-        }
-        Wanted::Latest(n) => {
-            let (_, total) = store
-                .list_messages(
-                    t,
-                    sid,
-                    aid,
-                    MessageRange::Page {
-                        limit: 0,
-                        offset: 0,
-                    },
-                )
-                .await?;
-            (total.saturating_sub(n), n)
-        }
-    };
-    let end = start.saturating_add(want.min(cap));
-    let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(b"{\"messages\":[");
-    let mut next = start;
-    let mut total: u64;
-    let mut count = 0u64;
-    let mut one = Vec::new();
-    'read: loop {
-        let (msgs, t_now) = match first.take() {
-            Some(read) => read,
-            None => {
-                let limit = (end - next).min(chunk);
-                store
-                    .list_messages(
-                        t,
-                        sid,
-                        aid,
-                        MessageRange::Page {
-                            limit,
-                            offset: next,
-                        },
-                    )
-                    .await?
-            }
-        };
-        total = t_now;
-        if msgs.is_empty() {
-            break;
-        }
-        for m in msgs {
-            one.clear();
-            serde_json::to_writer(&mut one, &m).map_err(|e| {
-                AppError::Internal(format!("message {} does not serialize: {e}", m.message_id))
-            })?;
-            if count > 0 && out.len() + one.len() + 1 > budget {
-                break 'read;
-            }
-            if count > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&one);
-            count += 1;
-            next = m.message_id + 1;
-        }
-        if next >= end.min(total) {
-            break;
-        }
-    }
-    let next_offset = if count > 0 && next < total {
-        next.to_string()
-    } else {
-        "null".to_owned()
-    };
-    let truncated = next < start.saturating_add(want).min(total);
-    out.extend_from_slice(
-        format!("],\"total\":{total},\"next_offset\":{next_offset},\"truncated\":{truncated}}}")
-            .as_bytes(),
-    );
-    Ok(out)
 }
 
 /// Get a message
@@ -336,12 +152,8 @@ async fn read(
     caller: Caller,
     Path((sid, aid, mid)): Path<(String, String, u64)>,
 ) -> AppResult<axum::Json<Message>> {
-    check(&sid, &aid)?;
     Ok(axum::Json(
-        state
-            .store
-            .get_message(&caller.tenant, &sid, &aid, mid)
-            .await?,
+        state.service.get_message(&caller, &sid, &aid, mid).await?,
     ))
 }
 
@@ -371,26 +183,12 @@ async fn replace(
     Path((sid, aid, mid)): Path<(String, String, u64)>,
     Json(input): Json<MessageInput>,
 ) -> AppResult<axum::Json<Message>> {
-    caller.require_write()?;
-    check(&sid, &aid)?;
-    check_size(
-        &state,
-        Some(&input.message),
-        input.redact_message.as_deref(),
-        input.event_loop_metrics.as_ref(),
-    )?;
-    if input.message_id.is_some_and(|id| id != mid) {
-        return Err(AppError::unprocessable(
-            "message_id_mismatch",
-            format!("body message_id does not match the path's {mid}"),
-        ));
-    }
-    let patch = MessagePatch {
-        message: Some(input.message),
-        redact_message: Some(input.redact_message),
-        event_loop_metrics: input.event_loop_metrics.map(Some),
-    };
-    update(state, caller, sid, aid, mid, patch).await
+    Ok(axum::Json(
+        state
+            .service
+            .replace_message(&caller, &sid, &aid, mid, input)
+            .await?,
+    ))
 }
 
 /// Patch a message
@@ -418,89 +216,10 @@ async fn patch(
     Path((sid, aid, mid)): Path<(String, String, u64)>,
     Json(patch): Json<MessagePatch>,
 ) -> AppResult<axum::Json<Message>> {
-    caller.require_write()?;
-    check(&sid, &aid)?;
-    if patch.is_empty() {
-        return Err(AppError::bad_request(
-            "invalid_body",
-            "nothing to change: give message, redact_message or event_loop_metrics",
-        ));
-    }
-    check_size(
-        &state,
-        patch.message.as_deref(),
-        patch.redact_message.as_ref().and_then(|r| r.as_deref()),
-        patch.event_loop_metrics.as_ref().and_then(|m| m.as_ref()),
-    )?;
-    update(state, caller, sid, aid, mid, patch).await
-}
-
-async fn update(
-    state: AppState,
-    caller: Caller,
-    sid: String,
-    aid: String,
-    mid: u64,
-    patch: MessagePatch,
-) -> AppResult<axum::Json<Message>> {
-    let patch = hook_patch(&state, &caller, &sid, &aid, mid, patch).await?;
-    let m = state
-        .store
-        .update_message(&caller.tenant, &sid, &aid, mid, patch)
-        .await?;
-    state.committed(&caller.tenant, &sid);
-    Ok(axum::Json(m))
-}
-
-/// A message update after the `message.update` before-chain: the content it
-/// sets, if any, as the hooks left it (a patch without content runs none).
-/// Used by `PUT`/`PATCH …/messages/{mid}` and the batch's `patch_message`.
-pub(super) async fn hook_patch(
-    state: &AppState,
-    caller: &Caller,
-    sid: &str,
-    aid: &str,
-    mid: u64,
-    mut patch: MessagePatch,
-) -> AppResult<MessagePatch> {
-    if let Some(content) = patch.message.take() {
-        patch.message =
-            Some(message_hooks(state, caller, sid, aid, Some(mid), true, content).await?);
-    }
-    Ok(patch)
-}
-
-/// Runs the `message.append` (or, with `update`, `message.update`) before-
-/// chain over a message's content; returns the content to store. Reads the
-/// session (for the hooks' `session-ref`) only when such a hook is loaded.
-/// Used by `POST …/messages` and the batch's `append_message`.
-pub(super) async fn message_hooks(
-    state: &AppState,
-    caller: &Caller,
-    sid: &str,
-    aid: &str,
-    mid: Option<u64>,
-    update: bool,
-    content: Box<RawValue>,
-) -> AppResult<Box<RawValue>> {
-    let loaded = state.hooks.snapshot();
-    let event = if update {
-        HookEvent::MessageUpdate
-    } else {
-        HookEvent::MessageAppend
-    };
-    if !loaded.runs(HookPhase::Before, event) {
-        return Ok(content);
-    }
-    let subject = state.hooks.subject(&caller.tenant, sid, true).await?;
-    let target = MessageTarget {
-        update,
-        agent_id: aid.to_owned(),
-        message_id: mid,
-    };
-    let max = state.config.server.max_message_bytes;
-    Ok(state
-        .hooks
-        .before_message(&loaded, &subject, &target, content, max)
-        .await?)
+    Ok(axum::Json(
+        state
+            .service
+            .patch_message(&caller, &sid, &aid, mid, patch)
+            .await?,
+    ))
 }

@@ -7,14 +7,10 @@ use axum::response::Response;
 use axum::routing::get;
 use serde_json::Value;
 
-use super::check_sid;
 use crate::AppState;
 use crate::auth::Caller;
-use crate::config::HookPhase;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::extract::{Json, Path, Query};
-use crate::hooks::metadata_event;
-use crate::metadata::MetadataChange;
 use crate::model::JsonObject;
 
 /// Metadata routes.
@@ -23,25 +19,6 @@ pub fn router() -> Router<AppState> {
         "/v1/sessions/{sid}/metadata",
         get(read).patch(patch).delete(delete),
     )
-}
-
-fn bad_key(m: String) -> AppError {
-    AppError::bad_request("invalid_metadata_key", m)
-}
-
-/// Checks metadata given at session creation: top-level keys are plain field
-/// names (no dots), values as for a patch.
-pub(crate) fn check_initial(md: &JsonObject) -> AppResult<()> {
-    for (k, v) in md {
-        if k.contains('.') {
-            return Err(bad_key(format!(
-                "key {k:?} must not contain '.' at creation; use PATCH with dotted keys"
-            )));
-        }
-        crate::metadata::validate_path(k).map_err(bad_key)?;
-        crate::metadata::validate_value(v).map_err(|e| bad_key(format!("value for {k:?}: {e}")))?;
-    }
-    Ok(())
 }
 
 /// Get a session's metadata
@@ -64,10 +41,7 @@ async fn read(
     caller: Caller,
     Path(sid): Path<String>,
 ) -> AppResult<axum::Json<JsonObject>> {
-    check_sid(&sid)?;
-    let session = state.store.get_session(&caller.tenant, &sid).await?;
-    let session = state.hooks.redact_session(&caller.tenant, session).await?;
-    Ok(axum::Json(session.metadata))
+    Ok(axum::Json(state.service.get_metadata(&caller, &sid).await?))
 }
 
 /// Patch a session's metadata
@@ -100,30 +74,8 @@ async fn patch(
     Path(sid): Path<String>,
     Json(body): Json<Value>,
 ) -> AppResult<Response> {
-    caller.require_write()?;
-    check_sid(&sid)?;
-    let Value::Object(body) = body else {
-        return Err(AppError::bad_request(
-            "invalid_body",
-            "metadata patch must be a JSON object of dotted keys to values",
-        ));
-    };
-    let max_keys = state.config.server.max_patch_keys;
-    if body.len() > max_keys {
-        return Err(AppError::unprocessable(
-            "too_many_keys",
-            format!("at most {max_keys} keys per patch"),
-        ));
-    }
-    let limits = &state.config.limits;
-    crate::limits::check_json(
-        "metadata patch",
-        &Value::Object(body.clone()),
-        limits,
-        Some(limits.max_metadata_bytes),
-    )?;
-    let change = MetadataChange::Update(body.into_iter().collect());
-    apply(state, caller, sid, change).await
+    let shown = state.service.patch_metadata(&caller, &sid, body).await?;
+    Ok(super::metadata_response(shown))
 }
 
 /// Delete metadata keys
@@ -155,55 +107,8 @@ async fn delete(
     Path(sid): Path<String>,
     q: Query,
 ) -> AppResult<Response> {
-    caller.require_write()?;
-    check_sid(&sid)?;
     q.only(&["keys"])?;
-    let keys = q.get("keys")?.ok_or_else(|| {
-        AppError::bad_request(
-            "invalid_query",
-            "keys is required, e.g. ?keys=status,profile.tier",
-        )
-    })?;
-    let change = MetadataChange::Delete(keys.split(',').map(str::to_owned).collect());
-    apply(state, caller, sid, change).await
-}
-
-async fn apply(
-    state: AppState,
-    caller: Caller,
-    sid: String,
-    change: MetadataChange,
-) -> AppResult<Response> {
-    change.validate().map_err(bad_key)?;
-    let loaded = state.hooks.snapshot();
-    // One session read (only when a hook runs) serves the before-chain and,
-    // after the write, the get-chain that shows the result.
-    let shapes = loaded.shapes_metadata();
-    let hooked = shapes || loaded.runs(HookPhase::Before, metadata_event(&change));
-    let subject = state.hooks.subject(&caller.tenant, &sid, hooked).await?;
-    let change = state
-        .hooks
-        .before_metadata(&loaded, &subject, change)
-        .await?;
-    let session_type = shapes.then_some(subject.session_type);
-    let result = state
-        .store
-        .change_metadata(&caller.tenant, &sid, &change)
-        .await?;
-    state.committed(&caller.tenant, &sid);
-    // Committed: a failing get-hook withholds the metadata, it does not fail the write.
-    let (shown, withheld) = state
-        .hooks
-        .display_metadata(
-            &loaded,
-            &caller.tenant,
-            &sid,
-            session_type.as_deref(),
-            result.metadata,
-        )
-        .await;
-    Ok(crate::hooks::display::metadata_response(
-        shown,
-        withheld.as_ref(),
-    ))
+    let keys = q.get("keys")?;
+    let shown = state.service.delete_metadata(&caller, &sid, keys).await?;
+    Ok(super::metadata_response(shown))
 }

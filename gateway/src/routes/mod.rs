@@ -1,4 +1,9 @@
 //! HTTP routes, one file per resource; each exports `router()`.
+//!
+//! A handler parses the request (extractors, query, headers), calls one use
+//! case of [`crate::service::Service`] and answers (status, headers, JSON).
+//! Validation, hooks, the store, commit notifications and the get-hook
+//! shaping of what is shown all happen in the service.
 
 pub mod admin;
 pub mod agents;
@@ -11,34 +16,50 @@ pub mod metadata;
 pub mod sessions;
 
 use crate::AppState;
-use crate::error::AppError;
-use crate::model::validate_id;
+use crate::api::CreatedSession;
+use crate::model::{JsonObject, Session};
+use crate::service::Shown;
+use crate::service::shape::Withheld;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
-/// Checks a session id from a path or body (400 `invalid_session_id`).
-pub(crate) fn check_sid(sid: &str) -> Result<(), AppError> {
-    validate_id("session_id", sid).map_err(|m| AppError::bad_request("invalid_session_id", m))
+/// Response header set when the answer of a committed write withholds the
+/// metadata because a get-hook failed: its value is the error code
+/// (`hook_failed`).
+pub const WITHHELD_HEADER: HeaderName = HeaderName::from_static("metadata-withheld");
+
+fn withheld_header(response: &mut Response, w: &Withheld) {
+    response.headers_mut().insert(
+        WITHHELD_HEADER,
+        HeaderValue::from_str(w.code).unwrap_or(HeaderValue::from_static("hook_failed")),
+    );
 }
 
-/// Checks an agent id from a path (400 `invalid_agent_id`).
-pub(crate) fn check_aid(aid: &str) -> Result<(), AppError> {
-    validate_id("agent_id", aid).map_err(|m| AppError::bad_request("invalid_agent_id", m))
-}
-
-/// A hook chain's refusal as the client sees it: a deny is 422
-/// `denied_by_hook`; a failing or quarantined fail-closed plugin is 503
-/// `hook_failed` (with `Retry-After` while quarantined). Messages name the plugin.
-impl From<crate::hooks::Refusal> for AppError {
-    fn from(r: crate::hooks::Refusal) -> Self {
-        use crate::hooks::Refusal;
-        match &r {
-            Refusal::Denied { .. } => AppError::unprocessable("denied_by_hook", r.to_string()),
-            Refusal::Failed { .. } | Refusal::Skipped { .. } => AppError::Unavailable {
-                code: "hook_failed",
-                message: r.to_string(),
-                retry_after: r.retry_after_secs(),
-            },
-        }
+/// The answer of a committed write that returns a session: `status` always;
+/// when withheld, `metadata` is `{}`, the body gains `metadata_withheld` and
+/// the `Metadata-Withheld` header is set.
+pub(crate) fn session_response(status: StatusCode, shown: Shown<Session>) -> Response {
+    let withheld = shown.withheld.as_ref().map(|w| crate::api::Withheld {
+        code: w.code.to_owned(),
+        message: w.message.clone(),
+    });
+    let body = CreatedSession::new(shown.value, withheld);
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(w) = &shown.withheld {
+        withheld_header(&mut response, w);
     }
+    response
+}
+
+/// The answer of a committed metadata change: 200 with the metadata; when
+/// withheld, `{}` and the `Metadata-Withheld` header (the body is the
+/// metadata object itself, so it has no room for a marker of its own).
+pub(crate) fn metadata_response(shown: Shown<JsonObject>) -> Response {
+    let mut response = (StatusCode::OK, axum::Json(shown.value)).into_response();
+    if let Some(w) = &shown.withheld {
+        withheld_header(&mut response, w);
+    }
+    response
 }
 
 /// All routes of the v1 API plus health and admin endpoints.

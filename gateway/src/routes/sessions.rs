@@ -8,13 +8,13 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::check_sid;
 use crate::AppState;
 use crate::api::{BatchGetResult, SessionList};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, OptionalJson, Path, Query};
 use crate::model::{NewSession, Session, parse_rfc3339_ms};
+use crate::service::check_sid;
 use crate::store::ListQuery;
 
 /// Session routes.
@@ -27,8 +27,6 @@ pub fn router() -> Router<AppState> {
 
 /// Default page size of `GET /v1/sessions`.
 const DEFAULT_LIMIT: usize = 50;
-/// Longest `session_type`.
-const MAX_TYPE_LEN: usize = 64;
 
 /// Body of `POST /v1/sessions`: a [`NewSession`], or a Strands `Session.to_dict()`
 /// (`session_id`, `session_type`, `created_at`, `updated_at`). Other unknown
@@ -102,7 +100,6 @@ async fn create(
     caller: Caller,
     OptionalJson(new): OptionalJson<CreateSession>,
 ) -> AppResult<impl IntoResponse> {
-    caller.require_write()?;
     // An empty body means "all defaults".
     let new = new.map_or(
         NewSession {
@@ -112,44 +109,8 @@ async fn create(
         },
         CreateSession::into_new,
     );
-    if let Some(sid) = &new.session_id {
-        check_sid(sid)?;
-    }
-    if let Some(t) = &new.session_type
-        && (t.is_empty()
-            || t.len() > MAX_TYPE_LEN
-            || !t
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    {
-        return Err(AppError::unprocessable(
-            "invalid_session_type",
-            format!("session_type must be 1 to {MAX_TYPE_LEN} characters from [A-Za-z0-9_-]"),
-        ));
-    }
-    if let Some(md) = &new.metadata {
-        crate::routes::metadata::check_initial(md)?;
-        let limits = &state.config.limits;
-        crate::limits::check_json(
-            "metadata",
-            &serde_json::Value::Object(md.clone()),
-            limits,
-            Some(limits.max_metadata_bytes),
-        )?;
-    }
-    let loaded = state.hooks.snapshot();
-    let session = state.store.create_session(&caller.tenant, new).await?;
-    state.committed(&caller.tenant, &session.session_id);
-    // Committed: from here on nothing turns the answer into an error.
-    let (session, withheld) = state
-        .hooks
-        .display_session(&loaded, &caller.tenant, session)
-        .await;
-    Ok(crate::hooks::display::session_response(
-        StatusCode::CREATED,
-        &session,
-        withheld.as_ref(),
-    ))
+    let shown = state.service.create_session(&caller, new).await?;
+    Ok(super::session_response(StatusCode::CREATED, shown))
 }
 
 /// Get a session
@@ -172,11 +133,7 @@ async fn read(
     caller: Caller,
     Path(sid): Path<String>,
 ) -> AppResult<axum::Json<Session>> {
-    check_sid(&sid)?;
-    let session = state.store.get_session(&caller.tenant, &sid).await?;
-    Ok(axum::Json(
-        state.hooks.redact_session(&caller.tenant, session).await?,
-    ))
+    Ok(axum::Json(state.service.get_session(&caller, &sid).await?))
 }
 
 /// Delete a session
@@ -199,10 +156,7 @@ async fn delete(
     caller: Caller,
     Path(sid): Path<String>,
 ) -> AppResult<StatusCode> {
-    caller.require_write()?;
-    check_sid(&sid)?;
-    state.store.delete_session(&caller.tenant, &sid).await?;
-    state.committed(&caller.tenant, &sid);
+    state.service.delete_session(&caller, &sid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -252,7 +206,7 @@ async fn list(
     // The same rule as for messages: no limit or 0 is the default page, and
     // a limit above `server.max_page_size` is clamped (continue with
     // `next_cursor`).
-    let max = state.config.server.max_page_size;
+    let max = state.service.max_page_size();
     let limit = match q.get_u64("limit")? {
         None | Some(0) => DEFAULT_LIMIT.min(max),
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max),
@@ -293,8 +247,7 @@ async fn list(
         metadata,
     };
     // Metadata filters match the metadata as get-hooks show it.
-    let page =
-        crate::hooks::display::list_sessions(&state.hooks, &caller.tenant, query, max).await?;
+    let page = state.service.list_sessions(&caller, query).await?;
     Ok(axum::Json(SessionList {
         sessions: page.sessions,
         next_cursor: page.next_cursor,
@@ -346,32 +299,7 @@ async fn batch_get(
     caller: Caller,
     Json(body): Json<BatchGet>,
 ) -> AppResult<axum::Json<BatchGetResult>> {
-    let max = state.config.server.max_batch_ids;
-    if body.ids.len() > max {
-        return Err(AppError::unprocessable(
-            "too_many_ids",
-            format!("at most {max} ids per batch-get"),
-        ));
-    }
-    for id in &body.ids {
-        check_sid(id)?;
-    }
-    // Each id once, in the order first given.
-    let mut seen = std::collections::HashSet::with_capacity(body.ids.len());
-    let ids: Vec<String> = body
-        .ids
-        .into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect();
-    let found = state.store.batch_get_sessions(&caller.tenant, &ids).await?;
-    let missing: Vec<String> = ids
-        .iter()
-        .filter(|id| !found.iter().any(|s| &&s.session_id == id))
-        .cloned()
-        .collect();
-    let mut sessions = Vec::with_capacity(found.len());
-    for s in found {
-        sessions.push(state.hooks.redact_session(&caller.tenant, s).await?);
-    }
-    Ok(axum::Json(BatchGetResult { sessions, missing }))
+    Ok(axum::Json(
+        state.service.batch_get_sessions(&caller, body.ids).await?,
+    ))
 }

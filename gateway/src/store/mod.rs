@@ -139,6 +139,9 @@ pub struct MetadataResult {
     pub changed: Vec<String>,
     /// Sequence number of the recorded event.
     pub seq: u64,
+    /// The session's type, as stored with the session the change was
+    /// written to (so showing the result through get-hooks needs no read).
+    pub session_type: String,
 }
 
 /// Delivery state of an outbox item.

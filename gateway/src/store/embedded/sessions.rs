@@ -156,6 +156,7 @@ impl SessionData for EmbeddedStore {
                 metadata: applied.metadata,
                 changed: applied.changed,
                 seq: rec.seq + 1,
+                session_type: rec.session_type.clone(),
             };
             Ok(Change::Event(kind, payload, result))
         })

@@ -391,6 +391,7 @@ impl MongoStore {
             metadata: applied.metadata,
             changed: applied.changed,
             seq: k.seq,
+            session_type: k.session_type.clone(),
         };
         self.commit_fast(&at.key, Guard::Update, models, k, value)
             .await

@@ -454,6 +454,7 @@ impl MongoStore {
             metadata: applied.metadata,
             changed: applied.changed,
             seq: before.seq,
+            session_type: before.session_type,
         }))
     }
 

@@ -1,0 +1,344 @@
+//! The service layer reads from the store only what a request needs: a
+//! metadata write reads the session (for the hooks' `session-ref`) only
+//! when a before-hook runs; the get-hooks that show its result take the
+//! session type from the write itself.
+//!
+//! The service is driven directly, over a store that counts its session
+//! reads.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use common::Backend;
+use gateway::auth::Caller;
+use gateway::config::HookConfig;
+use gateway::hooks::HookHost;
+use gateway::metadata::MetadataChange;
+use gateway::model::{
+    Agent, Event, Feedback, JsonObject, Message, MessageInput, MessagePatch, MessageRange,
+    NewSession, Session, Tenant,
+};
+use gateway::service::{Committed, Service, Shaper};
+use gateway::store::{AfterHooked, SweepReport};
+use gateway::store::{
+    AgentData, Appended, EventLog, ListQuery, MetadataResult, OutboxItem, OutboxQueue, OutboxState,
+    Page, Retention, RetentionPolicy, SessionData, SessionStore, StoreResult,
+};
+use gateway::stream::EventHub;
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// A store that counts `get_session` calls and otherwise does what the
+/// store it wraps does.
+struct Counting {
+    inner: Arc<dyn SessionStore>,
+    session_reads: AtomicUsize,
+}
+
+impl Counting {
+    fn reads(&self) -> usize {
+        self.session_reads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl gateway::store::Backend for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
+
+#[async_trait]
+impl SessionData for Counting {
+    async fn create_session(&self, t: &Tenant, new: NewSession) -> StoreResult<Session> {
+        self.inner.create_session(t, new).await
+    }
+    async fn get_session(&self, t: &Tenant, sid: &str) -> StoreResult<Session> {
+        self.session_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_session(t, sid).await
+    }
+    async fn batch_get_sessions(&self, t: &Tenant, ids: &[String]) -> StoreResult<Vec<Session>> {
+        self.inner.batch_get_sessions(t, ids).await
+    }
+    async fn list_sessions(&self, t: &Tenant, q: &ListQuery) -> StoreResult<Page> {
+        self.inner.list_sessions(t, q).await
+    }
+    async fn delete_session(&self, t: &Tenant, sid: &str) -> StoreResult<()> {
+        self.inner.delete_session(t, sid).await
+    }
+    async fn get_metadata(&self, t: &Tenant, sid: &str) -> StoreResult<JsonObject> {
+        self.inner.get_metadata(t, sid).await
+    }
+    async fn change_metadata(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        change: &MetadataChange,
+    ) -> StoreResult<MetadataResult> {
+        self.inner.change_metadata(t, sid, change).await
+    }
+    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
+        self.inner.add_feedback(t, sid, body).await
+    }
+    async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>> {
+        self.inner.list_feedbacks(t, sid).await
+    }
+}
+
+#[async_trait]
+impl AgentData for Counting {
+    async fn put_agent(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        body: JsonObject,
+        if_match: Option<u64>,
+    ) -> StoreResult<(Agent, bool)> {
+        self.inner.put_agent(t, sid, aid, body, if_match).await
+    }
+    async fn get_agent(&self, t: &Tenant, sid: &str, aid: &str) -> StoreResult<Agent> {
+        self.inner.get_agent(t, sid, aid).await
+    }
+    async fn list_agents(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Agent>> {
+        self.inner.list_agents(t, sid).await
+    }
+    async fn append_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        input: MessageInput,
+    ) -> StoreResult<Appended> {
+        self.inner.append_message(t, sid, aid, input).await
+    }
+    async fn list_messages(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        range: MessageRange,
+    ) -> StoreResult<(Vec<Message>, u64)> {
+        self.inner.list_messages(t, sid, aid, range).await
+    }
+    async fn get_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+    ) -> StoreResult<Message> {
+        self.inner.get_message(t, sid, aid, mid).await
+    }
+    async fn update_message(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+        patch: MessagePatch,
+    ) -> StoreResult<Message> {
+        self.inner.update_message(t, sid, aid, mid, patch).await
+    }
+}
+
+#[async_trait]
+impl EventLog for Counting {
+    fn set_after_hooked(&self, kinds: AfterHooked) {
+        self.inner.set_after_hooked(kinds);
+    }
+    async fn latest_event_seq(&self, t: &Tenant, sid: &str) -> StoreResult<u64> {
+        self.inner.latest_event_seq(t, sid).await
+    }
+    async fn events_since(&self, since: i64, limit: usize) -> StoreResult<Vec<Event>> {
+        self.inner.events_since(since, limit).await
+    }
+    async fn events_after(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        self.inner.events_after(t, sid, after, limit).await
+    }
+    async fn claim_pending_events(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        self.inner.claim_pending_events(now, lease_ms, limit).await
+    }
+    async fn complete_event(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        seq: u64,
+        outbox: Vec<OutboxItem>,
+    ) -> StoreResult<()> {
+        self.inner
+            .complete_event(tenant, session_id, seq, outbox)
+            .await
+    }
+}
+
+#[async_trait]
+impl OutboxQueue for Counting {
+    async fn claim_outbox(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxItem>> {
+        self.inner.claim_outbox(now, lease_ms, limit).await
+    }
+    async fn outbox_delivered(&self, id: &str) -> StoreResult<()> {
+        self.inner.outbox_delivered(id).await
+    }
+    async fn outbox_failed(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_attempt_at: i64,
+        error: &str,
+        dead: bool,
+    ) -> StoreResult<()> {
+        self.inner
+            .outbox_failed(id, attempts, next_attempt_at, error, dead)
+            .await
+    }
+    async fn list_outbox_of(
+        &self,
+        tenant: Option<&str>,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxItem>> {
+        self.inner.list_outbox_of(tenant, state, limit).await
+    }
+    async fn retry_outbox_of(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<OutboxItem> {
+        self.inner.retry_outbox_of(tenant, id, now).await
+    }
+    async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)> {
+        self.inner.outbox_counts_of(tenant).await
+    }
+}
+
+#[async_trait]
+impl RetentionPolicy for Counting {
+    fn set_retention(&self, retention: Retention) {
+        self.inner.set_retention(retention);
+    }
+    async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport> {
+        self.inner.sweep_expired(now, limit).await
+    }
+}
+
+impl SessionStore for Counting {}
+
+/// A service with `hooks` over a counting embedded (or MongoDB) store.
+async fn service(
+    backend: Backend,
+    dir: &tempfile::TempDir,
+    hooks: Vec<HookConfig>,
+) -> Option<(Service, Arc<Counting>)> {
+    let mut cfg = common::config(backend, dir)?;
+    cfg.hooks = hooks;
+    let counting = Arc::new(Counting {
+        inner: gateway::open_store(&cfg).await.expect("store"),
+        session_reads: AtomicUsize::new(0),
+    });
+    let store: Arc<dyn SessionStore> = counting.clone();
+    let hooks = Arc::new(
+        HookHost::start(&cfg, None, store.clone())
+            .await
+            .expect("hooks"),
+    );
+    let shaper = Arc::new(Shaper::new(store.clone(), hooks.clone()));
+    let hub = Arc::new(EventHub::new(store.clone(), shaper.clone()));
+    let committed = Committed::new(hooks.clone(), Arc::new(Notify::new()), hub.clone());
+    let svc = Service::new(store, hooks, Arc::new(cfg), committed, shaper, hub);
+    Some((svc, counting))
+}
+
+fn redactor() -> HookConfig {
+    common::hook(
+        "redactor",
+        "metadata_redactor",
+        "get",
+        &["metadata.get"],
+        "config = { mask = [\"api_key\"], hide = [] }",
+    )
+}
+
+fn allow() -> HookConfig {
+    common::hook(
+        "allow",
+        "fixture_allow",
+        "before",
+        &["metadata.update", "metadata.delete"],
+        "",
+    )
+}
+
+async fn metadata_writes_read_the_session_only_for_before_hooks(b: Backend) {
+    // (hooks, session reads per metadata write)
+    let cases: [(&str, Vec<HookConfig>, usize); 4] = [
+        ("no hooks", vec![], 0),
+        ("a get-hook", vec![redactor()], 0),
+        ("a before-hook", vec![allow()], 1),
+        ("a before- and a get-hook", vec![allow(), redactor()], 1),
+    ];
+    for (label, hooks, reads) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((svc, store)) = service(b, &dir, hooks).await else {
+            return;
+        };
+        let caller = Caller::anonymous();
+        let new: NewSession = serde_json::from_value(json!({
+            "session_id": "s", "session_type": "CHAT", "metadata": {"api_key": "sk-1"}
+        }))
+        .unwrap();
+        svc.create_session(&caller, new).await.unwrap();
+        let before = store.reads();
+        let patched = svc
+            .patch_metadata(&caller, "s", json!({"api_key": "sk-2", "status": "on"}))
+            .await
+            .unwrap();
+        let deleted = svc
+            .delete_metadata(&caller, "s", Some("status"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.reads() - before,
+            2 * reads,
+            "{label}: session reads for a PATCH and a DELETE"
+        );
+        // The answers are shaped all the same (the redactor masks api_key).
+        let masked = if label.contains("get-hook") {
+            "***"
+        } else {
+            "sk-2"
+        };
+        assert_eq!(patched.withheld, None, "{label}");
+        assert_eq!(patched.value["api_key"], masked, "{label}");
+        assert_eq!(deleted.value["api_key"], masked, "{label}");
+        assert!(deleted.value.get("status").is_none(), "{label}");
+    }
+}
+
+on_both_stores!(metadata_writes_read_the_session_only_for_before_hooks);
