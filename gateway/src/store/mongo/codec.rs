@@ -10,7 +10,7 @@
 use mongodb::bson::{Bson, DateTime, Decimal128, Document, doc};
 use serde_json::Value;
 
-use super::txn::malformed;
+use super::error::malformed;
 use crate::metadata::MetadataChange;
 use crate::model::{JsonObject, Message, Session, format_ms, now_ms};
 use crate::store::{OutboxItem, OutboxState, Retention, StoreError, StoreResult};

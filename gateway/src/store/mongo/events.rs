@@ -13,10 +13,11 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Collection};
 
-use super::MongoStore;
+use super::client::MongoStore;
 use super::codec::{date, from_doc_text, outbox_fields, to_i64, uint};
+use super::error::mongo_err;
 use super::sessions::collect;
-use super::txn::{Step, TxResult, mongo_err};
+use super::txn::{Step, TxResult};
 use crate::model::{Event, Tenant};
 use crate::store::{AfterHooked, EventLog, OutboxItem, StoreResult, session_key};
 

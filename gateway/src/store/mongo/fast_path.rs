@@ -18,7 +18,6 @@
 //! the entry is dropped.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use mongodb::Collection;
 use mongodb::bson::{Document, doc};
@@ -26,127 +25,23 @@ use mongodb::options::{
     InsertOneModel, ReadPreference, SelectionCriteria, UpdateOneModel, WriteModel,
 };
 
-use super::MongoStore;
+use super::client::MongoStore;
 use super::codec::{
-    agent_summary, agent_upsert, append_update, crosses_array, dec, doc_to_obj, feedback_doc,
-    feedback_update, get_str, int, message_doc, metadata_update, new_session_fields,
-    put_agent_update, seq_of, to_i64, uid_of,
+    agent_upsert, append_update, crosses_array, feedback_doc, feedback_update, int, message_doc,
+    metadata_update, new_session_fields, put_agent_update, to_i64,
 };
 use super::group_commit::{Guard, Outcome};
+use super::known::{Known, KnownAgent, small};
+use super::txn::Fast;
 use super::writes::At;
 use crate::metadata::MetadataChange;
 use crate::model::{
     Agent, EventType, Feedback, JsonObject, Message, MessageInput, Session, now_ms,
 };
 use crate::store::{
-    Appended, MetadataResult, StoreResult, agent_payload, apply_metadata, created_payload,
-    created_session, message_event_payload, new_message, put_agent_answer, stamped_feedback,
+    Appended, MetadataResult, agent_payload, apply_metadata, created_payload, created_session,
+    message_event_payload, new_message, put_agent_answer, stamped_feedback,
 };
-
-/// Sessions whose state is kept, at most (past it the cache starts over).
-const MAX_KNOWN: usize = 4096;
-/// Metadata larger than this (JSON bytes) is not kept: its changes take the
-/// per-write transaction.
-const MAX_KNOWN_METADATA: usize = 8 * 1024;
-
-/// One agent as of the session's `seq`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct KnownAgent {
-    /// Version (`If-Match`).
-    pub v: u64,
-    /// Message count = the next message id.
-    pub n: u64,
-    /// Creation time, when this gateway saw it (it lives in `agents`).
-    pub created_at: Option<i64>,
-}
-
-/// A session's state as of `seq`.
-#[derive(Debug, Clone)]
-pub(super) struct Known {
-    pub uid: i64,
-    pub seq: u64,
-    pub session_type: String,
-    pub agents: HashMap<String, KnownAgent>,
-    pub feedbacks: i64,
-    /// `None` when too large to keep.
-    pub metadata: Option<JsonObject>,
-}
-
-fn small(m: &JsonObject) -> bool {
-    serde_json::to_vec(m).is_ok_and(|v| v.len() <= MAX_KNOWN_METADATA)
-}
-
-impl Known {
-    fn from_doc(d: &Document) -> StoreResult<Self> {
-        let mut agents = HashMap::new();
-        if let Ok(a) = d.get_document("agents") {
-            for (field, _) in a {
-                if let Some((v, n)) = agent_summary(d, field) {
-                    let aid = dec(field);
-                    agents.insert(
-                        aid,
-                        KnownAgent {
-                            v,
-                            n,
-                            created_at: None,
-                        },
-                    );
-                }
-            }
-        }
-        let metadata = d
-            .get_document("metadata")
-            .map(doc_to_obj)
-            .unwrap_or_default();
-        Ok(Self {
-            uid: uid_of(d)?,
-            seq: seq_of(d)?,
-            session_type: get_str(d, "session_type", "session document")?.to_owned(),
-            agents,
-            feedbacks: int(d.get("feedbacks")).unwrap_or(0),
-            metadata: small(&metadata).then_some(metadata),
-        })
-    }
-}
-
-/// What this gateway knows, by session key.
-#[derive(Default)]
-pub(super) struct KnownSessions {
-    map: Mutex<HashMap<String, Known>>,
-}
-
-impl KnownSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Takes the entry out (the caller holds the session's write turn).
-    fn take(&self, key: &str) -> Option<Known> {
-        self.lock().remove(key)
-    }
-
-    fn put(&self, key: String, k: Known) {
-        let mut map = self.lock();
-        if map.len() >= MAX_KNOWN && !map.contains_key(&key) {
-            map.clear();
-        }
-        map.insert(key, k);
-    }
-
-    /// Drops what is known of a session (after a write that did not go
-    /// through the fast path).
-    pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
-    }
-}
-
-/// The result of a fast write, or the need for the per-write transaction.
-pub(super) enum Fast<T> {
-    Done(StoreResult<T>),
-    Fallback,
-}
 
 macro_rules! known_or_fallback {
     ($e:expr) => {

@@ -24,7 +24,7 @@ use mongodb::options::{ReadPreference, SelectionCriteria, WriteModel};
 use mongodb::results::VerboseBulkWriteResult;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::txn::{backoff, commit_with_retry, is_connectivity, mongo_err};
+use super::error::{backoff, commit_with_retry, is_connectivity, mongo_err};
 use crate::store::StoreError;
 
 /// Most jobs in one transaction (the driver splits a bulk write larger than

@@ -24,9 +24,9 @@ use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 
-use super::MongoStore;
+use super::client::MongoStore;
 use super::codec::int;
-use super::txn::{error_code, mongo_err};
+use super::error::{error_code, mongo_err};
 use crate::config::MongoConfig;
 use crate::store::StoreResult;
 

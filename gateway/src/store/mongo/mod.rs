@@ -1,19 +1,29 @@
 //! The MongoDB store: the official driver with one pooled client.
 //!
 //! ## Layout of this module
-//! | file | what it holds |
-//! |---|---|
-//! | `mod.rs` | the store, its connection and configuration, pool metrics |
-//! | `codec.rs` | the stored form: BSON documents and their conversions |
-//! | `indexes.rs` | indexes, and the start-up migration of older layouts |
-//! | `txn.rs` | the per-write transaction, its retries, error mapping, the `mutate` entry of every write |
-//! | `writes.rs` | what each write does inside its transaction (the per-write path) |
-//! | `fast_path.rs` | the same writes built from what this gateway knows of a session |
-//! | `group_commit.rs` | the writer task that commits many sessions' fast writes together |
-//! | `sessions.rs` | the [`SessionData`](crate::store::SessionData) and [`AgentData`](crate::store::AgentData) methods: reads, and writes through `mutate` |
-//! | `events.rs` | the event log and the after-hook queue |
-//! | `outbox.rs` | the notification outbox |
-//! | `retention.rs` | the retention sweep and the purge of deleted sessions' children |
+//! The files form layers: each file imports only from files below it in
+//! this table, so no import circles back. The `impl MongoStore` blocks are
+//! spread over the files of their concern and import the struct from
+//! `client.rs`; calling each other's methods needs no import.
+//!
+//! | layer | file | what it holds |
+//! |---|---|---|
+//! | top | `mod.rs` | connecting: the client's configuration, the write-path choice, start-up; [`Backend`] and the re-export of [`MongoStore`] |
+//! | impls | `outbox.rs` | the notification outbox |
+//! | | `events.rs` | the event log and the after-hook queue |
+//! | | `retention.rs` | the retention sweep and the purge of deleted sessions' children |
+//! | | `sessions.rs` | the [`SessionData`](crate::store::SessionData) and [`AgentData`](crate::store::AgentData) methods: reads, and writes through `mutate` |
+//! | | `indexes.rs` | indexes, and the start-up migration of older layouts |
+//! | | `fast_path.rs` | the writes built from what this gateway knows of a session |
+//! | | `writes.rs` | what each write does inside its transaction (the per-write path) |
+//! | | `txn.rs` | the per-write transaction, its retries and turn-taking, the `mutate` entry of every write |
+//! | state | `client.rs` | the [`MongoStore`] struct and its own field types (collections, pool statistics, per-session locks); the accessors every file uses (`live`, `retention`) |
+//! | | `known.rs` | what the fast path knows of each session (a field of the store) |
+//! | | `group_commit.rs` | the writer task that commits many sessions' fast writes together (a field of the store) |
+//! | leaves | `codec.rs` | the stored form: BSON documents and their conversions |
+//! | | `error.rs` | how driver errors map onto [`StoreError`], which are retried, the back-off and commit retry |
+//!
+//! `python3 scripts/module_graph.py` reports any file cycle.
 //!
 //! ## Schema (one database, `storage.mongodb.database`)
 //! | collection | shard key | unique key | fields |
@@ -43,7 +53,7 @@
 //!   purges left behind by a crash.
 //! - One document per message: appends stay small and flat however long a
 //!   session grows, and no session approaches the 16 MB document limit.
-//! - Retention ([`Retention`], set at run time): sessions past it are excluded
+//! - Retention ([`Retention`](crate::store::Retention), set at run time): sessions past it are excluded
 //!   by every "live session" filter (`$nor` of per-type `updated_at` cut-offs),
 //!   and [`RetentionPolicy::sweep_expired`](crate::store::RetentionPolicy::sweep_expired)
 //!   deletes them like `DELETE` would, drops events older than the event
@@ -113,108 +123,35 @@
 //! `complete_event` queues outbox items with `$setOnInsert` upserts: a
 //! duplicate-key insert would abort the whole transaction.
 
+mod client;
 mod codec;
+mod error;
 mod events;
 mod fast_path;
 mod group_commit;
 mod indexes;
+mod known;
 mod outbox;
 mod retention;
 mod sessions;
 mod txn;
 mod writes;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mongodb::bson::{Document, doc};
+use mongodb::Client;
+use mongodb::bson::doc;
 use mongodb::options::{
     Acknowledgment, ClientOptions, Compressor, ReadPreference, SelectionCriteria, WriteConcern,
 };
-use mongodb::{Client, Collection, Database};
 
-use self::codec::add_live;
-use self::txn::{SessionLocks, mongo_err};
+pub use self::client::MongoStore;
+use self::client::PoolStats;
+use self::error::mongo_err;
 use crate::config::MongoConfig;
-use crate::store::{
-    AfterHooked, Backend, PoolMetrics, Retention, SessionStore, StoreError, StoreMetrics,
-    StoreResult,
-};
-
-/// The collections, cheap to clone (each is an `Arc`).
-#[derive(Clone)]
-struct Colls {
-    sessions: Collection<Document>,
-    agents: Collection<Document>,
-    messages: Collection<Document>,
-    feedbacks: Collection<Document>,
-    events: Collection<Document>,
-    outbox: Collection<Document>,
-    purges: Collection<Document>,
-    meta: Collection<Document>,
-}
-
-/// The MongoDB store.
-pub struct MongoStore {
-    client: Client,
-    db: Database,
-    c: Colls,
-    retention: RwLock<Arc<Retention>>,
-    locks: SessionLocks,
-    pool: Arc<PoolStats>,
-    after_hooked: std::sync::atomic::AtomicU8,
-    /// The group commit of the fast path; `None` on servers before 8.0 (or
-    /// `write_path = "transaction"`): every write is its own transaction.
-    writer: Option<group_commit::GroupCommit>,
-    /// What the fast path knows of sessions this gateway wrote.
-    known: fast_path::KnownSessions,
-}
-
-/// Connection-pool gauges and counters, kept from the driver's CMAP events.
-#[derive(Default)]
-struct PoolStats {
-    created: std::sync::atomic::AtomicU64,
-    closed: std::sync::atomic::AtomicU64,
-    checked_out: std::sync::atomic::AtomicU64,
-    checked_in: std::sync::atomic::AtomicU64,
-    checkout_failed: std::sync::atomic::AtomicU64,
-    cleared: std::sync::atomic::AtomicU64,
-}
-
-impl PoolStats {
-    fn observe(&self, ev: mongodb::event::cmap::CmapEvent) {
-        use mongodb::event::cmap::CmapEvent as E;
-        use std::sync::atomic::Ordering::Relaxed;
-        let counter = match ev {
-            E::ConnectionCreated(_) => &self.created,
-            E::ConnectionClosed(_) => &self.closed,
-            E::ConnectionCheckedOut(_) => &self.checked_out,
-            E::ConnectionCheckedIn(_) => &self.checked_in,
-            E::ConnectionCheckoutFailed(_) => &self.checkout_failed,
-            E::PoolCleared(_) => &self.cleared,
-            _ => return,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-
-    fn snapshot(&self) -> PoolMetrics {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (created, closed) = (self.created.load(Relaxed), self.closed.load(Relaxed));
-        let (out, back) = (
-            self.checked_out.load(Relaxed),
-            self.checked_in.load(Relaxed),
-        );
-        let open = created.saturating_sub(closed);
-        let in_use = out.saturating_sub(back);
-        PoolMetrics {
-            in_use,
-            idle: open.saturating_sub(in_use),
-            checkout_failures: self.checkout_failed.load(Relaxed),
-            pool_cleared: self.cleared.load(Relaxed),
-        }
-    }
-}
+use crate::store::{Backend, SessionStore, StoreError, StoreMetrics, StoreResult};
 
 fn read_preference(name: &str) -> StoreResult<ReadPreference> {
     Ok(match name {
@@ -247,10 +184,6 @@ fn write_concern(cfg: &MongoConfig) -> StoreResult<WriteConcern> {
 }
 
 impl MongoStore {
-    pub(super) fn after_hooked(&self) -> AfterHooked {
-        AfterHooked(self.after_hooked.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
     /// Connects with one pooled client configured from `cfg`, creates the
     /// indexes (idempotent), brings a database written by an older version
     /// to the current layout (idempotent, see `indexes.rs`) and starts a
@@ -313,28 +246,7 @@ impl MongoStore {
         opts.command_event_handler = commands;
         let client =
             Client::with_options(opts).map_err(|e| mongo_err("creating the client", &e))?;
-        let db = client.database(&cfg.database);
-        let c = Colls {
-            sessions: db.collection("sessions"),
-            agents: db.collection("agents"),
-            messages: db.collection("messages"),
-            feedbacks: db.collection("feedbacks"),
-            events: db.collection("events"),
-            outbox: db.collection("outbox"),
-            purges: db.collection("purges"),
-            meta: db.collection("meta"),
-        };
-        let mut store = Self {
-            client,
-            db,
-            c,
-            retention: RwLock::new(Arc::new(Retention::default())),
-            locks: SessionLocks::default(),
-            pool,
-            after_hooked: std::sync::atomic::AtomicU8::new(0),
-            writer: None,
-            known: fast_path::KnownSessions::default(),
-        };
+        let mut store = Self::new(client, &cfg.database, pool);
         store.writer = store.choose_write_path(cfg).await?;
         let started = std::time::Instant::now();
         tracing::info!("creating MongoDB indexes (idempotent)");
@@ -346,19 +258,6 @@ impl MongoStore {
         store.migrate().await?;
         tokio::spawn(retention::sweep_purges(store.c.clone()));
         Ok(store)
-    }
-
-    pub(super) fn retention(&self) -> Arc<Retention> {
-        self.retention
-            .read()
-            .map_or_else(|p| p.into_inner().clone(), |r| r.clone())
-    }
-
-    /// Filter of a live session: not a tombstone and not past its retention.
-    pub(super) fn live(&self, key: &str) -> Document {
-        let mut f = doc! { "_id": key };
-        add_live(&mut f, &self.retention());
-        f
     }
 
     /// Which write path this gateway uses: the group commit when the server

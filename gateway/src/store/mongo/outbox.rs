@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 
-use super::MongoStore;
+use super::client::MongoStore;
 use super::codec::{outbox_from_doc, state_str};
+use super::error::mongo_err;
 use super::events::Claim;
 use super::sessions::collect;
-use super::txn::mongo_err;
 use crate::store::{OutboxItem, OutboxQueue, OutboxState, StoreResult, outbox_not_found};
 
 /// `filter` limited to one tenant's items, when given.

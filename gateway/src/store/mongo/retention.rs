@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use mongodb::bson::{Bson, Document, doc};
 
+use super::client::{Colls, MongoStore};
 use super::codec::{child, date, expired_conds, get_str, int};
+use super::error::{error_message, mongo_err};
 use super::sessions::collect;
-use super::txn::{error_message, mongo_err};
 use super::writes::At;
-use super::{Colls, MongoStore};
 use crate::store::{
     Retention, RetentionPolicy, StoreError, StoreResult, SweepReport, expired_payload,
 };

@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 
-use super::MongoStore;
+use super::client::MongoStore;
 use super::codec::{
     add_live, agent_ids, agent_summary, child, date, date_ms, doc_to_obj, enc, filterable,
     from_doc_text, get_str, json_to_bson, message_filter, session_from_doc, to_i64, uid_of,
 };
-use super::txn::mongo_err;
+use super::error::mongo_err;
 use super::writes::At;
 use crate::metadata::{self, MetadataChange};
 use crate::model::{

@@ -1,139 +1,25 @@
-//! Transactions and errors: the per-write transaction with its retries, the
-//! in-process turn-taking of a session's writers, and how driver errors map
-//! onto [`StoreError`] (unreachable or timed out → `Unavailable`, 503).
+//! Transactions: the per-write transaction with its retries, the
+//! in-process turn-taking of a session's writers (on
+//! [`SessionLocks`](super::client::SessionLocks)), and
+//! [`MongoStore::mutate`], the entry of every write, which tries the fast
+//! path first.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use mongodb::ClientSession;
-use mongodb::error::{
-    Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
-    WriteFailure,
-};
+use mongodb::error::{Error as MongoError, TRANSIENT_TRANSACTION_ERROR};
 use mongodb::options::{ReadPreference, SelectionCriteria};
 
-use super::MongoStore;
-use super::fast_path::{Fast, KnownSessions};
+use super::client::MongoStore;
+use super::error::{backoff, commit_with_retry, error_message, is_connectivity, mongo_err};
+use super::known::KnownSessions;
 use crate::store::{StoreError, StoreResult};
 
 /// Attempts of a whole transaction on transient errors (write conflicts with
 /// another gateway writing the same session), and the time they may take.
 const TXN_ATTEMPTS: u32 = 30;
 const TXN_BUDGET: Duration = Duration::from_secs(5);
-/// Extra attempts of a commit whose outcome is unknown.
-const COMMIT_RETRIES: u32 = 5;
-
-/// MongoDB error codes.
-pub(super) const DUPLICATE_KEY: i32 = 11000;
-pub(super) const PATH_NOT_VIABLE: i32 = 28;
-/// Codes that mean "the deployment is not able to serve this right now".
-const UNAVAILABLE_CODES: &[i32] = &[
-    6,     // HostUnreachable
-    7,     // HostNotFound
-    50,    // MaxTimeMSExpired
-    89,    // NetworkTimeout
-    91,    // ShutdownInProgress
-    112,   // WriteConflict (after our retries)
-    189,   // PrimarySteppedDown
-    251,   // NoSuchTransaction
-    262,   // ExceededTimeLimit
-    10107, // NotWritablePrimary
-    11600, // InterruptedAtShutdown
-    11602, // InterruptedDueToReplStateChange
-    13435, // NotPrimaryNoSecondaryOk
-    13436, // NotPrimaryOrSecondary
-];
-
-/// One async mutex per session key being written in this process.
-#[derive(Default)]
-pub(super) struct SessionLocks {
-    /// Locks by key (dropped ones pruned when the map doubles) and the
-    /// size at which to prune next.
-    inner: std::sync::Mutex<(LockMap, usize)>,
-}
-
-type LockMap = HashMap<String, Weak<tokio::sync::Mutex<()>>>;
-
-impl SessionLocks {
-    pub(super) async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut guard = self
-                .inner
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (map, prune_at) = &mut *guard;
-            if let Some(m) = map.get(key).and_then(Weak::upgrade) {
-                m
-            } else {
-                if map.len() >= (*prune_at).max(1024) {
-                    map.retain(|_, w| w.strong_count() > 0);
-                    *prune_at = map.len() * 2;
-                }
-                let m = Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(key.to_owned(), Arc::downgrade(&m));
-                m
-            }
-        };
-        m.lock_owned().await
-    }
-}
-
-// ---- errors ----
-
-pub(super) fn error_code(e: &MongoError) -> Option<i32> {
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
-        _ => None,
-    }
-}
-
-pub(super) fn error_message(e: &MongoError) -> String {
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => c.message.clone(),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.message.clone(),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => w.message.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The server cannot be reached at all. The driver already waited up to the
-/// server selection timeout, so retrying the transaction would only make a
-/// client wait longer for the same 503.
-pub(super) fn is_connectivity(e: &MongoError) -> bool {
-    matches!(
-        e.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::DnsResolve { .. }
-            | ErrorKind::Shutdown
-    )
-}
-
-pub(super) fn is_unavailable(e: &MongoError) -> bool {
-    is_connectivity(e)
-        || error_code(e).is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
-        || e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-        || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-}
-
-/// Maps a driver error: unreachable/timed out → `Unavailable`, anything else → `Internal`.
-pub(super) fn mongo_err(ctx: &str, e: &MongoError) -> StoreError {
-    let msg = format!("mongodb {ctx}: {}", error_message(e));
-    if is_unavailable(e) {
-        StoreError::Unavailable(msg)
-    } else {
-        StoreError::Internal(msg)
-    }
-}
-
-pub(super) fn malformed(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(format!("mongodb: malformed {what}: {e}"))
-}
 
 /// Why a transaction body stopped.
 pub(super) enum TxErr {
@@ -167,26 +53,14 @@ pub(super) enum Step<T> {
 
 pub(super) type TxResult<T> = Result<Step<T>, TxErr>;
 
-pub(super) async fn backoff(attempt: u32) {
-    let cap = 2u64 << attempt.min(6);
-    tokio::time::sleep(Duration::from_millis(rand::random_range(1..=cap))).await;
+/// The result of a fast write, or the need for the per-write transaction.
+pub(super) enum Fast<T> {
+    Done(StoreResult<T>),
+    Fallback,
 }
 
 pub(super) async fn abort_quietly(s: &mut ClientSession) {
     let _ = s.abort_transaction().await;
-}
-
-pub(super) async fn commit_with_retry(s: &mut ClientSession) -> Result<(), MongoError> {
-    let mut n = 0;
-    loop {
-        match s.commit_transaction().await {
-            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && n < COMMIT_RETRIES => {
-                n += 1;
-                backoff(n).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Drops what the fast path knows of a session when dropped.

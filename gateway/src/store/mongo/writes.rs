@@ -14,16 +14,15 @@ use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 use serde_json::Value;
 
-use super::MongoStore;
+use super::client::MongoStore;
 use super::codec::{
     agent_summary, agent_upsert, append_update, crosses_array, date, date_ms, doc_to_obj, enc,
     feedback_doc, feedback_update, from_doc_text, get_str, int, message_doc, message_filter,
     metadata_update, new_session_fields, obj_to_doc, put_agent_update, seq_of, to_i64,
     to_json_text, uid_of,
 };
-use super::txn::{
-    DUPLICATE_KEY, PATH_NOT_VIABLE, Step, TxErr, TxResult, error_code, error_message, malformed,
-};
+use super::error::{DUPLICATE_KEY, PATH_NOT_VIABLE, error_code, error_message, malformed};
+use super::txn::{Step, TxErr, TxResult};
 use crate::metadata::MetadataChange;
 use crate::model::{
     Agent, Event, EventType, Feedback, JsonObject, Message, MessageInput, MessagePatch, Session,
