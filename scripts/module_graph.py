@@ -49,6 +49,7 @@ LAYERS = {
     "server": 5,
     "routes": 5,
     "openapi": 5,
+    "state": 5,
     "service": 4,
     "import": 4,
     "api": 3,

@@ -86,6 +86,9 @@ gateway_tests() {
 # store contract, since the default path on SecantusDB is the group commit.
 mongo_transaction_path() { MONGODB_WRITE_PATH=transaction cargo test --locked -p session-gateway --test store_contract; }
 schemathesis() { VENV="$VENV" bash scripts/schemathesis.sh; }
+# Issue #15: imports flow one way (no cycles, nothing upward), no file over
+# 800 lines, every module in lib.rs's crate map; and the tool's own tests.
+module_graph() { python3 -m unittest -q scripts/test_module_graph.py && python3 scripts/module_graph.py --check; }
 # scripts/run.sh builds the gateway without the default features (mongodb,
 # aws) for the shipped config: keep that build compiling and warning-free.
 minimal_build() { cargo clippy --locked -p session-gateway --bins --no-default-features -- -D warnings; }
@@ -118,6 +121,7 @@ echo "== gateway tests (embedded + MongoDB at $MONGODB_URI)"
 stage "gateway tests (cargo test)" gateway_tests
 if [[ ${#CARGO_ARGS[@]} -eq 0 ]]; then
   stage "store contract, per-write MongoDB path" mongo_transaction_path
+  stage "module graph (scripts/module_graph.py --check)" module_graph
   stage "minimal build (scripts/run.sh's features)" minimal_build
   stage "schemathesis" schemathesis
   stage "Strands adapter (pytest)" strands_adapter

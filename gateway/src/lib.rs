@@ -2,7 +2,7 @@
 //! feedback hooks as sandboxed WebAssembly components.
 //!
 //! Crate map. Imports flow one way, from the top of this list's layers down:
-//! `routes`/`server`/`openapi` → `service` → `api` → {`hooks`, `store`,
+//! `routes`/`server`/`openapi`/`state` → `service` → `api` → {`hooks`, `store`,
 //! `events`, `outbox`, `stream`, `limits`, `observe`} → {`config`, `auth`,
 //! `error`, `extract`, `metadata`} → `model`; `scripts/module_graph.py`
 //! prints the graph, its cycles and any import that goes back up.
@@ -17,6 +17,7 @@
 //! - [`metadata`]: dotted-path metadata changes, shared by both stores.
 //! - [`observe`]: request ids, tracing spans and Prometheus metrics.
 //! - [`routes`]: one file per resource, each with `router()`: parse, call the service, answer.
+//! - [`state`]: [`AppState`], the handles every handler shares.
 //! - [`service`]: the use cases (validate, hooks, store, commit notification, get-hook shaping).
 //! - [`server`]: the accept loop: connection cap, header and idle timeouts, shutdown.
 //! - [`store`]: the [`store::SessionStore`] contract, embedded (redb) and MongoDB; [`store::open`].
@@ -44,6 +45,7 @@ pub mod outbox;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod stream;
 
@@ -61,41 +63,15 @@ use crate::config::Config;
 use crate::hooks::HookHost;
 use crate::store::SessionStore;
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    /// The store, chosen by `storage.type`.
-    pub store: Arc<dyn SessionStore>,
-    /// The configuration the gateway started with.
-    pub config: Arc<Config>,
-    /// Loaded hooks.
-    pub hooks: Arc<HookHost>,
-    /// Wakes the change-event processor after a commit.
-    pub events_wake: Arc<Notify>,
-    /// Wakes the outbox dispatcher (e.g. after an operator retry).
-    pub outbox_wake: Arc<Notify>,
-    /// Outbox delivery counters (`GET /v1/admin/outbox`).
-    pub outbox_stats: Arc<outbox::OutboxStats>,
-    /// Live feeds for SSE subscribers.
-    pub hub: Arc<stream::EventHub>,
-    /// Keys, rate limits and the in-flight limit.
-    pub guard: Arc<limits::Guard>,
-    /// Request metrics for `/metrics`.
-    pub metrics: Arc<observe::Metrics>,
-    /// The use cases the API routes call.
-    pub service: Arc<service::Service>,
-}
+pub use state::AppState;
 
-impl axum::extract::FromRef<AppState> for extract::MaxJsonDepth {
-    fn from_ref(state: &AppState) -> Self {
-        Self(state.config.limits.max_json_depth)
-    }
-}
-
-/// The HTTP application: every route, with the body limit applied.
+/// The HTTP application: every route and the OpenAPI document, with the body
+/// limit applied.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     routes::router()
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(|| async { error::AppError::RouteNotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(

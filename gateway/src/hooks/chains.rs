@@ -8,8 +8,7 @@ use super::runtime::{self, CallError, MessageTarget, Plugin, Verdict};
 use super::{HookHost, Loaded, Notification, Outcome, Refusal, Subject};
 use crate::config::{HookEvent, HookPhase};
 use crate::metadata::{MetadataChange, Recorded};
-use crate::model::{Event, EventType, JsonObject, Session, Tenant, format_ms};
-use crate::store::StoreResult;
+use crate::model::{Event, EventType, JsonObject, Tenant, format_ms};
 
 fn denied(p: &Plugin, reason: String) -> Refusal {
     Refusal::Denied {
@@ -51,22 +50,6 @@ fn session_ref(t: &Tenant, sid: &str, session_type: &str) -> Subject {
 }
 
 impl HookHost {
-    /// Who a chain in `loaded` is about. The session's type is read (one
-    /// store read, through the store the host holds) only when `needed`, i.e.
-    /// when some hook of the request will run; the same [`Subject`] then
-    /// serves every chain of the request.
-    ///
-    /// # Errors
-    /// A store error (e.g. no such session) when the type has to be read.
-    pub async fn subject(&self, t: &Tenant, sid: &str, needed: bool) -> StoreResult<Subject> {
-        let session_type = if needed {
-            self.store.get_session(t, sid).await?.session_type
-        } else {
-            String::new()
-        };
-        Ok(session_ref(t, sid, &session_type))
-    }
-
     /// Runs the before-chain of a metadata change; allows the change to store.
     ///
     /// # Errors
@@ -150,26 +133,11 @@ impl HookHost {
         Ok(content)
     }
 
-    /// Runs the get-chain over metadata about to be shown.
+    /// Runs the get-chain of the plugin set `loaded` (a request's snapshot)
+    /// over metadata about to be shown.
     ///
     /// # Errors
     /// 503 `hook_failed` for a failing fail-closed plugin.
-    pub async fn show_metadata(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        session_type: &str,
-        metadata: JsonObject,
-    ) -> Outcome<JsonObject> {
-        self.show_metadata_in(&self.snapshot(), t, sid, session_type, metadata)
-            .await
-    }
-
-    /// [`HookHost::show_metadata`] with the plugin set `loaded` (a request's
-    /// snapshot).
-    ///
-    /// # Errors
-    /// As [`HookHost::show_metadata`].
     pub async fn show_metadata_in(
         &self,
         loaded: &Loaded,
@@ -192,20 +160,6 @@ impl HookHost {
             }
         }
         Ok(metadata)
-    }
-
-    /// [`HookHost::show_metadata`] over a session's metadata: what every read
-    /// of a session shows. A failing fail-closed get-hook fails the read (503:
-    /// nothing was written, a retry is safe).
-    ///
-    /// # Errors
-    /// As [`HookHost::show_metadata`].
-    pub async fn redact_session(&self, t: &Tenant, mut session: Session) -> Outcome<Session> {
-        let md = std::mem::take(&mut session.metadata);
-        session.metadata = self
-            .show_metadata(t, &session.session_id, &session.session_type, md)
-            .await?;
-        Ok(session)
     }
 
     /// Runs the after-chain for one committed event and returns the

@@ -11,7 +11,7 @@ pub struct Subject {
     /// The session's id.
     pub session_id: String,
     /// The session's type (empty when no hook needed it, see
-    /// [`super::HookHost::subject`]).
+    /// `service::Service::subject`).
     pub session_type: String,
 }
 

@@ -1,6 +1,6 @@
 //! `GET /healthz` (the process is up), `GET /readyz` (the store answers),
-//! `GET /metrics` (Prometheus text format) and `GET /openapi.json` (the API
-//! document, from [`crate::openapi`]).
+//! and `GET /metrics` (Prometheus text format). `GET /openapi.json` is
+//! [`crate::openapi::serve`], routed by [`crate::app`].
 
 use crate::AppState;
 use crate::api::{Health, Ready};
@@ -15,7 +15,6 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(crate::openapi::serve))
 }
 
 /// Liveness probe

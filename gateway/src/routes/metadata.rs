@@ -75,7 +75,7 @@ async fn patch(
     Json(body): Json<Value>,
 ) -> AppResult<Response> {
     let shown = state.service.patch_metadata(&caller, &sid, body).await?;
-    Ok(super::metadata_response(shown))
+    Ok(super::answer::metadata_response(shown))
 }
 
 /// Delete metadata keys
@@ -110,5 +110,5 @@ async fn delete(
     q.only(&["keys"])?;
     let keys = q.get("keys")?;
     let shown = state.service.delete_metadata(&caller, &sid, keys).await?;
-    Ok(super::metadata_response(shown))
+    Ok(super::answer::metadata_response(shown))
 }

@@ -110,7 +110,7 @@ async fn create(
         CreateSession::into_new,
     );
     let shown = state.service.create_session(&caller, new).await?;
-    Ok(super::session_response(StatusCode::CREATED, shown))
+    Ok(super::answer::session_response(StatusCode::CREATED, shown))
 }
 
 /// Get a session

@@ -1,6 +1,6 @@
 //! One wrapper per hook function: takes the gateway's own types, runs the
-//! call through [`Plugin::call`] and hands back the gateway's own types.
-//! What differs between WIT versions is behind [`super::version::Exports`].
+//! call through `Plugin::call` and hands back the gateway's own types.
+//! What differs between WIT versions is behind `version::Exports`.
 
 use std::sync::Arc;
 

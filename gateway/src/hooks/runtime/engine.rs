@@ -32,7 +32,7 @@ pub struct Runtime {
     pub(super) ticker: Arc<Ticker>,
 }
 
-/// Bumps the engine's epoch every [`TICK`] while some call is in flight, and
+/// Bumps the engine's epoch every `TICK` (1 ms) while some call is in flight, and
 /// sleeps (parked, no wake-ups at all) while none is: a plugin's deadline is
 /// checked at each tick, and only a running call has one.
 pub struct Ticker {

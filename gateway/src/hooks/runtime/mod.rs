@@ -24,7 +24,7 @@
 //!   the WIT version it exports (`hooks::v0_1_0`, `hooks::v0_2_0`); the
 //!   pool and the call wrappers ([`calls`]) work on the gateway's own types
 //!   and dispatch to that module.
-//! - **Artifacts** ([`artifact`]): compiled components are cached on disk under the wasm's
+//! - **Artifacts** (`artifact.rs`): compiled components are cached on disk under the wasm's
 //!   sha256 and the engine's compatibility hash, with a checksum sidecar; only
 //!   files the gateway wrote itself are ever deserialized.
 
