@@ -24,6 +24,8 @@ const ROUTE_FILES: &[(&str, &str)] = &[
     ("messages.rs", include_str!("../src/routes/messages.rs")),
     ("metadata.rs", include_str!("../src/routes/metadata.rs")),
     ("mod.rs", include_str!("../src/routes/mod.rs")),
+    // `/openapi.json` is routed next to the router, in `app()`.
+    ("lib.rs", include_str!("../src/lib.rs")),
     ("sessions.rs", include_str!("../src/routes/sessions.rs")),
 ];
 
