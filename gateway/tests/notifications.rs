@@ -886,6 +886,227 @@ async fn sigkill_after_ack_loses_nothing(b: Backend) {
     gw.kill();
 }
 
+/// A TCP relay in front of MongoDB that passes everything on until the
+/// gateway sends the update completing an event (`$set: {hooks_pending:
+/// false}`), passes that message on too, and then freezes every connection:
+/// nothing more reaches the server, so a `kill -9` lands exactly after that
+/// statement (inside `complete_event`).
+struct FreezeAfterComplete {
+    port: u16,
+    tripped: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezeAfterComplete {
+    /// The BSON of `$set: {hooks_pending: false}`: the `$set` document (21
+    /// bytes) holding one boolean `hooks_pending` that is false.
+    const COMPLETE: &[u8] = b"\x03$set\x00\x15\x00\x00\x00\x08hooks_pending\x00\x00\x00";
+
+    async fn new(upstream: (String, u16)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tripped = Arc::new(AtomicBool::new(false));
+        let flag = tripped.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut c_read, mut c_write) = client.into_split();
+                    let (mut u_read, mut u_write) = up.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut u_read, &mut c_write).await;
+                    });
+                    // Client to server, one wire-protocol message at a time
+                    // (each starts with its length, little-endian i32).
+                    loop {
+                        let mut len = [0u8; 4];
+                        if c_read.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let n = usize::try_from(i32::from_le_bytes(len)).unwrap_or(0);
+                        let mut msg = len.to_vec();
+                        msg.resize(n.max(4), 0);
+                        if c_read.read_exact(&mut msg[4..]).await.is_err() {
+                            return;
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            // Frozen: hold the connection, send nothing on.
+                            std::future::pending::<()>().await;
+                        }
+                        if u_write.write_all(&msg).await.is_err() {
+                            return;
+                        }
+                        if msg
+                            .windows(Self::COMPLETE.len())
+                            .any(|w| w == Self::COMPLETE)
+                        {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            tripped,
+            task,
+        }
+    }
+
+    fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FreezeAfterComplete {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Regression: a gateway killed inside `complete_event` (after its statements
+/// reached MongoDB, before anything else did) must not leave the event locked
+/// on the server. When `complete_event` was a multi-document transaction, the
+/// killed gateway's open transaction held the event document until the
+/// server's transaction lifetime (60 s, and on a lazily reaping server until
+/// some other transaction came along) ended it; the restarted gateway's claim
+/// of the event blocked on it, and with it every after-hook of every session.
+/// Now the event's notification is queued within the claim lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_kill_inside_complete_event_does_not_stall_after_hooks() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    let hostport = uri
+        .strip_prefix("mongodb://")
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .filter(|hp| !hp.contains(['@', ',']))
+        .and_then(|hp| hp.rsplit_once(':'))
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .unwrap_or_else(|| {
+            panic!("this test relays MongoDB traffic: MONGODB_URI must be mongodb://host:port, not {uri}")
+        });
+    let relay = FreezeAfterComplete::new(hostport).await;
+    let database = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |uri: &str| {
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+[storage]
+type = "mongodb"
+[storage.mongodb]
+uri = {uri:?}
+database = {database:?}
+server_selection_timeout_ms = 3000
+[plugins]
+cache_dir = "data/cache"
+watch = false
+
+[[hooks]]
+name = "router"
+wasm = {router:?}
+phase = "after"
+events = ["feedback.add"]
+grants = {{ publish = ["good", "bad", "neutral"] }}
+timeout_ms = 10000
+"#,
+            router = common::plugin("feedback_router").display().to_string(),
+        )
+    };
+
+    // First run, through the relay: the write is acknowledged, its after-hook
+    // runs, and the gateway is killed once the completion reached the server.
+    let relayed = format!("mongodb://127.0.0.1:{}/?directConnection=true", relay.port);
+    let mut gw = GatewayProcess::start(dir.path(), &config(&relayed), "info,gateway=debug").await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/sessions", gw.base))
+        .json(&json!({"session_id": "k1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .post(format!("{}/v1/sessions/k1/feedbacks", gw.base))
+        .json(&json!({"rating": "up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + DELIVERY;
+    while !relay.tripped() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never completed the feedback event:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.kill();
+
+    // Second run, straight to MongoDB. The event was claimed before the kill,
+    // so its lease bounds how long it may wait for a re-run.
+    let mut gw = GatewayProcess::start(dir.path(), &config(&uri), "info,gateway=debug").await;
+    let lease = Duration::from_millis(gateway::events::LEASE_MS.unsigned_abs());
+    let deadline = Instant::now() + lease + DELIVERY;
+    loop {
+        let v: Value = c
+            .get(format!("{}/v1/admin/outbox", gw.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["pending"] == 1 {
+            assert_eq!(v["items"][0]["target"], "good", "{v:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the feedback's notification was not queued within the event lease \
+             ({lease:?}) + {DELIVERY:?} after the restart: the event is still \
+             locked or pending. Outbox: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // After-hooks keep running for new writes.
+    let r = c
+        .post(format!("{}/v1/sessions/k1/feedbacks", gw.base))
+        .json(&json!({"rating": "down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let v: Value = c
+            .get(format!("{}/v1/admin/outbox", gw.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["pending"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a new write's after-hook did not queue its notification: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.kill();
+}
+
 /// 5. and 6. An ungranted target is refused and queues nothing; a target
 ///    that always fails, or is not configured, is dead-lettered after
 ///    `max_attempts`; an operator retry delivers it once the queue exists;
