@@ -187,6 +187,8 @@ fn aws_settings(endpoint: &str) -> AwsConfig {
 struct Aws {
     sns: aws_sdk_sns::Client,
     sqs: aws_sdk_sqs::Client,
+    /// The gateway whose outbox a failed receive shows (see [`Aws::explain_with`]).
+    gateway: std::sync::Mutex<Option<String>>,
 }
 
 /// A message as a consumer sees it: the plugin's payload and the notification id.
@@ -208,7 +210,33 @@ impl Aws {
         Self {
             sns: aws_sdk_sns::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
+            gateway: std::sync::Mutex::new(None),
         }
+    }
+
+    /// From now on, a receive that times out also shows the outbox of the
+    /// gateway at `base` (`GET /v1/admin/outbox`): whether the notification
+    /// is pending or backed off (attempts, `last_error`), dead, or not queued
+    /// at all (its event's after-hooks have not completed).
+    fn explain_with(&self, base: &str) {
+        *self.gateway.lock().unwrap() = Some(base.to_owned());
+    }
+
+    async fn gateway_outbox(&self) -> String {
+        let Some(base) = self.gateway.lock().unwrap().clone() else {
+            return "(no gateway to ask)".into();
+        };
+        let r = async {
+            let text = reqwest::get(format!("{base}/v1/admin/outbox"))
+                .await?
+                .text()
+                .await?;
+            Ok::<_, reqwest::Error>(
+                serde_json::from_str::<Value>(&text).map_or(text, |v| format!("{v:#}")),
+            )
+        };
+        r.await
+            .unwrap_or_else(|e| format!("GET {base}/v1/admin/outbox failed: {e}"))
     }
 
     /// Creates a queue (FIFO when the name ends in `.fifo`); returns (url, arn).
@@ -334,7 +362,14 @@ impl Aws {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        assert_eq!(got.len(), expected, "messages in {url}: {got:#?}");
+        if got.len() != expected {
+            panic!(
+                "{} of {expected} messages arrived in {url} within {within:?}: {got:#?}\n\
+                 the gateway's outbox then: {}",
+                got.len(),
+                self.gateway_outbox().await
+            );
+        }
         got
     }
 
@@ -510,6 +545,7 @@ async fn feedback_is_routed_by_rating(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.session("s1").await;
     for body in [
         json!({"rating": "up", "comment": "nice"}),
@@ -573,6 +609,7 @@ async fn metadata_changes_propagate_listed_fields_only(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.post(
         "/v1/sessions",
         json!({"session_id": "s2", "metadata": {"status": "new", "notes": "a"}}),
@@ -661,6 +698,7 @@ async fn outage_delays_but_does_not_lose_or_block(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.session("s3").await;
 
     moto.stop();
@@ -710,6 +748,7 @@ async fn outage_delays_but_does_not_lose_or_block(b: Backend) {
         "moto ARNs/URLs are deterministic"
     );
     assert_eq!(aws.queue("ui").await.0, ui);
+    aws.explain_with(&gw.base);
     gate.set_open(true);
 
     let got = aws.receive(&sink, 1).await;
@@ -721,6 +760,11 @@ async fn outage_delays_but_does_not_lose_or_block(b: Backend) {
     aws.assert_quiet(&[&sink, &ui]).await;
     gw.stop().await;
 }
+
+/// `[notify]` timings of [`binary_config`].
+const BIN_BACKOFF_MAX_MS: u64 = 200;
+const BIN_SEND_TIMEOUT_MS: u64 = 2_000;
+const BIN_LEASE_MS: u64 = 5_000;
 
 fn binary_config(
     port: u16,
@@ -746,10 +790,10 @@ cache_dir = "data/cache"
 watch = false
 [notify]
 backoff_base_ms = 50
-backoff_max_ms = 200
+backoff_max_ms = {BIN_BACKOFF_MAX_MS}
 max_attempts = 1000
-send_timeout_ms = 2000
-lease_ms = 5000
+send_timeout_ms = {BIN_SEND_TIMEOUT_MS}
+lease_ms = {BIN_LEASE_MS}
 poll_interval_ms = 100
 [notify.aws]
 region = "{REGION}"
@@ -843,16 +887,24 @@ async fn sigkill_after_ack_loses_nothing(b: Backend) {
         );
     }
 
-    // Second run, same data, AWS reachable. Events the killed process had
-    // claimed but not completed are re-run once their claim lease (30 s, see
-    // `events.rs`) expires, so allow for that.
+    // Second run, same data, AWS reachable. All leases below were taken
+    // before the kill, so they bound the wait from this start: an event the
+    // killed process had claimed but not completed is re-run once its claim
+    // lease (`events::LEASE_MS`) expires; a notification it had claimed is
+    // due once its outbox lease expires, and one that failed (AWS was
+    // unreachable) once its backoff (at most `backoff_max_ms`) has passed;
+    // an attempt then takes at most `send_timeout_ms`. On top: DELIVERY, for
+    // the hooks, moto and this machine's load.
     let mut gw = GatewayProcess::start(
         dir.path(),
         &binary_config(port, &storage, &moto.endpoint(), &targets, &ui),
         "info,gateway=debug",
     )
     .await;
-    let within = Duration::from_secs(30) + DELIVERY;
+    aws.explain_with(&gw.base);
+    let event_lease = gateway::events::LEASE_MS.unsigned_abs();
+    let due = event_lease.max(BIN_LEASE_MS.max(BIN_BACKOFF_MAX_MS));
+    let within = Duration::from_millis(due + BIN_SEND_TIMEOUT_MS) + DELIVERY;
     for (name, rating) in [
         ("good", json!("up")),
         ("bad", json!("down")),
@@ -1142,6 +1194,7 @@ async fn refusals_dead_letters_and_retry(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.session("s5").await;
     gw.post("/v1/sessions/s5/feedbacks", json!({"rating": "up"}))
         .await;
