@@ -4,10 +4,11 @@
 //! [`crate::store`]). Events that after-hooks observe are queued in the store;
 //! this task claims them (with a lease, so several gateways sharing a MongoDB
 //! never process one twice at the same time), runs the after-chain, and marks
-//! each event complete **together with** the notifications its hooks published.
-//! A crash anywhere before that completion leaves the event queued, so its
-//! hooks run again after restart: at least once, never lost. Notification ids
-//! are derived from the event, so a re-run does not queue duplicates.
+//! each event complete **together with** (never before) the notifications its
+//! hooks published. A crash anywhere before that completion leaves the event
+//! queued, so its hooks run again once its claim lease ([`LEASE_MS`]) expires:
+//! at least once, never lost. Notification ids are derived from the event, so
+//! a re-run does not queue duplicates.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,9 @@ use crate::hooks::HookHost;
 use crate::model::now_ms;
 use crate::store::{OutboxItem, OutboxState, SessionStore};
 
-/// How long a claimed event stays leased to this gateway.
-const LEASE_MS: i64 = 30_000;
+/// How long a claimed event stays leased to this gateway: after a crash, the
+/// longest an event it had claimed waits before another gateway re-runs it.
+pub const LEASE_MS: i64 = 30_000;
 /// Events claimed per round.
 const BATCH: usize = 64;
 /// Poll interval when nothing wakes the processor (other gateways' writes,

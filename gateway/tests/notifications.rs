@@ -187,6 +187,8 @@ fn aws_settings(endpoint: &str) -> AwsConfig {
 struct Aws {
     sns: aws_sdk_sns::Client,
     sqs: aws_sdk_sqs::Client,
+    /// The gateway whose outbox a failed receive shows (see [`Aws::explain_with`]).
+    gateway: std::sync::Mutex<Option<String>>,
 }
 
 /// A message as a consumer sees it: the plugin's payload and the notification id.
@@ -208,7 +210,33 @@ impl Aws {
         Self {
             sns: aws_sdk_sns::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
+            gateway: std::sync::Mutex::new(None),
         }
+    }
+
+    /// From now on, a receive that times out also shows the outbox of the
+    /// gateway at `base` (`GET /v1/admin/outbox`): whether the notification
+    /// is pending or backed off (attempts, `last_error`), dead, or not queued
+    /// at all (its event's after-hooks have not completed).
+    fn explain_with(&self, base: &str) {
+        *self.gateway.lock().unwrap() = Some(base.to_owned());
+    }
+
+    async fn gateway_outbox(&self) -> String {
+        let Some(base) = self.gateway.lock().unwrap().clone() else {
+            return "(no gateway to ask)".into();
+        };
+        let r = async {
+            let text = reqwest::get(format!("{base}/v1/admin/outbox"))
+                .await?
+                .text()
+                .await?;
+            Ok::<_, reqwest::Error>(
+                serde_json::from_str::<Value>(&text).map_or(text, |v| format!("{v:#}")),
+            )
+        };
+        r.await
+            .unwrap_or_else(|e| format!("GET {base}/v1/admin/outbox failed: {e}"))
     }
 
     /// Creates a queue (FIFO when the name ends in `.fifo`); returns (url, arn).
@@ -334,7 +362,14 @@ impl Aws {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        assert_eq!(got.len(), expected, "messages in {url}: {got:#?}");
+        if got.len() != expected {
+            panic!(
+                "{} of {expected} messages arrived in {url} within {within:?}: {got:#?}\n\
+                 the gateway's outbox then: {}",
+                got.len(),
+                self.gateway_outbox().await
+            );
+        }
         got
     }
 
@@ -510,6 +545,7 @@ async fn feedback_is_routed_by_rating(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.session("s1").await;
     for body in [
         json!({"rating": "up", "comment": "nice"}),
@@ -573,6 +609,7 @@ async fn metadata_changes_propagate_listed_fields_only(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.post(
         "/v1/sessions",
         json!({"session_id": "s2", "metadata": {"status": "new", "notes": "a"}}),
@@ -661,6 +698,7 @@ async fn outage_delays_but_does_not_lose_or_block(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.session("s3").await;
 
     moto.stop();
@@ -710,6 +748,7 @@ async fn outage_delays_but_does_not_lose_or_block(b: Backend) {
         "moto ARNs/URLs are deterministic"
     );
     assert_eq!(aws.queue("ui").await.0, ui);
+    aws.explain_with(&gw.base);
     gate.set_open(true);
 
     let got = aws.receive(&sink, 1).await;
@@ -721,6 +760,11 @@ async fn outage_delays_but_does_not_lose_or_block(b: Backend) {
     aws.assert_quiet(&[&sink, &ui]).await;
     gw.stop().await;
 }
+
+/// `[notify]` timings of [`binary_config`].
+const BIN_BACKOFF_MAX_MS: u64 = 200;
+const BIN_SEND_TIMEOUT_MS: u64 = 2_000;
+const BIN_LEASE_MS: u64 = 5_000;
 
 fn binary_config(
     port: u16,
@@ -746,10 +790,10 @@ cache_dir = "data/cache"
 watch = false
 [notify]
 backoff_base_ms = 50
-backoff_max_ms = 200
+backoff_max_ms = {BIN_BACKOFF_MAX_MS}
 max_attempts = 1000
-send_timeout_ms = 2000
-lease_ms = 5000
+send_timeout_ms = {BIN_SEND_TIMEOUT_MS}
+lease_ms = {BIN_LEASE_MS}
 poll_interval_ms = 100
 [notify.aws]
 region = "{REGION}"
@@ -843,16 +887,24 @@ async fn sigkill_after_ack_loses_nothing(b: Backend) {
         );
     }
 
-    // Second run, same data, AWS reachable. Events the killed process had
-    // claimed but not completed are re-run once their claim lease (30 s, see
-    // `events.rs`) expires, so allow for that.
+    // Second run, same data, AWS reachable. All leases below were taken
+    // before the kill, so they bound the wait from this start: an event the
+    // killed process had claimed but not completed is re-run once its claim
+    // lease (`events::LEASE_MS`) expires; a notification it had claimed is
+    // due once its outbox lease expires, and one that failed (AWS was
+    // unreachable) once its backoff (at most `backoff_max_ms`) has passed;
+    // an attempt then takes at most `send_timeout_ms`. On top: DELIVERY, for
+    // the hooks, moto and this machine's load.
     let mut gw = GatewayProcess::start(
         dir.path(),
         &binary_config(port, &storage, &moto.endpoint(), &targets, &ui),
         "info,gateway=debug",
     )
     .await;
-    let within = Duration::from_secs(30) + DELIVERY;
+    aws.explain_with(&gw.base);
+    let event_lease = gateway::events::LEASE_MS.unsigned_abs();
+    let due = event_lease.max(BIN_LEASE_MS.max(BIN_BACKOFF_MAX_MS));
+    let within = Duration::from_millis(due + BIN_SEND_TIMEOUT_MS) + DELIVERY;
     for (name, rating) in [
         ("good", json!("up")),
         ("bad", json!("down")),
@@ -883,6 +935,227 @@ async fn sigkill_after_ack_loses_nothing(b: Backend) {
     // Once each: no second copy of anything.
     aws.assert_quiet(&[&sinks["good"], &sinks["bad"], &sinks["neutral"], &ui])
         .await;
+    gw.kill();
+}
+
+/// A TCP relay in front of MongoDB that passes everything on until the
+/// gateway sends the update completing an event (`$set: {hooks_pending:
+/// false}`), passes that message on too, and then freezes every connection:
+/// nothing more reaches the server, so a `kill -9` lands exactly after that
+/// statement (inside `complete_event`).
+struct FreezeAfterComplete {
+    port: u16,
+    tripped: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezeAfterComplete {
+    /// The BSON of `$set: {hooks_pending: false}`: the `$set` document (21
+    /// bytes) holding one boolean `hooks_pending` that is false.
+    const COMPLETE: &[u8] = b"\x03$set\x00\x15\x00\x00\x00\x08hooks_pending\x00\x00\x00";
+
+    async fn new(upstream: (String, u16)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tripped = Arc::new(AtomicBool::new(false));
+        let flag = tripped.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut c_read, mut c_write) = client.into_split();
+                    let (mut u_read, mut u_write) = up.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut u_read, &mut c_write).await;
+                    });
+                    // Client to server, one wire-protocol message at a time
+                    // (each starts with its length, little-endian i32).
+                    loop {
+                        let mut len = [0u8; 4];
+                        if c_read.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let n = usize::try_from(i32::from_le_bytes(len)).unwrap_or(0);
+                        let mut msg = len.to_vec();
+                        msg.resize(n.max(4), 0);
+                        if c_read.read_exact(&mut msg[4..]).await.is_err() {
+                            return;
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            // Frozen: hold the connection, send nothing on.
+                            std::future::pending::<()>().await;
+                        }
+                        if u_write.write_all(&msg).await.is_err() {
+                            return;
+                        }
+                        if msg
+                            .windows(Self::COMPLETE.len())
+                            .any(|w| w == Self::COMPLETE)
+                        {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            tripped,
+            task,
+        }
+    }
+
+    fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FreezeAfterComplete {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Regression: a gateway killed inside `complete_event` (after its statements
+/// reached MongoDB, before anything else did) must not leave the event locked
+/// on the server. When `complete_event` was a multi-document transaction, the
+/// killed gateway's open transaction held the event document until the
+/// server's transaction lifetime (60 s, and on a lazily reaping server until
+/// some other transaction came along) ended it; the restarted gateway's claim
+/// of the event blocked on it, and with it every after-hook of every session.
+/// Now the event's notification is queued within the claim lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_kill_inside_complete_event_does_not_stall_after_hooks() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    let hostport = uri
+        .strip_prefix("mongodb://")
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .filter(|hp| !hp.contains(['@', ',']))
+        .and_then(|hp| hp.rsplit_once(':'))
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .unwrap_or_else(|| {
+            panic!("this test relays MongoDB traffic: MONGODB_URI must be mongodb://host:port, not {uri}")
+        });
+    let relay = FreezeAfterComplete::new(hostport).await;
+    let database = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |uri: &str| {
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+[storage]
+type = "mongodb"
+[storage.mongodb]
+uri = {uri:?}
+database = {database:?}
+server_selection_timeout_ms = 3000
+[plugins]
+cache_dir = "data/cache"
+watch = false
+
+[[hooks]]
+name = "router"
+wasm = {router:?}
+phase = "after"
+events = ["feedback.add"]
+grants = {{ publish = ["good", "bad", "neutral"] }}
+timeout_ms = 10000
+"#,
+            router = common::plugin("feedback_router").display().to_string(),
+        )
+    };
+
+    // First run, through the relay: the write is acknowledged, its after-hook
+    // runs, and the gateway is killed once the completion reached the server.
+    let relayed = format!("mongodb://127.0.0.1:{}/?directConnection=true", relay.port);
+    let mut gw = GatewayProcess::start(dir.path(), &config(&relayed), "info,gateway=debug").await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/sessions", gw.base))
+        .json(&json!({"session_id": "k1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .post(format!("{}/v1/sessions/k1/feedbacks", gw.base))
+        .json(&json!({"rating": "up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + DELIVERY;
+    while !relay.tripped() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never completed the feedback event:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.kill();
+
+    // Second run, straight to MongoDB. The event was claimed before the kill,
+    // so its lease bounds how long it may wait for a re-run.
+    let mut gw = GatewayProcess::start(dir.path(), &config(&uri), "info,gateway=debug").await;
+    let lease = Duration::from_millis(gateway::events::LEASE_MS.unsigned_abs());
+    let deadline = Instant::now() + lease + DELIVERY;
+    loop {
+        let v: Value = c
+            .get(format!("{}/v1/admin/outbox", gw.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["pending"] == 1 {
+            assert_eq!(v["items"][0]["target"], "good", "{v:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the feedback's notification was not queued within the event lease \
+             ({lease:?}) + {DELIVERY:?} after the restart: the event is still \
+             locked or pending. Outbox: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // After-hooks keep running for new writes.
+    let r = c
+        .post(format!("{}/v1/sessions/k1/feedbacks", gw.base))
+        .json(&json!({"rating": "down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let v: Value = c
+            .get(format!("{}/v1/admin/outbox", gw.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["pending"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a new write's after-hook did not queue its notification: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     gw.kill();
 }
 
@@ -921,6 +1194,7 @@ async fn refusals_dead_letters_and_retry(b: Backend) {
     )
     .await
     .expect("the store is available");
+    aws.explain_with(&gw.base);
     gw.session("s5").await;
     gw.post("/v1/sessions/s5/feedbacks", json!({"rating": "up"}))
         .await;

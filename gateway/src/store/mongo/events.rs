@@ -9,15 +9,15 @@
 //! names its session.
 
 use async_trait::async_trait;
+use mongodb::Collection;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::ReturnDocument;
-use mongodb::{ClientSession, Collection};
+use mongodb::options::{ReturnDocument, UpdateOneModel, WriteModel};
 
 use super::client::MongoStore;
 use super::codec::{date, from_doc_text, outbox_fields, to_i64, uint};
 use super::error::mongo_err;
+use super::error::{DUPLICATE_KEY, error_code};
 use super::sessions::collect;
-use super::txn::{Step, TxResult};
 use crate::model::{Event, Tenant};
 use crate::store::{AfterHooked, EventLog, OutboxItem, StoreResult, session_key};
 
@@ -104,39 +104,6 @@ fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-impl MongoStore {
-    async fn complete_event_tx(
-        &self,
-        s: &mut ClientSession,
-        key: &str,
-        seq: u64,
-        outbox: &[OutboxItem],
-    ) -> TxResult<()> {
-        // An insert's duplicate-key error would abort the transaction, so an
-        // upsert that only sets on insert skips existing ids instead.
-        for item in outbox {
-            self.c
-                .outbox
-                .update_one(
-                    doc! { "_id": &item.id },
-                    doc! { "$setOnInsert": outbox_fields(item) },
-                )
-                .upsert(true)
-                .session(&mut *s)
-                .await?;
-        }
-        self.c
-            .events
-            .update_one(
-                doc! { "key": key, "seq": to_i64(seq) },
-                doc! { "$set": { "hooks_pending": false } },
-            )
-            .session(&mut *s)
-            .await?;
-        Ok(Step::Commit(()))
-    }
-}
-
 #[async_trait]
 impl EventLog for MongoStore {
     fn set_after_hooked(&self, kinds: AfterHooked) {
@@ -215,12 +182,62 @@ impl EventLog for MongoStore {
         seq: u64,
         outbox: Vec<OutboxItem>,
     ) -> StoreResult<()> {
-        let key = session_key(tenant, session_id);
-        let (key, outbox) = (key.as_str(), outbox.as_slice());
-        self.transaction("complete_event", None, |mut s| async move {
-            let r = self.complete_event_tx(&mut s, key, seq, outbox).await;
-            (s, r)
-        })
-        .await
+        // No multi-document transaction here, on purpose: a gateway killed
+        // between a transaction's statements and its commit leaves the
+        // transaction open on the server, holding the event document until
+        // the server's transaction lifetime (60 s on mongod; a server that
+        // reaps lazily, later still) ends it, and every claim of that event by
+        // a restarted or other gateway blocks on it meanwhile, stalling all
+        // after-hooks. Instead: the items, each inserted only if its id
+        // (derived from the event) is new, then the event, in that order, so
+        // an event is never complete without its notifications.
+        let items = outbox.iter().map(|item| {
+            UpdateOneModel::builder()
+                .namespace(self.c.outbox.namespace())
+                .filter(doc! { "_id": &item.id })
+                .update(doc! { "$setOnInsert": outbox_fields(item) })
+                .upsert(true)
+                .build()
+        });
+        let done = UpdateOneModel::builder()
+            .namespace(self.c.events.namespace())
+            .filter(doc! { "key": session_key(tenant, session_id), "seq": to_i64(seq) })
+            .update(doc! { "$set": { "hooks_pending": false } })
+            .build();
+        if self.writer.is_some() {
+            // bulkWrite (MongoDB 8.0+): one ordered command, which the server
+            // runs to the end even when this gateway dies after sending it,
+            // so a crash cannot split the items from the event.
+            let models: Vec<WriteModel> = items.chain([done]).map(Into::into).collect();
+            self.client
+                .bulk_write(models)
+                .ordered(true)
+                .await
+                .map_err(|e| mongo_err("complete_event", &e))?;
+            return Ok(());
+        }
+        // Older servers: one write each. A crash between them leaves the
+        // event pending; its re-run finds the items it queued (unless one
+        // was delivered meanwhile, which is then sent again: at least once).
+        for m in items {
+            let r = self
+                .c
+                .outbox
+                .update_one(m.filter, m.update)
+                .upsert(true)
+                .await;
+            match r {
+                Ok(_) => {}
+                // Two gateways upserting one id at once: the item exists.
+                Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => {}
+                Err(e) => return Err(mongo_err("complete_event", &e)),
+            }
+        }
+        self.c
+            .events
+            .update_one(done.filter, done.update)
+            .await
+            .map_err(|e| mongo_err("complete_event", &e))?;
+        Ok(())
     }
 }

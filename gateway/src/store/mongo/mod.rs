@@ -120,8 +120,10 @@
 //! one process, writers of a session also take turns on an async mutex, so
 //! only writers in different gateways ever conflict.
 //!
-//! `complete_event` queues outbox items with `$setOnInsert` upserts: a
-//! duplicate-key insert would abort the whole transaction.
+//! `complete_event` is not a transaction (a killed gateway's open transaction
+//! would hold the event until the server's transaction lifetime ends it): it
+//! queues outbox items with `$setOnInsert` upserts (an id already queued is
+//! kept), then marks the event complete, in one ordered `bulkWrite` on 8.0+.
 
 mod client;
 mod codec;
