@@ -492,6 +492,32 @@ async fn wait_outbox(gw: &TestGateway, what: &str, done: impl Fn(&Value) -> bool
     }
 }
 
+/// Polls `GET {base}/v1/admin/outbox` of a gateway process until `done`
+/// holds; past `deadline` it fails with `what` and the outbox.
+async fn wait_outbox_at(
+    c: &reqwest::Client,
+    base: &str,
+    deadline: Instant,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let v: Value = c
+            .get(format!("{base}/v1/admin/outbox"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}. Outbox: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until plugin `name` ran `calls` times (so its events were processed).
 async fn wait_calls(gw: &TestGateway, name: &str, calls: u64) -> Value {
     let deadline = Instant::now() + DELIVERY;
@@ -916,22 +942,14 @@ async fn sigkill_after_ack_loses_nothing(b: Backend) {
     }
     let got = aws.receive_within(&ui, 1, within).await;
     assert_eq!(got[0].payload["fields"], json!({"status": "closed"}));
-    let deadline = Instant::now() + DELIVERY;
-    loop {
-        let v: Value = c
-            .get(format!("{}/v1/admin/outbox", gw.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["pending"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "outbox not drained: {v:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_outbox_at(
+        &c,
+        &gw.base,
+        Instant::now() + DELIVERY,
+        "outbox not drained",
+        |v| v["pending"] == 0,
+    )
+    .await;
     // Once each: no second copy of anything.
     aws.assert_quiet(&[&sinks["good"], &sinks["bad"], &sinks["neutral"], &ui])
         .await;
@@ -1107,28 +1125,19 @@ timeout_ms = 10000
     // so its lease bounds how long it may wait for a re-run.
     let mut gw = GatewayProcess::start(dir.path(), &config(&uri), "info,gateway=debug").await;
     let lease = Duration::from_millis(gateway::events::LEASE_MS.unsigned_abs());
-    let deadline = Instant::now() + lease + DELIVERY;
-    loop {
-        let v: Value = c
-            .get(format!("{}/v1/admin/outbox", gw.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["pending"] == 1 {
-            assert_eq!(v["items"][0]["target"], "good", "{v:#}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the feedback's notification was not queued within the event lease \
-             ({lease:?}) + {DELIVERY:?} after the restart: the event is still \
-             locked or pending. Outbox: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!(
+        "the feedback's notification was not queued within the event lease \
+         ({lease:?}) + {DELIVERY:?} after the restart: the event is still locked or pending"
+    );
+    let v = wait_outbox_at(
+        &c,
+        &gw.base,
+        Instant::now() + lease + DELIVERY,
+        &what,
+        |v| v["pending"] == 1,
+    )
+    .await;
+    assert_eq!(v["items"][0]["target"], "good", "{v:#}");
     // After-hooks keep running for new writes.
     let r = c
         .post(format!("{}/v1/sessions/k1/feedbacks", gw.base))
@@ -1137,25 +1146,11 @@ timeout_ms = 10000
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let deadline = Instant::now() + DELIVERY;
-    loop {
-        let v: Value = c
-            .get(format!("{}/v1/admin/outbox", gw.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["pending"] == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a new write's after-hook did not queue its notification: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = "a new write's after-hook did not queue its notification";
+    wait_outbox_at(&c, &gw.base, Instant::now() + DELIVERY, what, |v| {
+        v["pending"] == 2
+    })
+    .await;
     gw.kill();
 }
 
