@@ -16,11 +16,38 @@ use utoipa::openapi::schema::{
     AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{RefOr, Schema};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::{IntoParams, IntoResponses, PartialSchema, ToSchema};
 
 use crate::config::{BreakerConfig, HookPhase, InstanceMode, OnError};
 use crate::model::{EventType, JsonObject, Message, Session, format_ms};
 use crate::store::OutboxState;
+
+// ---------------------------------------------------------------------------
+// Error answers shared by many routes (each `#[utoipa::path]` lists them by
+// type; the body is the uniform error, `error::ErrorBody`).
+
+/// 400 on a route whose only input is the session id in its path.
+#[derive(IntoResponses)]
+#[response(status = 400, description = "`invalid_session_id` or `invalid_path`")]
+pub struct BadSessionPath;
+
+/// 404 on a route under `/v1/sessions/{sid}`.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "`not_found`: no such session")]
+pub struct NoSuchSession;
+
+/// 404 on a route under `/v1/sessions/{sid}/agents/{aid}`.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "`not_found`: no such session or agent")]
+pub struct NoSuchAgent;
+
+/// 404 on a route under `…/messages/{mid}`.
+#[derive(IntoResponses)]
+#[response(
+    status = 404,
+    description = "`not_found`: no such session, agent or message"
+)]
+pub struct NoSuchMessage;
 
 // ---------------------------------------------------------------------------
 // Parameters.

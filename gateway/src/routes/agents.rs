@@ -95,7 +95,7 @@ fn if_match(headers: &HeaderMap) -> AppResult<Precondition> {
         (status = 200, description = "The agent was replaced", body = crate::api::AgentView,
             headers(("ETag" = String, description = "The agent's new version, quoted, e.g. `\"2\"`"))),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_if_match`, `invalid_if_none_match`, `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::NoSuchSession,
         (status = 412, description = "`version_mismatch`: `If-Match` names a version that is not current, `If-Match: *` and the agent does not exist, or `If-None-Match: *` and the agent exists"),
         (status = 422, description = "`agent_id_mismatch` or `too_deep`"),
     )
@@ -133,7 +133,7 @@ async fn put(
         (status = 200, description = "The agent", body = crate::api::AgentView,
             headers(("ETag" = String, description = "The agent's version, quoted; send it back as `If-Match`"))),
         (status = 400, description = "`invalid_session_id`, `invalid_agent_id` or `invalid_path`"),
-        (status = 404, description = "`not_found`: no such session or agent"),
+        crate::api::NoSuchAgent,
     )
 )]
 async fn read(
@@ -154,8 +154,8 @@ async fn read(
     params(crate::api::SessionPath),
     responses(
         (status = 200, description = "Every agent of the session", body = AgentList),
-        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::BadSessionPath,
+        crate::api::NoSuchSession,
     )
 )]
 async fn list(

@@ -75,7 +75,7 @@ fn to_sse(ev: &Event) -> SseEvent {
         (status = 200, description = "An endless `text/event-stream`; each `data` is a `StreamEvent` (or a `ResetEvent` for `event: reset`)",
             content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_last_event_id`, `invalid_query` or `invalid_session_id`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::NoSuchSession,
     )
 )]
 async fn events(

@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 201, description = "The stored feedback", body = crate::api::Feedback),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object) or `invalid_session_id`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::NoSuchSession,
         (status = 422, description = "`invalid_rating`, `invalid_feedback`, `denied_by_hook`, `too_deep` or `too_large`"),
     )
 )]
@@ -56,8 +56,8 @@ async fn add(
     params(crate::api::SessionPath),
     responses(
         (status = 200, description = "The feedbacks, oldest first", body = FeedbackList),
-        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::BadSessionPath,
+        crate::api::NoSuchSession,
     )
 )]
 async fn list(

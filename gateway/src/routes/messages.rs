@@ -42,7 +42,7 @@ pub fn router() -> Router<AppState> {
         (status = 201, description = "The message was appended", body = Message),
         (status = 200, description = "An identical retry: the message already stored", body = Message),
         (status = 400, description = "`invalid_json`, `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session or agent"),
+        crate::api::NoSuchAgent,
         (status = 409, description = "`message_conflict` (the id exists with other content) or `message_id_gap` (the id is past the next one)"),
         (status = 422, description = "`message_too_large`, or `denied_by_hook` (a `message.append` hook refused it)"),
         (status = 503, description = "`hook_failed`: a fail-closed message hook failed; nothing was stored"),
@@ -93,7 +93,7 @@ async fn append(
     responses(
         (status = 200, description = "The messages, the agent's message count and where to continue", body = crate::api::MessageList),
         (status = 400, description = "`invalid_query`, `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session or agent"),
+        crate::api::NoSuchAgent,
     )
 )]
 async fn list(
@@ -144,7 +144,7 @@ async fn list(
     responses(
         (status = 200, description = "The message", body = Message),
         (status = 400, description = "`invalid_path` (`mid` is not a non-negative integer), `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session, agent or message"),
+        crate::api::NoSuchMessage,
     )
 )]
 async fn read(
@@ -172,7 +172,7 @@ async fn read(
     responses(
         (status = 200, description = "The updated message", body = Message),
         (status = 400, description = "`invalid_json`, `invalid_path`, `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session, agent or message"),
+        crate::api::NoSuchMessage,
         (status = 422, description = "`message_id_mismatch` (body `message_id` differs from the path's), `message_too_large` or `denied_by_hook` (a `message.update` hook refused it)"),
         (status = 503, description = "`hook_failed`: a fail-closed message hook failed; nothing was changed"),
     )
@@ -205,7 +205,7 @@ async fn replace(
     responses(
         (status = 200, description = "The updated message", body = Message),
         (status = 400, description = "`invalid_json`, `invalid_body` (nothing to change), `invalid_path`, `invalid_session_id` or `invalid_agent_id`"),
-        (status = 404, description = "`not_found`: no such session, agent or message"),
+        crate::api::NoSuchMessage,
         (status = 422, description = "`message_too_large` or `denied_by_hook` (a `message.update` hook refused a new `message`)"),
         (status = 503, description = "`hook_failed`: a fail-closed message hook failed; nothing was changed"),
     )

@@ -32,8 +32,8 @@ pub fn router() -> Router<AppState> {
     params(crate::api::SessionPath),
     responses(
         (status = 200, description = "The metadata", body = crate::api::Metadata),
-        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::BadSessionPath,
+        crate::api::NoSuchSession,
     )
 )]
 async fn read(
@@ -64,7 +64,7 @@ async fn read(
             body = crate::api::Metadata,
             headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body is then `{}`, not the metadata"))),
         (status = 400, description = "`invalid_json`, `invalid_body` (not an object), `invalid_metadata_key` or `invalid_session_id`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::NoSuchSession,
         (status = 422, description = "`metadata_path_conflict`, `denied_by_hook`, `too_many_keys`, `too_deep` or `too_large`"),
     )
 )]
@@ -97,7 +97,7 @@ async fn patch(
             body = crate::api::Metadata,
             headers(("Metadata-Withheld" = String, description = "Present only when a get-hook failed after the commit: the error code (`hook_failed`); the body is then `{}`, not the metadata"))),
         (status = 400, description = "`invalid_query` (`keys` missing, repeated or unknown parameter), `invalid_metadata_key` or `invalid_session_id`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::NoSuchSession,
         (status = 422, description = "`denied_by_hook` or `metadata_path_conflict`"),
     )
 )]

@@ -124,8 +124,8 @@ async fn create(
     params(crate::api::SessionPath),
     responses(
         (status = 200, description = "The session", body = Session),
-        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::BadSessionPath,
+        crate::api::NoSuchSession,
     )
 )]
 async fn read(
@@ -147,8 +147,8 @@ async fn read(
     params(crate::api::SessionPath),
     responses(
         (status = 204, description = "The session was deleted"),
-        (status = 400, description = "`invalid_session_id` or `invalid_path`"),
-        (status = 404, description = "`not_found`: no such session"),
+        crate::api::BadSessionPath,
+        crate::api::NoSuchSession,
     )
 )]
 async fn delete(
