@@ -14,12 +14,13 @@ ROOT=$PWD
 source scripts/lib.sh
 CONFIG="${GATEWAY_CONFIG:-gateway.toml}"
 FEATURES=$(python3 - "$CONFIG" <<'PY'
-import sys, tomllib
+import sys
 try:
+    import tomllib  # Python 3.11+
     with open(sys.argv[1], "rb") as f:
         cfg = tomllib.load(f)
 except Exception:
-    print("mongodb,aws")  # unreadable here: build everything, let the gateway report it
+    print("mongodb,aws")  # no tomllib, or unreadable here: build everything, let the gateway report it
     raise SystemExit
 features = []
 if cfg.get("storage", {}).get("type") == "mongodb":
