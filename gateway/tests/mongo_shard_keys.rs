@@ -12,6 +12,8 @@
 //! (skipped without it unless `REQUIRE_MONGODB=1`).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,17 +35,7 @@ type Seen = Arc<Mutex<Vec<(String, Document)>>>;
 const WRITES: &[&str] = &["insert", "update", "delete", "findAndModify", "bulkWrite"];
 
 fn mongo_config() -> Option<MongoConfig> {
-    let uri = match std::env::var("MONGODB_URI") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            assert!(
-                std::env::var("REQUIRE_MONGODB").as_deref() != Ok("1"),
-                "REQUIRE_MONGODB=1 but MONGODB_URI is not set"
-            );
-            eprintln!("skipping: MONGODB_URI is not set");
-            return None;
-        }
-    };
+    let uri = common::mongo_uri()?;
     Some(MongoConfig {
         uri,
         database: format!("shard_keys_{}", uuid::Uuid::new_v4().simple()),

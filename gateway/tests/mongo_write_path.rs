@@ -9,6 +9,8 @@
 //! `REQUIRE_MONGODB=1`).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 
 use gateway::config::MongoConfig;
@@ -21,17 +23,7 @@ use serde_json::{Value, json};
 type Store = Arc<dyn SessionStore>;
 
 fn mongo_config(write_path: &str) -> Option<MongoConfig> {
-    let uri = match std::env::var("MONGODB_URI") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            assert!(
-                std::env::var("REQUIRE_MONGODB").as_deref() != Ok("1"),
-                "REQUIRE_MONGODB=1 but MONGODB_URI is not set"
-            );
-            eprintln!("skipping: MONGODB_URI is not set");
-            return None;
-        }
-    };
+    let uri = common::mongo_uri()?;
     Some(MongoConfig {
         uri,
         database: format!("write_path_{}", uuid::Uuid::new_v4().simple()),

@@ -8,6 +8,8 @@
 //! `REQUIRE_MONGODB=1`, which makes them fail.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -50,24 +52,10 @@ where
     }
 }
 
-fn mongo_uri() -> Option<String> {
-    match std::env::var("MONGODB_URI") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var("REQUIRE_MONGODB").as_deref() != Ok("1"),
-                "REQUIRE_MONGODB=1 but MONGODB_URI is not set: point it at a MongoDB replica set"
-            );
-            eprintln!("skipping MongoDB contract test: MONGODB_URI is not set");
-            None
-        }
-    }
-}
-
 /// A config for a fresh database, or `None` to skip.
 fn mongo_config() -> Option<MongoConfig> {
     Some(MongoConfig {
-        uri: mongo_uri()?,
+        uri: common::mongo_uri()?,
         database: format!("contract_{}", uuid::Uuid::new_v4().simple()),
         server_selection_timeout_ms: 5_000,
         ..MongoConfig::default()

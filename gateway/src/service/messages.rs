@@ -30,6 +30,15 @@ impl Service {
     /// Checks each stored part of a message against
     /// `server.max_message_bytes`, so one stored message is at most three
     /// times that (which bounds what a list read holds per message).
+    /// [`Service::check_size`] over a whole message (`POST`, `PUT`).
+    fn check_input_size(&self, input: &MessageInput) -> AppResult<()> {
+        self.check_size(
+            Some(&input.message),
+            input.redact_message.as_deref(),
+            input.event_loop_metrics.as_ref(),
+        )
+    }
+
     fn check_size(
         &self,
         message: Option<&RawValue>,
@@ -71,11 +80,7 @@ impl Service {
     ) -> AppResult<(Message, bool)> {
         writer(caller)?;
         check_ids(sid, aid)?;
-        self.check_size(
-            Some(&input.message),
-            input.redact_message.as_deref(),
-            input.event_loop_metrics.as_ref(),
-        )?;
+        self.check_input_size(&input)?;
         let written = self.append_unnotified(caller, sid, aid, input).await?;
         if written.1 {
             self.committed.session(&caller.tenant, sid);
@@ -123,11 +128,7 @@ impl Service {
     ) -> AppResult<Message> {
         writer(caller)?;
         check_ids(sid, aid)?;
-        self.check_size(
-            Some(&input.message),
-            input.redact_message.as_deref(),
-            input.event_loop_metrics.as_ref(),
-        )?;
+        self.check_input_size(&input)?;
         if input.message_id.is_some_and(|id| id != mid) {
             return Err(AppError::unprocessable(
                 "message_id_mismatch",
