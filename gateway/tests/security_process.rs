@@ -135,6 +135,18 @@ async fn metric_label_sets_stay_bounded_whatever_clients_send() {
 
 // ------------------------------------------------------------ probes exempt
 
+/// Sends a request's headers and part of its promised body, so that it is in
+/// flight until the socket closes; the socket is left non-blocking.
+fn hold_request(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"session_id\":",
+    )
+    .unwrap();
+    s.set_nonblocking(true).unwrap();
+    s
+}
+
 /// With the in-flight limit saturated by a request held open (its body not
 /// sent yet), ordinary requests get 503 `overloaded` while `/healthz`,
 /// `/readyz` and `/metrics` still answer 200.
@@ -147,11 +159,7 @@ async fn probes_answer_while_the_in_flight_limit_is_saturated() {
     let gw = TestGateway::start(cfg).await;
     let addr = gw.base.trim_start_matches("http://").to_owned();
     // The held request: headers sent, body promised but not sent.
-    let mut held = TcpStream::connect(&addr).unwrap();
-    held.write_all(
-        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"session_id\":",
-    )
-    .unwrap();
+    let held = Arc::new(std::sync::Mutex::new(hold_request(&addr)));
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -161,8 +169,20 @@ async fn probes_answer_while_the_in_flight_limit_is_saturated() {
         "the in-flight limit is saturated",
         Duration::from_secs(60),
         || {
-            let (fresh, base) = (fresh.clone(), base.clone());
+            let (fresh, base, held, addr) =
+                (fresh.clone(), base.clone(), held.clone(), addr.clone());
             async move {
+                // On a loaded machine a poll may take the one slot before the
+                // held request reaches the guard: the held request is then
+                // answered 503 itself. Hold a new one when that happened.
+                {
+                    let mut h = held.lock().unwrap();
+                    let mut buf = [0u8; 512];
+                    match h.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        _ => *h = hold_request(&addr),
+                    }
+                }
                 let r = fresh.get(format!("{base}/v1/sessions")).send().await.ok()?;
                 (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
             }
