@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, GatewayProcess, KillOnDrop, free_port, wait_port};
+use common::{Backend, GatewayProcess, KillOnDrop, ProcessConfig, free_port, wait_port};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -24,9 +24,7 @@ fn gateway_config(backend: Backend, port: u16, mongo_uri: Option<&str>, db: &str
             mongo_uri.unwrap()
         ),
     };
-    format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{storage}[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
-    )
+    ProcessConfig::new(port).storage(&storage).to_string()
 }
 
 /// SIGKILL the gateway while clients append continuously; after a restart
@@ -345,11 +343,16 @@ async fn sigterm_drains_in_flight_requests() {
     let port = free_port();
     // A before-hook that loops for its 3 s and then fails open: the request
     // is in flight for 3 s.
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 60000\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
-         [[hooks]]\nname = \"slow\"\nwasm = {:?}\nphase = \"before\"\nevents = [\"metadata.update\"]\ntimeout_ms = 3000\non_error = \"allow\"\ninstance = \"per-call\"\n",
-        common::plugin("fixture_loop").display().to_string()
-    );
+    let config = ProcessConfig::new(port)
+        .server("shutdown_grace_ms = 60000")
+        .hook(
+            "slow",
+            &common::plugin("fixture_loop"),
+            "before",
+            &["metadata.update"],
+            "timeout_ms = 3000\non_error = \"allow\"\ninstance = \"per-call\"",
+        )
+        .to_string();
     let mut gw = GatewayProcess::start(dir.path(), &config, "info").await;
     let c = reqwest::Client::new();
     let r = c
@@ -413,11 +416,15 @@ async fn sighup_reloads_plugins_and_auth_off_warns() {
     let wasm = dir.path().join("hook.wasm");
     std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
     let port = free_port();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
-         [[hooks]]\nname = \"swap\"\nwasm = {:?}\nphase = \"get\"\nevents = [\"metadata.get\"]\ntimeout_ms = 10000\n",
-        wasm.display().to_string()
-    );
+    let config = ProcessConfig::new(port)
+        .hook(
+            "swap",
+            &wasm,
+            "get",
+            &["metadata.get"],
+            "timeout_ms = 10000",
+        )
+        .to_string();
     let gw = GatewayProcess::start(dir.path(), &config, "info").await;
     assert!(
         gw.log_text().contains("AUTHENTICATION IS OFF"),
@@ -473,10 +480,12 @@ async fn gateway_config_and_mongodb_uri_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let nowhere = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ntype = \"mongodb\"\n[storage.mongodb]\nuri = {nowhere:?}\ndatabase = \"gw_test_{}\"\nserver_selection_timeout_ms = 3000\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n",
-        uuid::Uuid::new_v4().simple()
-    );
+    let config = ProcessConfig::new(port)
+        .storage(&format!(
+            "[storage]\ntype = \"mongodb\"\n[storage.mongodb]\nuri = {nowhere:?}\ndatabase = \"gw_test_{}\"\nserver_selection_timeout_ms = 3000\n",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .to_string();
     let gw = GatewayProcess::start_with(dir.path(), &config, "info", |cmd, cfg| {
         cmd.env("GATEWAY_CONFIG", cfg).env("MONGODB_URI", &uri);
     })

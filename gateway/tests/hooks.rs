@@ -1081,12 +1081,17 @@ async fn the_sandbox_grants_nothing_and_log_reaches_the_gateway_log() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
-         [[hooks]]\nname = \"probe\"\nwasm = {:?}\nphase = \"before\"\nevents = [\"metadata.update\"]\ntimeout_ms = 10000\n\
-         grants = {{ publish = [\"probe\"] }}\nconfig = {{ marker = {marker:?} }}\n",
-        common::plugin("fixture_probe").display().to_string()
-    );
+    let config = common::ProcessConfig::new(port)
+        .hook(
+            "probe",
+            &common::plugin("fixture_probe"),
+            "before",
+            &["metadata.update"],
+            &format!(
+                "timeout_ms = 10000\ngrants = {{ publish = [\"probe\"] }}\nconfig = {{ marker = {marker:?} }}"
+            ),
+        )
+        .to_string();
     let gw = common::GatewayProcess::start(dir.path(), &config, "info").await;
     let c = reqwest::Client::new();
     let r = c

@@ -157,14 +157,6 @@ fn pct(v: &[u128], p: f64) -> u128 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-/// A `[[hooks]]` table for a plugin from `plugins/dist`.
-fn hook_toml(name: &str, file: &str, events: &str, extra: &str) -> String {
-    format!(
-        "[[hooks]]\nname = {name:?}\nwasm = {:?}\nphase = \"before\"\nevents = [{events:?}]\n{extra}\n",
-        common::plugin(file).display().to_string()
-    )
-}
-
 /// CI's small version: 2 s phases at 200 requests/s, every hostile hook;
 /// asserts only the invariants (every ordinary request succeeded, every
 /// hostile one was contained), no timing.
@@ -231,9 +223,7 @@ async fn hostile_load(secs: u64, rate: u64, picked: String, breaker_off: bool, f
     // delayed by whatever stalls a gateway worker (they still share the CPU).
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let mut config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
-    );
+    let mut config = common::ProcessConfig::new(port);
     // HOSTILE_BREAKER=off measures every hostile call running in full, with
     // the per-tenant quarantine turned off.
     let breaker = if breaker_off {
@@ -242,14 +232,15 @@ async fn hostile_load(secs: u64, rate: u64, picked: String, breaker_off: bool, f
         ""
     };
     for (name, file, events, extra) in &hooks {
-        config.push_str(&hook_toml(
+        config = config.hook(
             name,
-            file,
-            events,
+            &common::plugin(file),
+            "before",
+            &[events],
             &format!("{extra}\n{breaker}"),
-        ));
+        );
     }
-    let gw = GatewayProcess::start(dir.path(), &config, "error").await;
+    let gw = GatewayProcess::start(dir.path(), &config.to_string(), "error").await;
     let gw = Gateway {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))

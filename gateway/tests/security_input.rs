@@ -678,11 +678,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 async fn rss_stays_bounded_under_8_concurrent_worst_case_reads() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = {:?}\n[plugins]\nwatch = false\ncache_dir = {:?}\n",
-        dir.path().join("gateway.redb").display().to_string(),
-        dir.path().join("cache").display().to_string(),
-    );
+    let config = common::ProcessConfig::new(port).to_string();
     let gw = common::GatewayProcess::start(dir.path(), &config, "warn").await;
     let pid = gw.pid();
     let client = reqwest::Client::builder()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backend, GatewayProcess, TestGateway, assert_error, free_port, hook};
+use common::{Backend, GatewayProcess, ProcessConfig, TestGateway, assert_error, free_port, hook};
 use futures::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -214,9 +214,10 @@ async fn idle_sockets_cannot_exhaust_the_file_limit() {
     let cfg_path = dir.path().join("gateway.toml");
     std::fs::write(
         &cfg_path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nheader_read_timeout_ms = 600000\nidle_timeout_ms = 600000\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
-        ),
+        ProcessConfig::new(port)
+            .server("header_read_timeout_ms = 600000")
+            .server("idle_timeout_ms = 600000")
+            .to_string(),
     )
     .unwrap();
     let log = dir.path().join("gateway.log");
@@ -376,9 +377,9 @@ async fn slow_and_idle_connections_are_closed_but_streams_are_not() {
 async fn sigterm_ends_open_streams_and_exits_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 600000\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
-    );
+    let config = ProcessConfig::new(port)
+        .server("shutdown_grace_ms = 600000")
+        .to_string();
     let mut gw = GatewayProcess::start(dir.path(), &config, "info").await;
     let client = reqwest::Client::new();
     let r = client
@@ -590,10 +591,15 @@ async fn hook_timeout_holds_for_suspects_under_cpu_contention() {
 async fn measure_hook_deadline_with_busy_processes() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n[[hooks]]\nname = \"loop\"\nwasm = {:?}\nphase = \"before\"\nevents = [\"metadata.update\"]\ntimeout_ms = 20\non_error = \"deny\"\nbreaker = {{ failures = 0 }}\n",
-        common::plugin("fixture_loop").display().to_string()
-    );
+    let config = ProcessConfig::new(port)
+        .hook(
+            "loop",
+            &common::plugin("fixture_loop"),
+            "before",
+            &["metadata.update"],
+            "timeout_ms = 20\non_error = \"deny\"\nbreaker = { failures = 0 }",
+        )
+        .to_string();
     let gw = GatewayProcess::start(dir.path(), &config, "warn").await;
     let client = reqwest::Client::new();
     let patch = || {

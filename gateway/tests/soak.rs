@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::{GatewayProcess, free_port, rss_kb};
+use common::{GatewayProcess, ProcessConfig, free_port, rss_kb};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,14 +20,23 @@ async fn soak_mixed_load() {
         .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n\
-         [retention]\nevents = \"30s\"\nsweep_interval_ms = 5000\n\
-         [[hooks]]\nname = \"validate\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\ntimeout_ms = 10000\nconfig = {{ types = {{ status = \"string\" }} }}\n\
-         [[hooks]]\nname = \"audit\"\nwasm = {:?}\nevents = [\"metadata.update\", \"feedback.add\"]\nphase = \"after\"\ntimeout_ms = 10000\n",
-        common::plugin("metadata_validator").display().to_string(),
-        common::plugin("audit_log").display().to_string(),
-    );
+    let config = ProcessConfig::new(port)
+        .tables("[retention]\nevents = \"30s\"\nsweep_interval_ms = 5000")
+        .hook(
+            "validate",
+            &common::plugin("metadata_validator"),
+            "before",
+            &["metadata.update"],
+            "timeout_ms = 10000\nconfig = { types = { status = \"string\" } }",
+        )
+        .hook(
+            "audit",
+            &common::plugin("audit_log"),
+            "after",
+            &["metadata.update", "feedback.add"],
+            "timeout_ms = 10000",
+        )
+        .to_string();
     let gw = GatewayProcess::start(dir.path(), &config, "warn").await;
     let pid = gw.pid();
     let base = gw.base.clone();

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GatewayProcess, free_port, rss_kb};
+use common::{GatewayProcess, ProcessConfig, free_port, rss_kb};
 use serde_json::json;
 
 /// A request that must succeed; on failure, says which, with status and body.
@@ -46,9 +46,7 @@ async fn gauge(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> 
 async fn idle_subscribers(subscribers: usize, sessions: usize, settle: Duration) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\nwatch = false\ncache_dir = \"cache\"\n"
-    );
+    let config = ProcessConfig::new(port).to_string();
     let gw = GatewayProcess::start(dir.path(), &config, "warn").await;
     let base = gw.base.clone();
     let client = reqwest::Client::builder()

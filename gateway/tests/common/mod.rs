@@ -521,3 +521,79 @@ pub fn storage_toml(backend: Backend, embedded_path: &str) -> Option<String> {
         ),
     })
 }
+
+/// The `gateway.toml` of a gateway binary a test runs ([`GatewayProcess`]):
+/// it listens on `127.0.0.1:<port>`, keeps the embedded store in
+/// `gateway.redb` and the plugin cache in `cache` (both relative to the
+/// process's directory) and watches no plugin file. Each method adds to it;
+/// `to_string()` is the text.
+pub struct ProcessConfig {
+    port: u16,
+    server: String,
+    storage: String,
+    plugins: String,
+    rest: String,
+}
+
+impl ProcessConfig {
+    pub fn new(port: u16) -> Self {
+        Self {
+            port,
+            server: String::new(),
+            storage:
+                "[storage]\ntype = \"embedded\"\n[storage.embedded]\npath = \"gateway.redb\"\n"
+                    .to_owned(),
+            plugins: "watch = false\ncache_dir = \"cache\"\n".to_owned(),
+            rest: String::new(),
+        }
+    }
+
+    /// Adds `line` (`key = value`) to `[server]`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push_str(line);
+        self.server.push('\n');
+        self
+    }
+
+    /// Replaces the `[storage]` tables (e.g. with [`storage_toml`]'s).
+    pub fn storage(mut self, tables: &str) -> Self {
+        self.storage = tables.to_owned();
+        self
+    }
+
+    /// A `[[hooks]]` table for the plugin at `wasm` (see [`plugin`]);
+    /// `extra` holds more of its lines. Unlike [`hook`], no timeout is added.
+    pub fn hook(
+        mut self,
+        name: &str,
+        wasm: &std::path::Path,
+        phase: &str,
+        events: &[&str],
+        extra: &str,
+    ) -> Self {
+        let events: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+        self.rest.push_str(&format!(
+            "[[hooks]]\nname = {name:?}\nwasm = {:?}\nphase = {phase:?}\nevents = [{}]\n{extra}\n",
+            wasm.display().to_string(),
+            events.join(", ")
+        ));
+        self
+    }
+
+    /// Appends other tables, as TOML text.
+    pub fn tables(mut self, toml: &str) -> Self {
+        self.rest.push_str(toml);
+        self.rest.push('\n');
+        self
+    }
+}
+
+impl std::fmt::Display for ProcessConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[server]\nlisten = \"127.0.0.1:{}\"\n{}{}[plugins]\n{}{}",
+            self.port, self.server, self.storage, self.plugins, self.rest
+        )
+    }
+}
