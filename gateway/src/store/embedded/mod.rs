@@ -8,7 +8,6 @@
 //! | `sessions.rs` | the [`SessionData`](crate::store::SessionData) and [`AgentData`](crate::store::AgentData) methods |
 //! | `events.rs` | the event log, the after-hook queue and the retention sweep |
 //! | `outbox.rs` | the notification outbox |
-//! | `file.rs` | the file backend under redb: a commit's pages written in runs of adjacent pages |
 //!
 //! ## Schema (one redb file)
 //! | table | key | value |
@@ -43,7 +42,6 @@
 //! sequence, and none can forget the event.
 
 mod events;
-mod file;
 mod outbox;
 mod sessions;
 mod tables;
@@ -104,22 +102,10 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| internal(format!("cannot create directory {}: {e}", dir.display())))?;
         }
-        let cannot_open =
-            |e: &dyn std::fmt::Display| internal(format!("cannot open {}: {e}", path.display()));
-        // What `Builder::create` does, with the backend that writes a
-        // commit's pages in runs (file.rs).
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| cannot_open(&e))?;
-        let backend = redb::backends::FileBackend::new(file).map_err(|e| cannot_open(&e))?;
         let db = Database::builder()
             .set_cache_size(cache_mb.saturating_mul(1 << 20))
-            .create_with_backend(file::CoalescingFile::new(backend))
-            .map_err(|e| cannot_open(&e))?;
+            .create(path)
+            .map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(internal)?;
         {
             txn.open_table(SESSIONS).map_err(internal)?;
