@@ -462,6 +462,19 @@ mod tests {
         }
     }
 
+    /// Generated request ids keep the form they had with `Uuid::new_v4`:
+    /// a version-4 UUID in simple form, different every time.
+    #[test]
+    fn generated_request_ids_are_v4_uuids() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(u.simple().to_string(), a);
+    }
+
     #[test]
     fn label_values_are_escaped_for_the_text_format() {
         assert!(matches!(
