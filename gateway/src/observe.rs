@@ -378,6 +378,15 @@ impl Collector for StoreScraped {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// A random (v4) UUID in simple form, from the thread's CSPRNG: `new_v4`
+/// asks the kernel (one `getrandom` system call per request).
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .simple()
+        .to_string()
+}
+
 /// Middleware: request id (accepted from `X-Request-Id` or generated, and
 /// returned), a span carrying it, one log line per request, and metrics.
 pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
@@ -387,7 +396,7 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+        .map_or_else(new_request_id, str::to_owned);
     let method = method_label(req.method());
     let route = req
         .extensions()
@@ -451,6 +460,19 @@ mod tests {
                 "{line:?} missing in\n{text}"
             );
         }
+    }
+
+    /// Generated request ids keep the form they had with `Uuid::new_v4`:
+    /// a version-4 UUID in simple form, different every time.
+    #[test]
+    fn generated_request_ids_are_v4_uuids() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(u.simple().to_string(), a);
     }
 
     #[test]

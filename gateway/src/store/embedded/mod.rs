@@ -327,6 +327,15 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
             tainted |= taints;
             done.push(completion);
         }
+        // Jobs queued while these ran join the same commit (it has not
+        // started, so nobody waits longer): fewer commits per write. Not
+        // into a batch that will abort.
+        while !tainted && done.len() < MAX_BATCH {
+            let Ok(job) = rx.try_recv() else { break };
+            let (taints, completion) = job(&txn);
+            tainted |= taints;
+            done.push(completion);
+        }
         let outcome = if tainted {
             let _ = txn.abort();
             Some(StoreError::Internal(
