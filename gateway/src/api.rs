@@ -726,6 +726,11 @@ impl From<crate::store::StoreError> for crate::error::AppError {
                 message,
                 retry_after: Some(1),
             },
+            StoreError::OtherType(_) => Self::Conflict {
+                code: "session_replaced",
+                message: "the session was deleted and re-created while the request ran; retry"
+                    .into(),
+            },
             StoreError::Internal(message) => Self::Internal(message),
         }
     }
