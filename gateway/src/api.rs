@@ -514,7 +514,7 @@ pub struct PluginInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub errors: Option<u64>,
-    /// Instances created so far.
+    /// Fresh instances calls have taken so far (`per-call`: one per call).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub instantiations: Option<u64>,
