@@ -231,7 +231,10 @@ impl Plugin {
             return;
         }
         let plugin = Arc::downgrade(self);
-        tokio::spawn(async move {
+        // On a thread of its own: a task spawned on a request worker runs
+        // there as soon as the request awaits its store write, and then
+        // delays it.
+        ready_lane().spawn(async move {
             drop(spent);
             if !refill {
                 return;
@@ -412,6 +415,22 @@ fn suspect_lane() -> &'static tokio::runtime::Handle {
             .worker_threads(1)
             .thread_name("wasm-suspect")
             .on_thread_start(lowest_priority)
+            .enable_all()
+            .build()
+            .expect("a one-thread runtime can be built")
+    })
+    .handle()
+}
+
+/// Where `per-call` instances are readied and torn down ([`Plugin::refill`]):
+/// one thread of its own at normal priority, off the request workers.
+/// Process-wide, created on first use, never dropped.
+fn ready_lane() -> &'static tokio::runtime::Handle {
+    static LANE: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    LANE.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wasm-ready")
             .enable_all()
             .build()
             .expect("a one-thread runtime can be built")
