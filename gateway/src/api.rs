@@ -514,7 +514,7 @@ pub struct PluginInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub errors: Option<u64>,
-    /// Instances created so far.
+    /// Fresh instances calls have taken so far (`per-call`: one per call).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub instantiations: Option<u64>,
@@ -725,6 +725,11 @@ impl From<crate::store::StoreError> for crate::error::AppError {
                 code: "store_unavailable",
                 message,
                 retry_after: Some(1),
+            },
+            StoreError::OtherType(_) => Self::Conflict {
+                code: "session_replaced",
+                message: "the session was deleted and re-created while the request ran; retry"
+                    .into(),
             },
             StoreError::Internal(message) => Self::Internal(message),
         }

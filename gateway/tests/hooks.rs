@@ -1237,3 +1237,73 @@ async fn an_in_flight_call_finishes_on_the_old_version_during_a_swap() {
         "only the new call's change is stored"
     );
 }
+
+/// `per-call` instances are readied off the request path: a few wait (one
+/// from load, refilled after calls), each call still takes a fresh one of its
+/// own (`instantiations` == `calls`), and a hot swap drops the ready instances
+/// of the version it replaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_call_instances_are_readied_ahead_and_dropped_on_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hook.wasm");
+    std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
+    let text = format!(
+        "[storage.embedded]\npath = \"gateway.redb\"\n[plugins]\ncache_dir = \"cache\"\nwatch = false\n\n[[hooks]]\nname = \"fresh\"\nwasm = {:?}\nevents = [\"metadata.update\"]\nphase = \"before\"\ninstance = \"per-call\"\n{}\n",
+        wasm.display().to_string(),
+        common::HOOK_TIMEOUT
+    );
+    let cfg_path = dir.path().join("gateway.toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = gateway::config::Config::load(&cfg_path).unwrap();
+    let gw = TestGateway::start_with(cfg, Some(cfg_path.clone())).await;
+    let hooks = gw.state.hooks.clone();
+    let old = hooks.snapshot().plugins[0].clone();
+    assert_eq!(old.ready_instances(), 1, "one readied at load");
+
+    gw.session("s").await;
+    for i in 0..10 {
+        let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"i": i})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let stats = gw.plugin_stats("fresh").await;
+    assert_eq!(stats["calls"], 10, "{stats}");
+    assert_eq!(
+        stats["instantiations"], 10,
+        "a fresh instance per call: {stats}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.ready_instances() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the ready queue was never refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Swap in another version: the old one's ready instances are dropped.
+    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
+    let report = hooks.reload().await;
+    assert_eq!(report.loaded, vec!["fresh".to_owned()], "{report:?}");
+    assert_eq!(
+        old.ready_instances(),
+        0,
+        "the old version keeps no ready instance"
+    );
+    let new = hooks.snapshot().plugins[0].clone();
+    assert!(!std::sync::Arc::ptr_eq(&old, &new));
+    assert_eq!(new.ready_instances(), 1);
+    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"i": 11})).await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the new version serves: {v}"
+    );
+    // Nothing but this test holds the old version (no refill task either).
+    let weak = std::sync::Arc::downgrade(&old);
+    drop(old);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while weak.upgrade().is_some() {
+        assert!(Instant::now() < deadline, "the old version is still held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,7 +1,9 @@
 //! The service layer reads from the store only what a request needs: a
 //! metadata write reads the session (for the hooks' `session-ref`) only
-//! when a before-hook runs; the get-hooks that show its result take the
-//! session type from the write itself.
+//! when a before-hook runs and the gateway does not know the session's type
+//! yet; the write checks the type it was given, and a session re-created
+//! with another type makes the hooks run again with it. The get-hooks that
+//! show its result take the session type from the write itself.
 //!
 //! The service is driven directly, over a store that counts its session
 //! reads.
@@ -25,7 +27,7 @@ use gateway::service::{Committed, Service, Shaper};
 use gateway::store::{AfterHooked, SweepReport};
 use gateway::store::{
     AgentData, Appended, EventLog, ListQuery, MetadataResult, OutboxItem, OutboxQueue, OutboxState,
-    Page, Retention, RetentionPolicy, SessionData, SessionStore, StoreResult,
+    Page, Retention, RetentionPolicy, SessionData, SessionStore, StoreError, StoreResult,
 };
 use gateway::stream::EventHub;
 use serde_json::json;
@@ -88,6 +90,28 @@ impl SessionData for Counting {
     }
     async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
         self.inner.add_feedback(t, sid, body).await
+    }
+    async fn change_metadata_of_type(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        session_type: &str,
+        change: &MetadataChange,
+    ) -> StoreResult<MetadataResult> {
+        self.inner
+            .change_metadata_of_type(t, sid, session_type, change)
+            .await
+    }
+    async fn add_feedback_of_type(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        session_type: &str,
+        body: JsonObject,
+    ) -> StoreResult<Feedback> {
+        self.inner
+            .add_feedback_of_type(t, sid, session_type, body)
+            .await
     }
     async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>> {
         self.inner.list_feedbacks(t, sid).await
@@ -295,50 +319,240 @@ fn allow() -> HookConfig {
     )
 }
 
+fn session_type_probe() -> HookConfig {
+    common::hook(
+        "seen",
+        "fixture_session_type",
+        "before",
+        &["metadata.update", "feedback.add"],
+        "",
+    )
+}
+
+fn new_session(sid: &str, session_type: &str) -> NewSession {
+    serde_json::from_value(json!({
+        "session_id": sid, "session_type": session_type, "metadata": {"api_key": "sk-1"}
+    }))
+    .unwrap()
+}
+
 async fn metadata_writes_read_the_session_only_for_before_hooks(b: Backend) {
-    // (hooks, session reads per metadata write)
+    // (hooks, session reads by the first metadata write to a session this
+    // gateway did not create)
     let cases: [(&str, Vec<HookConfig>, usize); 4] = [
         ("no hooks", vec![], 0),
         ("a get-hook", vec![redactor()], 0),
         ("a before-hook", vec![allow()], 1),
         ("a before- and a get-hook", vec![allow(), redactor()], 1),
     ];
-    for (label, hooks, reads) in cases {
+    for (label, hooks, first) in cases {
         let dir = tempfile::tempdir().unwrap();
         let Some((svc, store)) = service(b, &dir, hooks).await else {
             return;
         };
         let caller = Caller::anonymous();
-        let new: NewSession = serde_json::from_value(json!({
-            "session_id": "s", "session_type": "CHAT", "metadata": {"api_key": "sk-1"}
-        }))
-        .unwrap();
-        svc.create_session(&caller, new).await.unwrap();
-        let before = store.reads();
-        let patched = svc
-            .patch_metadata(&caller, "s", json!({"api_key": "sk-2", "status": "on"}))
+        // Created through the service, which notes its type: no write reads it.
+        svc.create_session(&caller, new_session("s", "CHAT"))
             .await
             .unwrap();
-        let deleted = svc
-            .delete_metadata(&caller, "s", Some("status"))
+        // Created past the service (as by another gateway): the first
+        // hooked write reads its type once, the next ones do not.
+        store
+            .inner
+            .create_session(&caller.tenant, new_session("other", "CHAT"))
             .await
             .unwrap();
-        assert_eq!(
-            store.reads() - before,
-            2 * reads,
-            "{label}: session reads for a PATCH and a DELETE"
-        );
-        // The answers are shaped all the same (the redactor masks api_key).
-        let masked = if label.contains("get-hook") {
-            "***"
-        } else {
-            "sk-2"
-        };
-        assert_eq!(patched.withheld, None, "{label}");
-        assert_eq!(patched.value["api_key"], masked, "{label}");
-        assert_eq!(deleted.value["api_key"], masked, "{label}");
-        assert!(deleted.value.get("status").is_none(), "{label}");
+        for (sid, reads) in [("s", 0), ("other", first), ("other", 0)] {
+            let before = store.reads();
+            let patched = svc
+                .patch_metadata(&caller, sid, json!({"api_key": "sk-2", "status": "on"}))
+                .await
+                .unwrap();
+            let deleted = svc
+                .delete_metadata(&caller, sid, Some("status"))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.reads() - before,
+                reads,
+                "{label}, {sid}: session reads for a PATCH and a DELETE"
+            );
+            // The answers are shaped all the same (the redactor masks api_key).
+            let masked = if label.contains("get-hook") {
+                "***"
+            } else {
+                "sk-2"
+            };
+            assert_eq!(patched.withheld, None, "{label}");
+            assert_eq!(patched.value["api_key"], masked, "{label}");
+            assert_eq!(deleted.value["api_key"], masked, "{label}");
+            assert!(deleted.value.get("status").is_none(), "{label}");
+        }
     }
 }
 
-on_both_stores!(metadata_writes_read_the_session_only_for_before_hooks);
+/// A session deleted and re-created under the same id with another type
+/// past this gateway (as by another one) between two hooked writes: the
+/// second write's plugins are given the new type, and it reads nothing to
+/// learn it (the write that found the other type said which).
+async fn hooks_see_the_type_of_a_session_re_created_elsewhere(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((svc, store)) = service(b, &dir, vec![session_type_probe()]).await else {
+        return;
+    };
+    let caller = Caller::anonymous();
+    let t = &caller.tenant;
+    svc.create_session(&caller, new_session("s", "CHAT"))
+        .await
+        .unwrap();
+    let before = store.reads();
+    let patched = svc
+        .patch_metadata(&caller, "s", json!({"n": 1}))
+        .await
+        .unwrap();
+    assert_eq!(patched.value["seen_type"], "CHAT");
+    let fb = svc
+        .add_feedback(&caller, "s", json!({"rating": "up"}))
+        .await
+        .unwrap();
+    assert_eq!(fb["seen_type"], "CHAT");
+
+    for (round, ty) in ["VOICE", "CHAT", "TASK"].into_iter().enumerate() {
+        store.inner.delete_session(t, "s").await.unwrap();
+        store
+            .inner
+            .create_session(t, new_session("s", ty))
+            .await
+            .unwrap();
+        let patched = svc
+            .patch_metadata(&caller, "s", json!({"n": round}))
+            .await
+            .unwrap();
+        assert_eq!(
+            patched.value["seen_type"], ty,
+            "metadata after re-creating as {ty}"
+        );
+        assert_eq!(patched.value["n"], round);
+        let stored = store.inner.get_metadata(t, "s").await.unwrap();
+        assert_eq!(stored["seen_type"], ty);
+
+        store.inner.delete_session(t, "s").await.unwrap();
+        store
+            .inner
+            .create_session(t, new_session("s", &format!("{ty}2")))
+            .await
+            .unwrap();
+        let fb = svc
+            .add_feedback(&caller, "s", json!({"rating": "up"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            fb["seen_type"],
+            format!("{ty}2"),
+            "feedback after re-creating"
+        );
+        let stored = store.inner.list_feedbacks(t, "s").await.unwrap();
+        assert_eq!(stored.len(), 1, "the first try wrote nothing");
+        assert_eq!(stored[0].body["seen_type"], format!("{ty}2"));
+    }
+    assert_eq!(
+        store.reads(),
+        before,
+        "no session read on any of these writes"
+    );
+}
+
+/// A before-hook refusing a write to a session this gateway knows but
+/// which was deleted elsewhere: the answer is 404, as without hooks (the
+/// refusal was given with a remembered type, which a read then checks).
+async fn a_refusal_for_a_session_deleted_elsewhere_is_a_404(b: Backend) {
+    let deny = common::hook("deny", "fixture_deny", "before", &["metadata.update"], "");
+    let dir = tempfile::tempdir().unwrap();
+    let Some((svc, store)) = service(b, &dir, vec![deny]).await else {
+        return;
+    };
+    let caller = Caller::anonymous();
+    svc.create_session(&caller, new_session("s", "CHAT"))
+        .await
+        .unwrap();
+    let e = svc
+        .patch_metadata(&caller, "s", json!({"n": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "denied_by_hook", "{e:?}");
+    store
+        .inner
+        .delete_session(&caller.tenant, "s")
+        .await
+        .unwrap();
+    let e = svc
+        .patch_metadata(&caller, "s", json!({"n": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "not_found", "{e:?}");
+}
+
+/// The store's typed writes: of the expected type they write as the untyped
+/// ones; of another type they write nothing and name the stored type; a
+/// missing session is `NotFound`.
+async fn typed_writes_check_the_session_type(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_svc, store)) = service(b, &dir, vec![]).await else {
+        return;
+    };
+    let store = &store.inner;
+    let t = &Tenant::default_tenant();
+    store
+        .create_session(t, new_session("s", "CHAT"))
+        .await
+        .unwrap();
+    let set = |v: i64| MetadataChange::Update(vec![("n".to_owned(), json!(v))]);
+    for _ in 0..2 {
+        // Twice: the MongoDB store's fast path knows the session the second time.
+        let e = store
+            .change_metadata_of_type(t, "s", "VOICE", &set(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::OtherType(ty) if ty == "CHAT"),
+            "{e:?}"
+        );
+        let e = store
+            .add_feedback_of_type(t, "s", "VOICE", JsonObject::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::OtherType(ty) if ty == "CHAT"),
+            "{e:?}"
+        );
+        store
+            .change_metadata_of_type(t, "s", "CHAT", &set(2))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.get_metadata(t, "s").await.unwrap()["n"], 2);
+    assert!(store.list_feedbacks(t, "s").await.unwrap().is_empty());
+    store
+        .add_feedback_of_type(t, "s", "CHAT", JsonObject::new())
+        .await
+        .unwrap();
+    assert_eq!(store.list_feedbacks(t, "s").await.unwrap().len(), 1);
+    store.delete_session(t, "s").await.unwrap();
+    let e = store
+        .change_metadata_of_type(t, "s", "CHAT", &set(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let e = store
+        .add_feedback_of_type(t, "s", "CHAT", JsonObject::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+}
+
+on_both_stores!(
+    metadata_writes_read_the_session_only_for_before_hooks,
+    hooks_see_the_type_of_a_session_re_created_elsewhere,
+    a_refusal_for_a_session_deleted_elsewhere_is_a_404,
+    typed_writes_check_the_session_type,
+);

@@ -152,9 +152,15 @@ impl HookHost {
                 report.removed.push(p.config.name.clone());
             }
         }
-        let loaded = Loaded { plugins: next };
+        let loaded = Arc::new(Loaded { plugins: next });
         self.store.set_after_hooked(loaded.after_hooked());
-        *self.current.write().expect("hooks lock") = Arc::new(loaded);
+        *self.current.write().expect("hooks lock") = loaded.clone();
+        // Versions swapped out or removed give up their ready instances now.
+        for p in &old.plugins {
+            if !loaded.plugins.iter().any(|n| Arc::ptr_eq(n, p)) {
+                p.retire();
+            }
+        }
         *self.last_report.lock().expect("report lock") = report.clone();
         report
     }

@@ -43,10 +43,29 @@ impl Service {
             .map_err(|m| AppError::unprocessable("invalid_feedback", m))?;
         let t = &caller.tenant;
         let loaded = self.hooks.snapshot();
-        let hooked = loaded.runs(HookPhase::Before, HookEvent::FeedbackAdd);
-        let subject = self.subject(t, sid, hooked).await?;
-        let body = self.hooks.before_feedback(&loaded, &subject, body).await?;
-        let fb = self.store.add_feedback(t, sid, body).await?;
+        // Before-hooks get the session's type as a metadata write's do.
+        let fb = if loaded.runs(HookPhase::Before, HookEvent::FeedbackAdd) {
+            let mut ty = self.hook_type(t, sid).await?;
+            loop {
+                let hooks = self
+                    .hooks
+                    .before_feedback(&loaded, &ty.subject, body.clone());
+                let hooked = match hooks.await {
+                    Ok(hooked) => hooked,
+                    Err(r) => {
+                        ty = self.refused(t, sid, ty, r).await?;
+                        continue;
+                    }
+                };
+                let stype = &ty.subject.session_type;
+                match self.store.add_feedback_of_type(t, sid, stype, hooked).await {
+                    Ok(fb) => break fb,
+                    Err(e) => ty = self.retyped(t, sid, ty, e)?,
+                }
+            }
+        } else {
+            self.store.add_feedback(t, sid, body).await?
+        };
         self.committed.session(t, sid);
         Ok(fb.body)
     }

@@ -112,16 +112,35 @@ impl Service {
         change.validate().map_err(bad_key)?;
         let t = &caller.tenant;
         let loaded = self.shape.snapshot();
-        // The session is read (for the hooks' session-ref) only when a
-        // before-hook runs; the get-chain that shows the result takes the
-        // type from the write.
-        let hooked = loaded.runs(HookPhase::Before, metadata_event(&change));
-        let subject = self.subject(t, sid, hooked).await?;
-        let change = self
-            .hooks
-            .before_metadata(&loaded, &subject, change)
-            .await?;
-        let result = self.store.change_metadata(t, sid, &change).await?;
+        // A before-hook gets the session's type (its session-ref) without a
+        // read when this gateway knows it; the write checks it. The get-chain
+        // that shows the result takes the type from the write.
+        let result = if loaded.runs(HookPhase::Before, metadata_event(&change)) {
+            let mut ty = self.hook_type(t, sid).await?;
+            loop {
+                let hooks = self
+                    .hooks
+                    .before_metadata(&loaded, &ty.subject, change.clone());
+                let hooked = match hooks.await {
+                    Ok(hooked) => hooked,
+                    Err(r) => {
+                        ty = self.refused(t, sid, ty, r).await?;
+                        continue;
+                    }
+                };
+                let stype = &ty.subject.session_type;
+                match self
+                    .store
+                    .change_metadata_of_type(t, sid, stype, &hooked)
+                    .await
+                {
+                    Ok(result) => break result,
+                    Err(e) => ty = self.retyped(t, sid, ty, e)?,
+                }
+            }
+        } else {
+            self.store.change_metadata(t, sid, &change).await?
+        };
         self.committed.session(t, sid);
         // Committed: a failing get-hook withholds the metadata, it does not fail the write.
         Ok(self

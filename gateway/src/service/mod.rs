@@ -28,16 +28,18 @@ pub mod metadata;
 pub mod sessions;
 pub mod shape;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::auth::Caller;
 use crate::config::Config;
+use crate::config::{HookEvent, HookPhase};
 use crate::error::{AppError, AppResult};
-use crate::hooks::{HookHost, Refusal, Subject};
+use crate::hooks::{HookHost, Loaded, Refusal, Subject};
 use crate::model::{Tenant, validate_id};
-use crate::store::{AfterHooked, SessionStore};
+use crate::store::{AfterHooked, SessionStore, StoreError};
 use crate::stream::EventHub;
 
 pub use self::shape::{Shaper, Shown};
@@ -81,6 +83,63 @@ pub struct Service {
     committed: Committed,
     shape: Arc<Shaper>,
     hub: Arc<EventHub>,
+    types: SessionTypes,
+}
+
+/// How many session types [`SessionTypes`] keeps (an arbitrary one is
+/// dropped to make room): about 1–2 MB at the longest ids.
+const SESSION_TYPES_KEPT: usize = 8192;
+
+/// How many times a hooked write runs its before-hooks again because the
+/// session turned out to be of another type (deleted and re-created
+/// meanwhile) before it gives up with 409 `session_replaced`.
+const TYPE_RETRIES: usize = 4;
+
+/// The types of sessions this gateway has seen, so that a hooked metadata or
+/// feedback write need not read the session to give its plugins the
+/// `session-ref`. A type never changes while a session lives, but a session
+/// can be deleted and re-created under the same id with another type (here
+/// or on another gateway), so an entry is only a guess: the write itself
+/// checks it ([`SessionData::change_metadata_of_type`]) and, when the stored
+/// type differs, nothing is written and the hooks run again with the stored
+/// type. Bounded to [`SESSION_TYPES_KEPT`] entries.
+///
+/// [`SessionData::change_metadata_of_type`]: crate::store::SessionData::change_metadata_of_type
+#[derive(Default)]
+struct SessionTypes {
+    map: Mutex<HashMap<(String, String), Arc<str>>>,
+}
+
+impl SessionTypes {
+    fn get(&self, t: &Tenant, sid: &str) -> Option<Arc<str>> {
+        let key = (t.as_str().to_owned(), sid.to_owned());
+        self.map.lock().ok()?.get(&key).cloned()
+    }
+
+    fn put(&self, t: &Tenant, sid: &str, ty: &str) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        let key = (t.as_str().to_owned(), sid.to_owned());
+        if map.get(&key).is_some_and(|known| **known == *ty) {
+            return;
+        }
+        if map.len() >= SESSION_TYPES_KEPT
+            && !map.contains_key(&key)
+            && let Some(any) = map.keys().next().cloned()
+        {
+            map.remove(&any);
+        }
+        map.insert(key, Arc::from(ty));
+    }
+
+    fn forget(&self, t: &Tenant, sid: &str) {
+        if let Ok(mut map) = self.map.lock()
+            && !map.is_empty()
+        {
+            map.remove(&(t.as_str().to_owned(), sid.to_owned()));
+        }
+    }
 }
 
 impl Service {
@@ -102,6 +161,7 @@ impl Service {
             committed,
             shape,
             hub,
+            types: SessionTypes::default(),
         }
     }
 
@@ -129,6 +189,144 @@ impl Service {
             session_id: sid.to_owned(),
             session_type,
         })
+    }
+}
+
+impl Service {
+    /// Notes the type of a session this request created, when a before-hook
+    /// of a metadata or feedback write will need it.
+    fn created(&self, loaded: &Loaded, t: &Tenant, sid: &str, session_type: &str) {
+        let events = [
+            HookEvent::MetadataUpdate,
+            HookEvent::MetadataDelete,
+            HookEvent::FeedbackAdd,
+        ];
+        if events
+            .into_iter()
+            .any(|e| loaded.runs(HookPhase::Before, e))
+        {
+            self.types.put(t, sid, session_type);
+        }
+    }
+
+    /// Forgets the type of a session this gateway deleted.
+    fn deleted(&self, t: &Tenant, sid: &str) {
+        self.types.forget(t, sid);
+    }
+
+    /// Reads the session's type (404 when missing) and notes it.
+    async fn read_type(&self, t: &Tenant, sid: &str) -> AppResult<Arc<str>> {
+        match self.store.get_session(t, sid).await {
+            Ok(s) => {
+                self.types.put(t, sid, &s.session_type);
+                Ok(Arc::from(s.session_type))
+            }
+            Err(e) => {
+                if matches!(e, StoreError::NotFound(_)) {
+                    self.types.forget(t, sid);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The session type a hooked metadata or feedback write gives its
+    /// before-hooks: from [`SessionTypes`] when this gateway knows it, so the
+    /// request reads nothing more than its write; otherwise read once.
+    ///
+    /// The write then runs as a loop: the hooks with [`HookType::subject`],
+    /// the write `..._of_type` with that type; a refusal goes through
+    /// [`Service::refused`], a write error through [`Service::retyped`],
+    /// each of which answers the type to run the hooks again with or the
+    /// error to answer.
+    ///
+    /// # Errors
+    /// 404 when the type has to be read and the session is missing; a store
+    /// error.
+    async fn hook_type(&self, t: &Tenant, sid: &str) -> AppResult<HookType> {
+        let (ty, learned) = match self.types.get(t, sid) {
+            Some(ty) => (ty, false),
+            None => (self.read_type(t, sid).await?, true),
+        };
+        Ok(HookType {
+            subject: Subject {
+                tenant: t.as_str().to_owned(),
+                session_id: sid.to_owned(),
+                session_type: ty.to_string(),
+            },
+            learned,
+            runs: 1,
+        })
+    }
+
+    /// The before-hooks refused a write given `ty`. A refusal given with a
+    /// remembered type is answered only once a read confirms the type (a
+    /// session deleted elsewhere answers 404, as it would without hooks);
+    /// when the type read differs, the hooks run again with it.
+    ///
+    /// # Errors
+    /// The refusal (422, 503), 404, a store error.
+    async fn refused(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        ty: HookType,
+        r: Refusal,
+    ) -> AppResult<HookType> {
+        if ty.learned {
+            return Err(r.into());
+        }
+        let read = self.read_type(t, sid).await?;
+        if *read == *ty.subject.session_type {
+            return Err(r.into());
+        }
+        ty.again(&read)
+    }
+
+    /// A hooked write failed with `e`: when the session is of another type
+    /// than the hooks were given (deleted and re-created meanwhile), nothing
+    /// was written and the hooks run again with the stored type.
+    ///
+    /// # Errors
+    /// `e` otherwise (a missing session forgets its type); 409
+    /// `session_replaced` after [`TYPE_RETRIES`] runs.
+    fn retyped(&self, t: &Tenant, sid: &str, ty: HookType, e: StoreError) -> AppResult<HookType> {
+        match e {
+            StoreError::OtherType(stored) => {
+                self.types.put(t, sid, &stored);
+                ty.again(&stored)
+            }
+            e => {
+                if matches!(e, StoreError::NotFound(_)) {
+                    self.types.forget(t, sid);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The `session-ref` a hooked write gives its before-hooks
+/// ([`Service::hook_type`]).
+struct HookType {
+    subject: Subject,
+    /// Whether this request learned the type (a read, its own write) rather
+    /// than remembered it.
+    learned: bool,
+    /// How many times the hooks ran.
+    runs: usize,
+}
+
+impl HookType {
+    /// The hooks run again with the stored type `ty`.
+    fn again(mut self, ty: &str) -> AppResult<Self> {
+        if self.runs >= TYPE_RETRIES {
+            return Err(StoreError::OtherType(ty.to_owned()).into());
+        }
+        self.subject.session_type = ty.to_owned();
+        self.learned = true;
+        self.runs += 1;
+        Ok(self)
     }
 }
 

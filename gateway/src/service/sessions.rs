@@ -52,6 +52,8 @@ impl Service {
         }
         let loaded = self.shape.snapshot();
         let session = self.store.create_session(&caller.tenant, new).await?;
+        let (t, sid) = (&caller.tenant, &session.session_id);
+        self.created(&loaded, t, sid, &session.session_type);
         self.committed.session(&caller.tenant, &session.session_id);
         // Committed: from here on nothing turns the answer into an error.
         Ok(self
@@ -80,6 +82,7 @@ impl Service {
         writer(caller)?;
         check_sid(sid)?;
         self.store.delete_session(&caller.tenant, sid).await?;
+        self.deleted(&caller.tenant, sid);
         self.committed.session(&caller.tenant, sid);
         Ok(())
     }

@@ -74,6 +74,11 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
+    /// A write that expected the session to be of one type found it of
+    /// another (it was deleted and re-created under the same id): nothing
+    /// was written. Carries the stored type.
+    #[error("the session is of type {0:?}, not the type the write expected")]
+    OtherType(String),
     /// The backend cannot be reached or timed out; retrying later may work.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -314,6 +319,27 @@ pub trait SessionData: Send + Sync {
 
     /// Adds a validated feedback; the store stamps `created_at`.
     async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback>;
+
+    /// [`Self::change_metadata`] when the session is of type `session_type`
+    /// (the type its before-hooks were given), checked in the write itself;
+    /// otherwise writes nothing and answers [`StoreError::OtherType`].
+    async fn change_metadata_of_type(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        session_type: &str,
+        change: &MetadataChange,
+    ) -> StoreResult<MetadataResult>;
+
+    /// [`Self::add_feedback`] when the session is of type `session_type`,
+    /// as [`Self::change_metadata_of_type`].
+    async fn add_feedback_of_type(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        session_type: &str,
+        body: JsonObject,
+    ) -> StoreResult<Feedback>;
 
     /// Lists a session's feedbacks in the order they were added.
     async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>>;

@@ -167,7 +167,8 @@ pub struct PluginStats {
     pub latency_us_max: AtomicU64,
     /// `publish` calls refused for lack of a grant.
     pub publish_refused: AtomicU64,
-    /// Instances created.
+    /// Fresh instances calls took (`per-call`: one per call; an instance
+    /// readied ahead of calls counts when a call takes it).
     pub instantiations: AtomicU64,
 }
 

@@ -1,7 +1,7 @@
 //! A loaded plugin: its compiled component, limits, warm instances, and the
 //! one path every call takes (breaker, suspect lane, checkout, run, record).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,9 @@ use crate::hooks::breaker::Breakers;
 
 /// Most warm instances kept per plugin in `reuse` mode.
 const MAX_WARM: usize = 16;
+/// Fresh instances kept ready per plugin in `per-call` mode, instantiated
+/// off the request path; each serves one call and is then dropped.
+const READY: usize = 2;
 /// Least time an instance's start-up may take before it is stopped.
 const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 /// Longest a suspect's call waits for the low-priority lane to start it
@@ -53,6 +56,13 @@ pub struct Plugin {
     engine: Engine,
     ticker: Arc<Ticker>,
     warm: Mutex<Vec<Warm>>,
+    /// `per-call`: fresh instances no call has used, at most [`READY`].
+    /// They belong to this version: a hot swap drops them with it.
+    ready: Mutex<Vec<Warm>>,
+    /// Whether a task is refilling `ready` (one at a time).
+    refilling: AtomicBool,
+    /// Swapped out or removed: `ready` is emptied and not refilled.
+    retired: AtomicBool,
 }
 
 impl Plugin {
@@ -79,7 +89,23 @@ impl Plugin {
             engine: rt.engine.clone(),
             ticker: rt.ticker.clone(),
             warm: Mutex::new(Vec::new()),
+            ready: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// This version was swapped out or removed: drops its ready instances
+    /// now (calls still in flight finish on theirs) and readies no more.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        let ready = std::mem::take(&mut *self.ready.lock().expect("ready lock"));
+        drop(ready);
+    }
+
+    /// How many fresh instances are ready for `per-call` calls.
+    pub fn ready_instances(&self) -> usize {
+        self.ready.lock().expect("ready lock").len()
     }
 
     /// Whether the plugin fails closed.
@@ -87,7 +113,9 @@ impl Plugin {
         self.config.on_error == OnError::Deny
     }
 
-    async fn instantiate(&self) -> anyhow::Result<Warm> {
+    /// A fresh instance; `count` adds it to `instantiations` (an instance
+    /// readied ahead of a call is counted when a call takes it).
+    async fn instantiate(&self, count: bool) -> anyhow::Result<Warm> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(
                 usize::try_from(self.config.memory_mb.saturating_mul(1 << 20))
@@ -124,25 +152,38 @@ impl Plugin {
         store.set_fuel(u64::MAX)?;
         // Counted as attempted, so `instantiations` is the number of fresh
         // instances calls needed, whether or not their start-up succeeded.
-        self.meta
-            .stats
-            .instantiations
-            .fetch_add(1, Ordering::Relaxed);
+        if count {
+            self.count_instance();
+        }
         let instance = self.prepared.pre.instantiate_async(&mut store).await?;
         let exports = self.prepared.indices.load(&mut store, &instance)?;
         Ok(Warm { store, exports })
     }
 
-    async fn checkout(&self, publish_key: Option<String>) -> Result<Warm, CallError> {
+    fn count_instance(&self) {
+        self.meta
+            .stats
+            .instantiations
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn checkout(self: &Arc<Self>, publish_key: Option<String>) -> Result<Warm, CallError> {
         let pooled = match self.config.instance {
             InstanceMode::Reuse => self.warm.lock().expect("warm pool lock").pop(),
-            InstanceMode::PerCall => None,
+            InstanceMode::PerCall => {
+                let ready = self.ready.lock().expect("ready lock").pop();
+                if ready.is_some() {
+                    self.count_instance();
+                    self.refill(None);
+                }
+                ready
+            }
         };
         let mut w = match pooled {
             Some(w) => w,
             None => {
                 // Instantiation runs guest start-up code: it gets the same budget.
-                self.instantiate()
+                self.instantiate(true)
                     .await
                     .map_err(|e| CallError::Trap(format!("instantiation failed: {e:#}")))?
             }
@@ -164,12 +205,67 @@ impl Plugin {
     /// # Errors
     /// When the component fails to instantiate.
     pub async fn prewarm(&self) -> anyhow::Result<()> {
-        if self.config.instance == InstanceMode::Reuse {
-            let _ticking = self.ticker.enter();
-            let w = self.instantiate().await?;
-            self.checkin(w);
+        let _ticking = self.ticker.enter();
+        match self.config.instance {
+            InstanceMode::Reuse => {
+                let w = self.instantiate(true).await?;
+                self.checkin(w);
+            }
+            InstanceMode::PerCall => {
+                let w = self.instantiate(false).await?;
+                self.ready.lock().expect("ready lock").push(w);
+            }
         }
         Ok(())
+    }
+
+    /// `per-call`: drops `spent` (an instance that served its call) and
+    /// tops `ready` up to [`READY`], in a task of its own, so neither the
+    /// teardown nor the next call's instantiation is on a request's path.
+    /// The task holds the plugin only while it instantiates: a swapped-out
+    /// version stops being refilled once its last call ended, and its
+    /// ready instances go with it.
+    fn refill(self: &Arc<Self>, spent: Option<Warm>) {
+        let refill = !self.refilling.swap(true, Ordering::AcqRel);
+        if !refill && spent.is_none() {
+            return;
+        }
+        let plugin = Arc::downgrade(self);
+        // On a thread of its own: a task spawned on a request worker runs
+        // there as soon as the request awaits its store write, and then
+        // delays it.
+        ready_lane().spawn(async move {
+            drop(spent);
+            if !refill {
+                return;
+            }
+            while let Some(p) = plugin.upgrade() {
+                if p.retired.load(Ordering::Acquire)
+                    || p.ready.lock().expect("ready lock").len() >= READY
+                {
+                    p.refilling.store(false, Ordering::Release);
+                    return;
+                }
+                let made = {
+                    let _ticking = p.ticker.enter();
+                    p.instantiate(false).await
+                };
+                match made {
+                    Ok(w) => {
+                        let mut ready = p.ready.lock().expect("ready lock");
+                        if ready.len() < READY && !p.retired.load(Ordering::Acquire) {
+                            ready.push(w);
+                        }
+                    }
+                    Err(e) => {
+                        // Calls instantiate for themselves and report it.
+                        tracing::debug!(plugin = %p.meta.name, error = %format!("{e:#}"), "readying an instance failed");
+                        p.refilling.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn checkin(&self, w: Warm) {
@@ -278,7 +374,7 @@ impl Plugin {
 
     /// Runs one call on an instance, discarding the instance if it failed.
     async fn run<R>(
-        &self,
+        self: &Arc<Self>,
         publish_key: Option<String>,
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
     ) -> Result<(R, Vec<Published>), CallError> {
@@ -289,7 +385,11 @@ impl Plugin {
         match out {
             Ok(r) => {
                 let published = std::mem::take(&mut w.store.data_mut().published);
-                self.checkin(w);
+                match self.config.instance {
+                    InstanceMode::Reuse => self.checkin(w),
+                    // Never reused: torn down off the request's path.
+                    InstanceMode::PerCall => self.refill(Some(w)),
+                }
                 Ok((r, published))
             }
             // A trapped (or misbehaving) instance is never reused. Tearing it
@@ -315,6 +415,22 @@ fn suspect_lane() -> &'static tokio::runtime::Handle {
             .worker_threads(1)
             .thread_name("wasm-suspect")
             .on_thread_start(lowest_priority)
+            .enable_all()
+            .build()
+            .expect("a one-thread runtime can be built")
+    })
+    .handle()
+}
+
+/// Where `per-call` instances are readied and torn down ([`Plugin::refill`]):
+/// one thread of its own at normal priority, off the request workers.
+/// Process-wide, created on first use, never dropped.
+fn ready_lane() -> &'static tokio::runtime::Handle {
+    static LANE: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    LANE.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wasm-ready")
             .enable_all()
             .build()
             .expect("a one-thread runtime can be built")

@@ -248,6 +248,9 @@ impl MongoStore {
 
     pub(super) async fn feedback_fast(&self, at: &At<'_>, body: &JsonObject) -> Fast<Feedback> {
         let mut k = known_or_fallback!(self.known(&at.key).await);
+        if !at.expects(&k.session_type) {
+            return Fast::Fallback;
+        }
         let now = now_ms();
         let guard = self.guard(&at.key, &k, feedback_update(now));
         let (body, payload) = stamped_feedback(body, now);
@@ -267,6 +270,9 @@ impl MongoStore {
         change: &MetadataChange,
     ) -> Fast<MetadataResult> {
         let mut k = known_or_fallback!(self.known(&at.key).await);
+        if !at.expects(&k.session_type) {
+            return Fast::Fallback;
+        }
         let before = known_or_fallback!(k.metadata.as_ref());
         // Refused paths, and deletes through arrays, are worded and handled
         // by the per-write transaction.

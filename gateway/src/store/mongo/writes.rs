@@ -41,6 +41,8 @@ pub(super) struct At<'a> {
     pub sid: &'a str,
     /// `"<tenant>/<sid>"`: `_id` of the session, `key` of everything else.
     pub key: String,
+    /// The session type the write expects (`OtherType` otherwise), if any.
+    pub session_type: Option<&'a str>,
 }
 
 impl<'a> At<'a> {
@@ -49,7 +51,13 @@ impl<'a> At<'a> {
             tenant,
             sid,
             key: session_key(tenant, sid),
+            session_type: None,
         }
+    }
+
+    /// Whether a session of type `ty` is what the write expects.
+    pub fn expects(&self, ty: &str) -> bool {
+        self.session_type.is_none_or(|e| e == ty)
     }
 }
 
@@ -169,6 +177,30 @@ impl MongoStore {
             .session(&mut *s)
             .await?
             .ok_or_else(|| StoreError::session_not_found(at.sid).into())
+    }
+
+    /// The live session filter of a write, with the type it expects.
+    fn live_of(&self, at: &At<'_>) -> Document {
+        let mut f = self.live(&at.key);
+        if let Some(ty) = at.session_type {
+            f.insert("session_type", ty);
+        }
+        f
+    }
+
+    /// Why the bump of a write that expects a type matched nothing, read in
+    /// the same transaction: `OtherType` (with the stored type) or `NotFound`.
+    async fn missed(&self, s: &mut ClientSession, at: &At<'_>) -> TxErr {
+        if at.session_type.is_none() {
+            return StoreError::session_not_found(at.sid).into();
+        }
+        match self.live_in(s, at, doc! { "session_type": 1 }).await {
+            Ok(d) => match get_str(&d, "session_type", "session document") {
+                Ok(ty) => StoreError::OtherType(ty.to_owned()).into(),
+                Err(e) => e.into(),
+            },
+            Err(e) => e,
+        }
     }
 
     pub(super) async fn create_tx(
@@ -415,11 +447,11 @@ impl MongoStore {
         let now = now_ms();
         let update = metadata_update(change, now);
         let res = self
-            .bump(s, self.live(&at.key), update, doc! { "metadata": 1 }, true)
+            .bump(s, self.live_of(at), update, doc! { "metadata": 1 }, true)
             .await;
         let before = match res {
             Ok(Some(b)) => b,
-            Ok(None) => return Err(StoreError::session_not_found(at.sid).into()),
+            Ok(None) => return Err(self.missed(s, at).await),
             Err(TxErr::Mongo(e)) if error_code(&e) == Some(PATH_NOT_VIABLE) => {
                 return Err(metadata_conflict(error_message(&e)).into());
             }
@@ -466,11 +498,8 @@ impl MongoStore {
         let now = now_ms();
         let update = feedback_update(now);
         let extra = doc! { "feedbacks": 1 };
-        let Some(after) = self
-            .bump(s, self.live(&at.key), update, extra, false)
-            .await?
-        else {
-            return Err(StoreError::session_not_found(at.sid).into());
+        let Some(after) = self.bump(s, self.live_of(at), update, extra, false).await? else {
+            return Err(self.missed(s, at).await);
         };
         let idx = int(after.doc.get("feedbacks"))
             .and_then(|n| n.checked_sub(1))
