@@ -80,22 +80,11 @@ impl SessionData for Counting {
     async fn get_metadata(&self, t: &Tenant, sid: &str) -> StoreResult<JsonObject> {
         self.inner.get_metadata(t, sid).await
     }
-    async fn change_metadata(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        change: &MetadataChange,
-    ) -> StoreResult<MetadataResult> {
-        self.inner.change_metadata(t, sid, change).await
-    }
-    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
-        self.inner.add_feedback(t, sid, body).await
-    }
     async fn change_metadata_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult> {
         self.inner
@@ -106,7 +95,7 @@ impl SessionData for Counting {
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         body: JsonObject,
     ) -> StoreResult<Feedback> {
         self.inner
@@ -510,7 +499,7 @@ async fn typed_writes_check_the_session_type(b: Backend) {
     for _ in 0..2 {
         // Twice: the MongoDB store's fast path knows the session the second time.
         let e = store
-            .change_metadata_of_type(t, "s", "VOICE", &set(1))
+            .change_metadata_of_type(t, "s", Some("VOICE"), &set(1))
             .await
             .unwrap_err();
         assert!(
@@ -518,7 +507,7 @@ async fn typed_writes_check_the_session_type(b: Backend) {
             "{e:?}"
         );
         let e = store
-            .add_feedback_of_type(t, "s", "VOICE", JsonObject::new())
+            .add_feedback_of_type(t, "s", Some("VOICE"), JsonObject::new())
             .await
             .unwrap_err();
         assert!(
@@ -526,25 +515,25 @@ async fn typed_writes_check_the_session_type(b: Backend) {
             "{e:?}"
         );
         store
-            .change_metadata_of_type(t, "s", "CHAT", &set(2))
+            .change_metadata_of_type(t, "s", Some("CHAT"), &set(2))
             .await
             .unwrap();
     }
     assert_eq!(store.get_metadata(t, "s").await.unwrap()["n"], 2);
     assert!(store.list_feedbacks(t, "s").await.unwrap().is_empty());
     store
-        .add_feedback_of_type(t, "s", "CHAT", JsonObject::new())
+        .add_feedback_of_type(t, "s", Some("CHAT"), JsonObject::new())
         .await
         .unwrap();
     assert_eq!(store.list_feedbacks(t, "s").await.unwrap().len(), 1);
     store.delete_session(t, "s").await.unwrap();
     let e = store
-        .change_metadata_of_type(t, "s", "CHAT", &set(3))
+        .change_metadata_of_type(t, "s", Some("CHAT"), &set(3))
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
     let e = store
-        .add_feedback_of_type(t, "s", "CHAT", JsonObject::new())
+        .add_feedback_of_type(t, "s", Some("CHAT"), JsonObject::new())
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");

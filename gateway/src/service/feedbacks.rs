@@ -45,24 +45,20 @@ impl Service {
         let loaded = self.hooks.snapshot();
         // Before-hooks get the session's type as a metadata write's do.
         let fb = if loaded.runs(HookPhase::Before, HookEvent::FeedbackAdd) {
-            let mut ty = self.hook_type(t, sid).await?;
-            loop {
-                let hooks = self
-                    .hooks
-                    .before_feedback(&loaded, &ty.subject, body.clone());
-                let hooked = match hooks.await {
-                    Ok(hooked) => hooked,
-                    Err(r) => {
-                        ty = self.refused(t, sid, ty, r).await?;
-                        continue;
-                    }
-                };
-                let stype = &ty.subject.session_type;
-                match self.store.add_feedback_of_type(t, sid, stype, hooked).await {
-                    Ok(fb) => break fb,
-                    Err(e) => ty = self.retyped(t, sid, ty, e)?,
-                }
-            }
+            let (hooks, store, loaded) = (&self.hooks, &self.store, &loaded);
+            self.hooked_write(
+                t,
+                sid,
+                |s| {
+                    let body = body.clone();
+                    async move { hooks.before_feedback(loaded, &s, body).await }
+                },
+                |hooked, ty| async move {
+                    let ty = Some(ty.as_str());
+                    store.add_feedback_of_type(t, sid, ty, hooked).await
+                },
+            )
+            .await?
         } else {
             self.store.add_feedback(t, sid, body).await?
         };

@@ -116,28 +116,20 @@ impl Service {
         // read when this gateway knows it; the write checks it. The get-chain
         // that shows the result takes the type from the write.
         let result = if loaded.runs(HookPhase::Before, metadata_event(&change)) {
-            let mut ty = self.hook_type(t, sid).await?;
-            loop {
-                let hooks = self
-                    .hooks
-                    .before_metadata(&loaded, &ty.subject, change.clone());
-                let hooked = match hooks.await {
-                    Ok(hooked) => hooked,
-                    Err(r) => {
-                        ty = self.refused(t, sid, ty, r).await?;
-                        continue;
-                    }
-                };
-                let stype = &ty.subject.session_type;
-                match self
-                    .store
-                    .change_metadata_of_type(t, sid, stype, &hooked)
-                    .await
-                {
-                    Ok(result) => break result,
-                    Err(e) => ty = self.retyped(t, sid, ty, e)?,
-                }
-            }
+            let (hooks, store, loaded) = (&self.hooks, &self.store, &loaded);
+            self.hooked_write(
+                t,
+                sid,
+                |s| {
+                    let change = change.clone();
+                    async move { hooks.before_metadata(loaded, &s, change).await }
+                },
+                |hooked, ty| async move {
+                    let ty = Some(ty.as_str());
+                    store.change_metadata_of_type(t, sid, ty, &hooked).await
+                },
+            )
+            .await?
         } else {
             self.store.change_metadata(t, sid, &change).await?
         };

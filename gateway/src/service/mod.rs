@@ -230,15 +230,46 @@ impl Service {
         }
     }
 
+    /// A hooked metadata or feedback write: `hooks` (the before-chain) run
+    /// with the session's type ([`Service::hook_type`]), then `write` stores
+    /// what they answered, checked against that type; a refusal goes through
+    /// [`Service::refused`], a write error through [`Service::retyped`], and
+    /// the hooks run again with the type they answer.
+    ///
+    /// # Errors
+    /// The refusal, 404, 409 `session_replaced`, a store error.
+    async fn hooked_write<I, O, H, W>(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        hooks: impl Fn(Subject) -> H,
+        write: impl Fn(I, String) -> W,
+    ) -> AppResult<O>
+    where
+        H: Future<Output = Result<I, Refusal>>,
+        W: Future<Output = Result<O, StoreError>>,
+    {
+        let mut ty = self.hook_type(t, sid).await?;
+        loop {
+            let hooked = match hooks(ty.subject.clone()).await {
+                Ok(hooked) => hooked,
+                Err(r) => {
+                    ty = self.refused(t, sid, ty, r).await?;
+                    continue;
+                }
+            };
+            match write(hooked, ty.subject.session_type.clone()).await {
+                Ok(out) => return Ok(out),
+                Err(e) => ty = self.retyped(t, sid, ty, e)?,
+            }
+        }
+    }
+
     /// The session type a hooked metadata or feedback write gives its
     /// before-hooks: from [`SessionTypes`] when this gateway knows it, so the
     /// request reads nothing more than its write; otherwise read once.
     ///
-    /// The write then runs as a loop: the hooks with [`HookType::subject`],
-    /// the write `..._of_type` with that type; a refusal goes through
-    /// [`Service::refused`], a write error through [`Service::retyped`],
-    /// each of which answers the type to run the hooks again with or the
-    /// error to answer.
+    /// The write then runs as a loop ([`Service::hooked_write`]).
     ///
     /// # Errors
     /// 404 when the type has to be read and the session is missing; a store

@@ -315,29 +315,34 @@ pub trait SessionData: Send + Sync {
         t: &Tenant,
         sid: &str,
         change: &MetadataChange,
-    ) -> StoreResult<MetadataResult>;
+    ) -> StoreResult<MetadataResult> {
+        self.change_metadata_of_type(t, sid, None, change).await
+    }
 
     /// Adds a validated feedback; the store stamps `created_at`.
-    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback>;
+    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
+        self.add_feedback_of_type(t, sid, None, body).await
+    }
 
-    /// [`Self::change_metadata`] when the session is of type `session_type`
-    /// (the type its before-hooks were given), checked in the write itself;
-    /// otherwise writes nothing and answers [`StoreError::OtherType`].
+    /// [`Self::change_metadata`]; with `Some(session_type)` (the type the
+    /// before-hooks were given) only when the session is of that type,
+    /// checked in the write itself: otherwise it writes nothing and answers
+    /// [`StoreError::OtherType`].
     async fn change_metadata_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult>;
 
-    /// [`Self::add_feedback`] when the session is of type `session_type`,
-    /// as [`Self::change_metadata_of_type`].
+    /// [`Self::add_feedback`], with the type check of
+    /// [`Self::change_metadata_of_type`].
     async fn add_feedback_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         body: JsonObject,
     ) -> StoreResult<Feedback>;
 

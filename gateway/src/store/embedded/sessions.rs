@@ -142,38 +142,53 @@ impl SessionData for EmbeddedStore {
         self.read_live_now(t, sid, |_, rec| Ok(rec.metadata))
     }
 
-    async fn change_metadata(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        change: &MetadataChange,
-    ) -> StoreResult<MetadataResult> {
-        self.metadata_write(t, sid, None, change).await
-    }
-
-    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
-        self.feedback_write(t, sid, None, body).await
-    }
-
     async fn change_metadata_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult> {
-        self.metadata_write(t, sid, Some(session_type), change)
-            .await
+        let change = change.clone();
+        let expected = session_type.map(str::to_owned);
+        self.mutate(t, sid, move |_, rec, _| {
+            check_type(rec, expected.as_deref())?;
+            let (applied, kind, payload) = apply_metadata(&rec.metadata, &change)?;
+            rec.metadata = applied.metadata.clone();
+            let result = MetadataResult {
+                metadata: applied.metadata,
+                changed: applied.changed,
+                seq: rec.seq + 1,
+                session_type: rec.session_type.clone(),
+            };
+            Ok(Change::Event(kind, payload, result))
+        })
+        .await
     }
 
     async fn add_feedback_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         body: JsonObject,
     ) -> StoreResult<Feedback> {
-        self.feedback_write(t, sid, Some(session_type), body).await
+        let expected = session_type.map(str::to_owned);
+        self.mutate(t, sid, move |txn, rec, now| {
+            check_type(rec, expected.as_deref())?;
+            let (body, payload) = stamped_feedback(&body, now);
+            txn.open_table(FEEDBACKS)
+                .map_err(internal)?
+                .insert((rec.uid, rec.feedbacks), to_json(&body)?.as_slice())
+                .map_err(internal)?;
+            rec.feedbacks += 1;
+            Ok(Change::Event(
+                EventType::FeedbackAdded,
+                payload,
+                Feedback { body },
+            ))
+        })
+        .await
     }
 
     async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>> {
@@ -371,56 +386,5 @@ fn check_type(rec: &SessionRecord, expected: Option<&str>) -> StoreResult<()> {
     match expected {
         Some(ty) if ty != rec.session_type => Err(StoreError::OtherType(rec.session_type.clone())),
         _ => Ok(()),
-    }
-}
-
-impl EmbeddedStore {
-    async fn metadata_write(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        session_type: Option<&str>,
-        change: &MetadataChange,
-    ) -> StoreResult<MetadataResult> {
-        let change = change.clone();
-        let expected = session_type.map(str::to_owned);
-        self.mutate(t, sid, move |_, rec, _| {
-            check_type(rec, expected.as_deref())?;
-            let (applied, kind, payload) = apply_metadata(&rec.metadata, &change)?;
-            rec.metadata = applied.metadata.clone();
-            let result = MetadataResult {
-                metadata: applied.metadata,
-                changed: applied.changed,
-                seq: rec.seq + 1,
-                session_type: rec.session_type.clone(),
-            };
-            Ok(Change::Event(kind, payload, result))
-        })
-        .await
-    }
-
-    async fn feedback_write(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        session_type: Option<&str>,
-        body: JsonObject,
-    ) -> StoreResult<Feedback> {
-        let expected = session_type.map(str::to_owned);
-        self.mutate(t, sid, move |txn, rec, now| {
-            check_type(rec, expected.as_deref())?;
-            let (body, payload) = stamped_feedback(&body, now);
-            txn.open_table(FEEDBACKS)
-                .map_err(internal)?
-                .insert((rec.uid, rec.feedbacks), to_json(&body)?.as_slice())
-                .map_err(internal)?;
-            rec.feedbacks += 1;
-            Ok(Change::Event(
-                EventType::FeedbackAdded,
-                payload,
-                Feedback { body },
-            ))
-        })
-        .await
     }
 }

@@ -218,38 +218,61 @@ impl SessionData for MongoStore {
             .unwrap_or_default())
     }
 
-    async fn change_metadata(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        change: &MetadataChange,
-    ) -> StoreResult<MetadataResult> {
-        self.metadata_write(t, sid, None, change).await
-    }
-
-    async fn add_feedback(&self, t: &Tenant, sid: &str, body: JsonObject) -> StoreResult<Feedback> {
-        self.feedback_write(t, sid, None, body).await
-    }
-
     async fn change_metadata_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         change: &MetadataChange,
     ) -> StoreResult<MetadataResult> {
-        self.metadata_write(t, sid, Some(session_type), change)
-            .await
+        let mut at = At::new(t.as_str(), sid);
+        at.session_type = session_type;
+        let at = &at;
+        let res = self
+            .mutate(
+                "change_metadata",
+                &at.key,
+                || self.metadata_fast(at, change),
+                |mut s| async move {
+                    let r = self.change_metadata_tx(&mut s, at, change).await;
+                    (s, r)
+                },
+            )
+            .await;
+        match res {
+            // MongoDB refused the path: word it as the embedded store does.
+            Err(StoreError::Invalid { code, message }) => {
+                let message = match self.get_metadata(t, sid).await {
+                    Ok(current) => metadata::apply(&current, change).err().unwrap_or(message),
+                    Err(_) => message,
+                };
+                Err(StoreError::Invalid { code, message })
+            }
+            other => other,
+        }
     }
 
     async fn add_feedback_of_type(
         &self,
         t: &Tenant,
         sid: &str,
-        session_type: &str,
+        session_type: Option<&str>,
         body: JsonObject,
     ) -> StoreResult<Feedback> {
-        self.feedback_write(t, sid, Some(session_type), body).await
+        let mut at = At::new(t.as_str(), sid);
+        at.session_type = session_type;
+        let at = &at;
+        let body = &body;
+        self.mutate(
+            "add_feedback",
+            &at.key,
+            || self.feedback_fast(at, body),
+            |mut s| async move {
+                let r = self.add_feedback_tx(&mut s, at, body).await;
+                (s, r)
+            },
+        )
+        .await
     }
 
     async fn list_feedbacks(&self, t: &Tenant, sid: &str) -> StoreResult<Vec<Feedback>> {
@@ -420,68 +443,6 @@ impl AgentData for MongoStore {
             let r = self.update_message_tx(&mut s, at, aid, mid, patch).await;
             (s, r)
         })
-        .await
-    }
-}
-
-impl MongoStore {
-    /// A metadata change, expecting the session to be of `session_type`
-    /// when given.
-    async fn metadata_write(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        session_type: Option<&str>,
-        change: &MetadataChange,
-    ) -> StoreResult<MetadataResult> {
-        let mut at = At::new(t.as_str(), sid);
-        at.session_type = session_type;
-        let at = &at;
-        let res = self
-            .mutate(
-                "change_metadata",
-                &at.key,
-                || self.metadata_fast(at, change),
-                |mut s| async move {
-                    let r = self.change_metadata_tx(&mut s, at, change).await;
-                    (s, r)
-                },
-            )
-            .await;
-        match res {
-            // MongoDB refused the path: word it as the embedded store does.
-            Err(StoreError::Invalid { code, message }) => {
-                let message = match self.get_metadata(t, sid).await {
-                    Ok(current) => metadata::apply(&current, change).err().unwrap_or(message),
-                    Err(_) => message,
-                };
-                Err(StoreError::Invalid { code, message })
-            }
-            other => other,
-        }
-    }
-
-    /// A feedback, expecting the session to be of `session_type` when given.
-    async fn feedback_write(
-        &self,
-        t: &Tenant,
-        sid: &str,
-        session_type: Option<&str>,
-        body: JsonObject,
-    ) -> StoreResult<Feedback> {
-        let mut at = At::new(t.as_str(), sid);
-        at.session_type = session_type;
-        let at = &at;
-        let body = &body;
-        self.mutate(
-            "add_feedback",
-            &at.key,
-            || self.feedback_fast(at, body),
-            |mut s| async move {
-                let r = self.add_feedback_tx(&mut s, at, body).await;
-                (s, r)
-            },
-        )
         .await
     }
 }
