@@ -13,6 +13,11 @@ ensure_wasm_target() {
 ensure_venv() {
   if [[ ! -x "$VENV/bin/secantusd-py" || ! -x "$VENV/bin/moto_server" ]]; then
     echo "== creating $VENV (SecantusDB, moto)"
+    # Debian/Ubuntu ship `venv` without ensurepip unless python3-venv is installed.
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null && command -v apt-get >/dev/null; then
+      echo "== installing python3-venv (apt)"
+      apt-get update -qq && apt-get install -y -qq python3-venv
+    fi
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements-test.txt"
   fi
