@@ -165,7 +165,9 @@ fn check(sid: &str, method: Method, path: &str, body: String) -> Result<(), Test
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (backend, f) in fixtures() {
-        if *backend == common::Backend::Mongo && !n.is_multiple_of(4) {
+        if *backend == common::Backend::Mongo
+            && (!n.is_multiple_of(4) || secantusd_py_misreads(path, &body))
+        {
             continue;
         }
         f.rt.block_on(async {
@@ -253,6 +255,43 @@ proptest! {
         prop_assume!(change.validate().is_ok());
         prop_assert_eq!(change_from_wit(change_to_wit(&change)), Ok(change));
     }
+}
+
+/// Whether a request names a metadata path that `secantusd-py` (the CI's
+/// MongoDB-wire test server) fails on with an internal error rather than
+/// treating as a field name: it parses every path segment for which Python's
+/// `str.isdigit()` holds as an array index with `int()`, which raises on
+/// non-ASCII digits such as `₂` or `²` (`secantus/diff.py`,
+/// `_elementwise_array_paths`). MongoDB treats them as field names; the
+/// embedded half of every property still checks such requests.
+fn secantusd_py_misreads(path: &str, body: &str) -> bool {
+    let path = percent_decode(path);
+    [path.as_str(), body]
+        .iter()
+        .any(|s| s.chars().any(|c| !c.is_ascii() && c.is_numeric()))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn url_escape(s: &str) -> String {
