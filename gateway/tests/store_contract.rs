@@ -2117,6 +2117,74 @@ async fn wait_missing(s: &Store, t: &Tenant, sid: &str) {
     }
 }
 
+/// The key patterns of the indexes on `sessions`, e.g. `"deleted,updated_at"`.
+async fn session_index_keys(cfg: &MongoConfig) -> Vec<String> {
+    use futures::TryStreamExt;
+    let client = mongodb::Client::with_uri_str(&cfg.uri).await.unwrap();
+    client
+        .database(&cfg.database)
+        .collection::<mongodb::bson::Document>("sessions")
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.keys.keys().cloned().collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+/// Every write changes a session's `updated_at`, so no index on it is
+/// created that the configuration does not call for: by default only the
+/// partial index of tombstones (the event sweep's); the retention sweep's
+/// `(session_type, updated_at)` once retention has sessions to expire;
+/// `updated_at` with `index_updated_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_session_indexes_follow_the_configuration() {
+    let Some(cfg) = mongo_config() else {
+        return;
+    };
+    let store: Store = Arc::new(MongoStore::connect(&cfg).await.expect("connect"));
+    let mut names = session_index_keys(&cfg).await;
+    names.sort();
+    assert_eq!(names, ["_id", "deleted,updated_at"], "by default");
+
+    // Events only: the event sweep needs no index on live sessions.
+    store.set_retention(Retention {
+        events_ms: Some(1_000),
+        ..Retention::default()
+    });
+    store.sweep_expired(now_ms(), 10).await.unwrap();
+    let mut names = session_index_keys(&cfg).await;
+    names.sort();
+    assert_eq!(names, ["_id", "deleted,updated_at"], "with an event window");
+
+    store.set_retention(Retention {
+        sessions: BTreeMap::from([("ephemeral".to_owned(), 60_000)]),
+        ..Retention::default()
+    });
+    store.sweep_expired(now_ms(), 10).await.unwrap();
+    let names = session_index_keys(&cfg).await;
+    assert!(
+        names.iter().any(|k| k == "session_type,updated_at"),
+        "the first sweep with sessions to expire makes the retention index: {names:?}"
+    );
+    drop(store);
+    drop_database(&cfg).await;
+
+    let mut cfg = cfg;
+    cfg.index_updated_at = true;
+    let store: Store = Arc::new(MongoStore::connect(&cfg).await.expect("connect"));
+    let names = session_index_keys(&cfg).await;
+    drop_database(&cfg).await;
+    assert!(
+        names.iter().any(|k| k == "updated_at"),
+        "index_updated_at = true: {names:?}"
+    );
+    drop(store);
+}
+
 /// `metadata_index_fields` creates one index per field on `metadata.<field>`
 /// at start-up (and listing by such a field works).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2126,22 +2194,7 @@ async fn mongo_metadata_index_fields_create_indexes() {
     };
     cfg.metadata_index_fields = vec!["status".into(), "profile.tier".into()];
     let store: Store = Arc::new(MongoStore::connect(&cfg).await.expect("connect"));
-    let client = mongodb::Client::with_uri_str(&cfg.uri).await.unwrap();
-    let names: Vec<String> = {
-        use futures::TryStreamExt;
-        client
-            .database(&cfg.database)
-            .collection::<mongodb::bson::Document>("sessions")
-            .list_indexes()
-            .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| i.keys.keys().cloned().collect::<Vec<_>>().join(","))
-            .collect()
-    };
+    let names = session_index_keys(&cfg).await;
     drop_database(&cfg).await;
     for field in ["metadata.status", "metadata.profile.tier"] {
         assert!(

@@ -86,6 +86,11 @@ pub struct MongoConfig {
     pub retry_writes: bool,
     /// Metadata fields to index (`metadata.<field>`) for `GET /v1/sessions?metadata.<field>=…`.
     pub metadata_index_fields: Vec<String>,
+    /// Index `sessions` on `updated_at`, for `GET /v1/sessions?updated_after=…`
+    /// over large tenants. Off by default: every write changes `updated_at`,
+    /// so the index costs every write an index update, and without it such a
+    /// listing scans the tenant's sessions.
+    pub index_updated_at: bool,
     /// `"auto"` (the default): concurrent writes are group-committed in one
     /// `bulkWrite` transaction on MongoDB 8.0+, one transaction per write on
     /// older servers; `"group_commit"` (refuse to start without 8.0) or
@@ -111,6 +116,7 @@ impl Default for MongoConfig {
             retry_reads: true,
             retry_writes: true,
             metadata_index_fields: Vec::new(),
+            index_updated_at: false,
             write_path: "auto".into(),
         }
     }

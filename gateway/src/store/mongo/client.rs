@@ -42,6 +42,8 @@ pub struct MongoStore {
     pub(super) writer: Option<GroupCommit>,
     /// What the fast path knows of sessions this gateway wrote.
     pub(super) known: KnownSessions,
+    /// Set once the retention sweep's index exists (see `indexes.rs`).
+    pub(super) retention_index: tokio::sync::OnceCell<()>,
 }
 
 /// Connection-pool gauges and counters, kept from the driver's CMAP events.
@@ -148,6 +150,7 @@ impl MongoStore {
             after_hooked: std::sync::atomic::AtomicU8::new(0),
             writer: None,
             known: KnownSessions::default(),
+            retention_index: tokio::sync::OnceCell::new(),
         }
     }
 

@@ -49,15 +49,59 @@ fn index(keys: Document, unique: bool) -> IndexModel {
     }
 }
 
+/// An index of the documents matching `filter` only.
+fn partial_index(keys: Document, filter: Document) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .partial_filter_expression(filter)
+                .build(),
+        )
+        .build()
+}
+
+/// The retention sweep's index: per type, live sessions last changed before
+/// a cut-off. Created by the first sweep that has sessions to expire, so a
+/// deployment without session retention does not pay for it on every write.
+pub(super) fn retention_index() -> IndexModel {
+    index(doc! { "session_type": 1, "updated_at": 1 }, false)
+}
+
 impl MongoStore {
-    /// older servers cannot create). Idempotent.
+    /// Creates the retention sweep's index unless this process already
+    /// has (idempotent on the server; a failure is retried by the next sweep).
+    pub(super) async fn ensure_retention_index(&self) -> StoreResult<()> {
+        self.retention_index
+            .get_or_try_init(|| async {
+                self.c
+                    .sessions
+                    .create_index(retention_index())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| mongo_err("creating the retention index on sessions", &e))
+            })
+            .await
+            .copied()
+    }
+
+    /// Creates the indexes the queries of this version need at start-up.
+    /// Idempotent; indexes earlier versions created are left in place.
     pub(super) async fn create_indexes(&self, cfg: &MongoConfig) -> StoreResult<()> {
-        let mut session_idx = vec![
-            index(doc! { "created_at": 1 }, false),
-            index(doc! { "updated_at": 1 }, false),
-            // The retention sweep: per type, sessions last changed before a cut-off.
-            index(doc! { "session_type": 1, "updated_at": 1 }, false),
-        ];
+        // Every write changes a session's `updated_at`, so each index on it
+        // costs every write an index update (about 10 % of the server's CPU
+        // per write, BENCHMARKS.md "Which write design is left to try"):
+        // only tombstones are indexed by default (the event sweep removes
+        // those whose window has passed). The retention sweep's index is
+        // made when retention first has something to expire
+        // (`ensure_retention_index`), `updated_at` alone on request.
+        let mut session_idx = vec![partial_index(
+            doc! { "deleted": 1, "updated_at": 1 },
+            doc! { "deleted": true },
+        )];
+        if cfg.index_updated_at {
+            session_idx.push(index(doc! { "updated_at": 1 }, false));
+        }
         for f in &cfg.metadata_index_fields {
             let mut keys = Document::new();
             keys.insert(format!("metadata.{f}"), 1);

@@ -44,6 +44,11 @@
 //! - `metadata` is stored as a BSON document (integers as `Int64`, integers above
 //!   `i64::MAX` as `Decimal128`, other numbers as `Double`, key order kept) so
 //!   `metadata.<path>` can be indexed (`metadata_index_fields`) and filtered.
+//! - Secondary indexes on `sessions` are kept off the write path, since every
+//!   write changes `updated_at`: tombstones only, on `(deleted, updated_at)`
+//!   (a partial index, for the event sweep); `(session_type, updated_at)`
+//!   once retention has sessions to expire; `updated_at` with
+//!   `index_updated_at = true`; `metadata.<field>` as configured.
 //! - `uid` is a random positive `Int64` per incarnation of a session: agents,
 //!   messages and feedbacks carry it next to the session `key`. Deleting a
 //!   session keeps its document as a tombstone (`deleted: true`, metadata and

@@ -72,6 +72,7 @@ impl MongoStore {
         now: i64,
         limit: usize,
     ) -> StoreResult<u64> {
+        self.ensure_retention_index().await?;
         let filter = doc! { "deleted": { "$ne": true }, "$or": expired.clone() };
         let find = self
             .c
