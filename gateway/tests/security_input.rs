@@ -9,8 +9,8 @@
 //! Tests that involve a store run on both (`on_both_stores!`; MongoDB needs
 //! `MONGODB_URI`, see tests/common). The property tests and the RSS test run
 //! on the embedded store (the RSS test needs the binary as its own process
-//! and ~50 MB of messages; the MongoDB read path is bounded at the route, see
-//! `read_chunk` in routes/messages.rs, and checked for correctness here).
+//! and ~50 MB of messages; both stores stop a read at the same byte budget,
+//! `with_max_read_bytes`, and are checked for correctness here).
 #![allow(missing_docs)]
 
 mod common;

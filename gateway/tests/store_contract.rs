@@ -83,6 +83,65 @@ where
     }
 }
 
+/// One `list_messages` call stops at the store's read budget: a prefix of
+/// the range (at least one message, even one larger than the budget), and
+/// reading on from the next id gets the rest once, in order.
+async fn reads_stop_at_the_byte_budget(store: Store) {
+    let t = tenant("t");
+    create(&store, &t, "s").await;
+    agent(&store, &t, "s", "a").await;
+    for i in 0..6 {
+        let pad = "x".repeat(if i == 3 { 2_500 } else { 300 });
+        let input = msg(None, &format!(r#"{{"i":{i},"pad":"{pad}"}}"#));
+        created(store.append_message(&t, "s", "a", input).await.unwrap());
+    }
+    let (mut ids, mut calls, mut offset) = (Vec::new(), 0, 0);
+    while offset < 6 {
+        let range = MessageRange::Page { limit: 100, offset };
+        let (page, total) = store.list_messages(&t, "s", "a", range).await.unwrap();
+        assert_eq!(total, 6);
+        assert!(!page.is_empty(), "no progress at offset {offset}");
+        let bytes: usize = page.iter().map(|m| m.message.get().len()).sum();
+        assert!(
+            page.len() == 1 || bytes <= 1_000,
+            "{} messages, {bytes} bytes in one read",
+            page.len()
+        );
+        ids.extend(page.iter().map(|m| m.message_id));
+        offset = ids.last().unwrap() + 1;
+        calls += 1;
+    }
+    assert_eq!(ids, (0..6).collect::<Vec<_>>());
+    assert!(calls >= 3, "{calls} reads: the budget did not cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_reads_stop_at_the_byte_budget() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Store = Arc::new(
+        EmbeddedStore::open(&dir.path().join("db.redb"), 64)
+            .expect("open redb")
+            .with_max_read_bytes(1_000),
+    );
+    reads_stop_at_the_byte_budget(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_reads_stop_at_the_byte_budget() {
+    let Some(cfg) = mongo_config() else { return };
+    let store: Store = Arc::new(
+        MongoStore::connect(&cfg)
+            .await
+            .expect("connect")
+            .with_max_read_bytes(1_000),
+    );
+    let res = tokio::spawn(reads_stop_at_the_byte_budget(store)).await;
+    drop_database(&cfg).await;
+    if let Err(e) = res {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 /// Two gateways on one database (two clients, no shared in-process state):
 /// their transactions conflict on the session document and are retried, so
 /// message ids stay distinct and contiguous and no event is lost.

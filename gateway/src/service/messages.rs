@@ -260,22 +260,6 @@ impl Service {
             .await?)
     }
 
-    /// How many messages one store read may return. The embedded store stops
-    /// reading at the byte budget itself (`EmbeddedStore::with_max_read_bytes`),
-    /// so it is asked for the whole page at once; other stores return what
-    /// they are asked for, so they are asked for as many as fit in the budget
-    /// if every message were as large as allowed (a stored message is at most
-    /// three times `server.max_message_bytes`; the budget assumes one), which
-    /// bounds what a request holds to a few times the budget.
-    fn read_chunk(&self) -> u64 {
-        if self.store.name() == "embedded" {
-            u64::MAX
-        } else {
-            let s = &self.config.server;
-            (s.max_response_bytes / s.max_message_bytes.max(1)).max(1) as u64
-        }
-    }
-
     /// Reads a page of messages within the page size and the byte budget,
     /// serialized as a `MessageList` JSON body: messages are written out as
     /// they are read (their text kept as stored, never parsed into a JSON
@@ -294,13 +278,12 @@ impl Service {
         let store = &self.store;
         let cap = self.config.server.max_page_size as u64;
         let budget = self.config.server.max_response_bytes;
-        let chunk = self.read_chunk();
         let t = &caller.tenant;
         // A first read, when the request is answered by one `Latest` read.
         let mut first = None;
         let (start, want) = match wanted {
             Wanted::Page { limit, offset } => (offset, limit.unwrap_or(cap)),
-            Wanted::Latest(n) if n <= cap && n <= chunk => {
+            Wanted::Latest(n) if n <= cap => {
                 let (msgs, total) = store
                     .list_messages(t, sid, aid, MessageRange::Latest(n))
                     .await?;
@@ -333,7 +316,7 @@ impl Service {
             let (msgs, t_now) = match first.take() {
                 Some(read) => read,
                 None => {
-                    let limit = (end - next).min(chunk);
+                    let limit = end - next;
                     store
                         .list_messages(
                             t,

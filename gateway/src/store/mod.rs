@@ -381,6 +381,9 @@ pub trait AgentData: Send + Sync {
     ) -> StoreResult<Appended>;
 
     /// Lists messages ascending by id, with the agent's total message count.
+    /// Each store bounds the bytes one call reads (`with_max_read_bytes`): it
+    /// may return a prefix of the range, at least one message when the range
+    /// holds any, and the caller continues from the next id.
     async fn list_messages(
         &self,
         t: &Tenant,

@@ -39,7 +39,8 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
             Arc::new(
                 MongoStore::connect(m)
                     .await
-                    .context("connecting to MongoDB")?,
+                    .context("connecting to MongoDB")?
+                    .with_max_read_bytes(config.server.max_response_bytes),
             )
         }
     })

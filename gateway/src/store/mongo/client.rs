@@ -44,6 +44,8 @@ pub struct MongoStore {
     pub(super) known: KnownSessions,
     /// Set once the retention sweep's index exists (see `indexes.rs`).
     pub(super) retention_index: tokio::sync::OnceCell<()>,
+    /// See [`MongoStore::with_max_read_bytes`].
+    pub(super) max_read_bytes: usize,
 }
 
 /// Connection-pool gauges and counters, kept from the driver's CMAP events.
@@ -151,7 +153,21 @@ impl MongoStore {
             writer: None,
             known: KnownSessions::default(),
             retention_index: tokio::sync::OnceCell::new(),
+            max_read_bytes: Self::DEFAULT_MAX_READ_BYTES,
         }
+    }
+
+    /// Default of [`MongoStore::with_max_read_bytes`] (8 MiB, the default
+    /// `server.max_response_bytes`).
+    pub const DEFAULT_MAX_READ_BYTES: usize = 8 << 20;
+
+    /// Bounds what one `list_messages` call reads: once the stored messages
+    /// read add up to `bytes`, it returns those (a prefix of the range asked
+    /// for, at least one message); the caller continues from the next id.
+    #[must_use]
+    pub fn with_max_read_bytes(mut self, bytes: usize) -> Self {
+        self.max_read_bytes = bytes.max(1);
+        self
     }
 
     pub(super) fn after_hooked(&self) -> AfterHooked {

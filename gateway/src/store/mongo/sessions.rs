@@ -401,12 +401,29 @@ impl AgentData for MongoStore {
             "message_id",
             doc! { "$gte": to_i64(from), "$lt": to_i64(to) },
         );
-        let find = self.c.messages.find(filter).sort(doc! { "message_id": 1 });
-        let docs = collect("list_messages", find).await?;
-        let out = docs
-            .iter()
-            .map(|d| from_doc_text::<Message>(d, "doc", "message document"))
-            .collect::<StoreResult<Vec<_>>>()?;
+        // One `find` for the whole range: the server sends it in batches of
+        // at most 16 MB, and reading stops once the messages read reach
+        // `max_read_bytes` (the rest of the range is left to the caller).
+        let count = to - from;
+        let err = |e: &mongodb::error::Error| mongo_err("list_messages", e);
+        let mut cursor = self
+            .c
+            .messages
+            .find(filter)
+            .sort(doc! { "message_id": 1 })
+            .batch_size(u32::try_from(count).unwrap_or(u32::MAX))
+            .await
+            .map_err(|e| err(&e))?;
+        let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1024));
+        let mut bytes = 0usize;
+        while let Some(d) = cursor.try_next().await.map_err(|e| err(&e))? {
+            let size = d.get_str("doc").map_or(0, str::len);
+            if !out.is_empty() && bytes.saturating_add(size) > self.max_read_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            out.push(from_doc_text::<Message>(&d, "doc", "message document")?);
+        }
         Ok((out, total))
     }
 
