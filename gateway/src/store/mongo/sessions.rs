@@ -411,6 +411,9 @@ impl AgentData for MongoStore {
             .messages
             .find(filter)
             .sort(doc! { "message_id": 1 })
+            // The limit lets the server close the cursor with the batch (no
+            // `getMore` to learn that the range has ended).
+            .limit(i64::try_from(count).unwrap_or(i64::MAX))
             .batch_size(u32::try_from(count).unwrap_or(u32::MAX))
             .await
             .map_err(|e| err(&e))?;
