@@ -115,6 +115,68 @@ async fn reads_stop_at_the_byte_budget(store: Store) {
     assert!(calls >= 3, "{calls} reads: the budget did not cut");
 }
 
+async fn assert_nothing_to_claim(store: &Store) {
+    let outbox = store.claim_outbox(now_ms(), 5_000, 10).await.unwrap();
+    let events = store
+        .claim_pending_events(now_ms(), 5_000, 10)
+        .await
+        .unwrap();
+    assert!(
+        outbox.is_empty() && events.is_empty(),
+        "claimed {outbox:?} {events:?}"
+    );
+}
+
+/// The after-hook processor and the outbox dispatcher poll while idle: on
+/// the embedded store a poll with nothing to claim commits nothing (each
+/// commit is an fsync), and one with something due still claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_idle_polls_commit_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded =
+        Arc::new(EmbeddedStore::open(&dir.path().join("db.redb"), 64).expect("open redb"));
+    let store: Store = embedded.clone();
+    store.set_after_hooked(ALL_HOOKED);
+    let before = embedded.commits();
+    for _ in 0..5 {
+        assert_nothing_to_claim(&store).await;
+    }
+    assert_eq!(embedded.commits(), before, "idle polls committed");
+
+    // Something due: claimed, with its lease committed.
+    let t = tenant("t");
+    create(&store, &t, "s").await;
+    store
+        .change_metadata(
+            &t,
+            "s",
+            &MetadataChange::Update(vec![("k".into(), json!(1))]),
+        )
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_pending_events(now_ms(), 5_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the metadata.updated event");
+    store
+        .complete_event(
+            "t",
+            "s",
+            claimed[0].seq,
+            vec![outbox_item("n1", 1_000, "a")],
+        )
+        .await
+        .unwrap();
+    let before = embedded.commits();
+    let items = store.claim_outbox(now_ms(), 5_000, 10).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(embedded.commits(), before + 1, "a claim commits its lease");
+    // Leased: not due again, and no commit to find that out.
+    assert_nothing_to_claim(&store).await;
+    assert_eq!(embedded.commits(), before + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_reads_stop_at_the_byte_budget() {
     let dir = tempfile::tempdir().expect("temp dir");

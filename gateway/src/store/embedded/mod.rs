@@ -78,6 +78,8 @@ pub struct EmbeddedStore {
     /// Bytes of stored messages one `list_messages` call reads at most (it
     /// returns the messages read so far once past it, at least one).
     max_read_bytes: usize,
+    /// Write transactions committed (see [`EmbeddedStore::commits`]).
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for EmbeddedStore {
@@ -139,9 +141,11 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let wdb = db.clone();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let wcommits = commits.clone();
         let thread = std::thread::Builder::new()
             .name("embedded-writer".into())
-            .spawn(move || writer_loop(&wdb, &rx))
+            .spawn(move || writer_loop(&wdb, &rx, &wcommits))
             .map_err(internal)?;
         Ok(Self {
             db,
@@ -150,12 +154,19 @@ impl EmbeddedStore {
             writer: Some(tx),
             writer_thread: Some(thread),
             max_read_bytes: Self::DEFAULT_MAX_READ_BYTES,
+            commits,
         })
     }
 
     /// Default of [`EmbeddedStore::with_max_read_bytes`] (8 MiB, the default
     /// `server.max_response_bytes`).
     pub const DEFAULT_MAX_READ_BYTES: usize = 8 << 20;
+
+    /// Write transactions the writer has committed (each one an fsync), for
+    /// tests and diagnostics.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
 
     /// Bounds what one `list_messages` call reads: once the stored messages
     /// read add up to `bytes`, it returns those (a prefix of the range asked
@@ -303,7 +314,7 @@ enum Change<T> {
     Unchanged(T),
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
+fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -342,6 +353,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
                 "write batch aborted by a storage error".into(),
             ))
         } else {
+            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             txn.commit().err().map(internal)
         };
         for d in done {
