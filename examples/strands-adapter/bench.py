@@ -345,7 +345,21 @@ def cmd_cpu(a: argparse.Namespace) -> None:
 # -- goal 2: throughput of a 16-thread service ---------------------------------------------------------------
 
 
-def run_service(name: str, script: Any, threads: int, seconds: float, max_sessions: int) -> dict[str, Any]:
+def process_cpu(pid: int) -> float:
+    """utime + stime of process `pid` in seconds, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_service(
+    name: str, script: Any, threads: int, seconds: float, max_sessions: int, pids: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Runs `script` from `threads` threads; with `pids` ({label: pid}), also the CPU time per operation of
+    each of those processes and of this one (label "service") over the run."""
+    pids = dict(pids or {})
+    cpu0 = {k: process_cpu(pid) for k, pid in pids.items()}
+    own0 = time.process_time()
     lock = threading.Lock()
     ops = [0]
     sessions = [0]
@@ -377,7 +391,15 @@ def run_service(name: str, script: Any, threads: int, seconds: float, max_sessio
     for t in ts:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"ops": ops[0], "seconds": round(elapsed, 2), "ops_per_s": round(ops[0] / elapsed, 1), "errors": errors[:3]}
+    cpu_us = {k: 1e6 * (process_cpu(pid) - cpu0[k]) / max(ops[0], 1) for k, pid in pids.items()}
+    cpu_us["service"] = 1e6 * (time.process_time() - own0) / max(ops[0], 1)
+    return {
+        "ops": ops[0],
+        "seconds": round(elapsed, 2),
+        "ops_per_s": round(ops[0] / elapsed, 1),
+        "cpu_us_per_op": {k: round(v) for k, v in cpu_us.items()},
+        "errors": errors[:3],
+    }
 
 
 def peer_script(uri: str) -> tuple[Any, Any]:
@@ -436,9 +458,14 @@ def cmd_throughput(a: argparse.Namespace) -> None:
         client = client_script(repo)
         run_service("warm-peer", peer, 2, 1.0, 20)
         run_service("warm-client", client, 2, 1.0, 20)
+        server = {"server": a.server_pid} if a.server_pid else {}
         for _ in range(a.rounds):  # interleaved rounds, ratio per round
-            results["peer"].append(run_service("peer", peer, a.threads, a.seconds, a.max_sessions))
-            results["client"].append(run_service("client", client, a.threads, a.seconds, a.max_sessions))
+            results["peer"].append(run_service("peer", peer, a.threads, a.seconds, a.max_sessions, server))
+            results["client"].append(
+                run_service(
+                    "client", client, a.threads, a.seconds, a.max_sessions, {**server, "gateway": gw.proc.pid}
+                )
+            )
         repo.close()
         storage.client.close()
     finally:
@@ -448,11 +475,17 @@ def cmd_throughput(a: argparse.Namespace) -> None:
         f"gateway store {a.store}; MongoDB-wire server {a.mongodb_uri}"
     )
     print(
-        "| round | strands-mongodb-session-manager ops/s | session-gateway-strands ops/s | ratio |\n|---|---:|---:|---:|"
+        "| round | strands-mongodb-session-manager ops/s | session-gateway-strands ops/s | ratio "
+        "| CPU µs per op, library: service / server | gateway: service / gateway / server |\n"
+        "|---|---:|---:|---:|---:|---:|"
     )
     for i, (p, c) in enumerate(zip(results["peer"], results["client"]), 1):
+        pc, cc = p["cpu_us_per_op"], c["cpu_us_per_op"]
+        peer_cpu = " / ".join(str(pc[k]) for k in ("service", "server") if k in pc)
+        client_cpu = " / ".join(str(cc[k]) for k in ("service", "gateway", "server") if k in cc)
         print(
-            f"| {i} | {p['ops_per_s']:.0f} | {c['ops_per_s']:.0f} | {c['ops_per_s'] / max(p['ops_per_s'], 1e-9):.2f} |"
+            f"| {i} | {p['ops_per_s']:.0f} | {c['ops_per_s']:.0f} | {c['ops_per_s'] / max(p['ops_per_s'], 1e-9):.2f} "
+            f"| {peer_cpu} | {client_cpu} |"
         )
     print(json.dumps(results))
 
@@ -472,6 +505,9 @@ def main() -> None:
     sub.choices["throughput"].add_argument("--threads", type=int, default=16)
     sub.choices["throughput"].add_argument("--seconds", type=float, default=10.0)
     sub.choices["throughput"].add_argument("--max-sessions", type=int, default=20000, help="bound per run")
+    sub.choices["throughput"].add_argument(
+        "--server-pid", type=int, help="the MongoDB-wire server's pid: also print its CPU per operation"
+    )
     a = ap.parse_args()
     {"cpu": cmd_cpu, "throughput": cmd_throughput}[a.cmd](a)
     sys.stdout.flush()
