@@ -58,6 +58,25 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("call {i} failed: {e:?}");
         }
     }
+    let per_plugin: Vec<String> = host
+        .snapshot()
+        .plugins
+        .iter()
+        .map(|p| {
+            let s = &p.meta.stats;
+            let calls = s.calls.load(std::sync::atomic::Ordering::Relaxed).max(1);
+            format!(
+                "{:.1}",
+                s.latency_us_total
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64
+                    / calls as f64
+            )
+        })
+        .collect();
+    println!(
+        "in-plugin average per hook (µs): {}",
+        per_plugin.join(" + ")
+    );
     lat.sort_by(f64::total_cmp);
     let mean: f64 = lat.iter().sum::<f64>() / lat.len() as f64;
     println!(
