@@ -839,6 +839,7 @@ on_both_stores!(
     reuse_and_per_call_instances,
     after_hooks_publish_to_granted_targets_only,
     rewrites_are_chained_and_stored,
+    a_plugin_after_a_rewrite_sees_the_rewrite,
     repeated_failures_quarantine_the_plugin_per_tenant,
     first_deny_stops_the_chain,
     fuel_stops_a_busy_plugin,
@@ -1236,6 +1237,45 @@ async fn an_in_flight_call_finishes_on_the_old_version_during_a_swap() {
         json!({"new": true}),
         "only the new call's change is stored"
     );
+}
+
+/// The plugins of a chain share one WIT conversion of the change until one
+/// rewrites it: the next plugin is given the rewrite, not the client's change
+/// converted earlier. Here a validator that allows only `status` must see the
+/// `rewritten_by` the rewrite added (it would let the client's change pass).
+async fn a_plugin_after_a_rewrite_sees_the_rewrite(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![
+            hook(
+                "rewrite",
+                "fixture_rewrite",
+                "before",
+                &["metadata.update"],
+                "",
+            ),
+            hook(
+                "validate",
+                "metadata_validator",
+                "before",
+                &["metadata.update"],
+                "config = { allowed = [\"status\"] }",
+            ),
+        ]
+    );
+    gw.session("s").await;
+    let (s, v) = gw
+        .patch("/v1/sessions/s/metadata", json!({"status": "ACTIVE"}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rewritten_by"),
+        "the validator saw the rewrite: {v}"
+    );
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
 }
 
 /// `per-call` instances are readied off the request path: a few wait (one

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::BreakerConfig;
@@ -49,6 +49,9 @@ pub struct Breakers {
     pub trips: AtomicU64,
     /// Calls not made because the tenant's breaker was open.
     pub skipped: AtomicU64,
+    /// How many tenants `tenants` holds, readable without the lock: 0 (no
+    /// failure to remember) lets a call skip the lock and the lookup.
+    tracked: AtomicUsize,
     /// Calls of suspects, offered to the low-priority lane.
     pub isolated: AtomicU64,
     /// Suspects' calls the lane did not start in time (the cores were busy),
@@ -62,6 +65,7 @@ impl Breakers {
         Self {
             cfg,
             tenants: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
             trips: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             isolated: AtomicU64::new(0),
@@ -85,6 +89,10 @@ impl Breakers {
     /// # Errors
     /// The time left in the tenant's quarantine.
     pub fn admit(&self, tenant: &str, now: Instant) -> Result<bool, Duration> {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            // Nobody's calls failed lately: no lock, no lookup.
+            return Ok(false);
+        }
         let mut tenants = self.tenants.lock().expect("breaker lock");
         let Some(st) = tenants.get_mut(tenant) else {
             return Ok(false);
@@ -114,7 +122,23 @@ impl Breakers {
     /// Counts a call's outcome; returns `Some((failures, calls))` when this
     /// failure opened the tenant's breaker.
     pub fn record(&self, tenant: &str, ok: bool, now: Instant) -> Option<(u32, u32)> {
+        if ok && self.tracked.load(Ordering::Acquire) == 0 {
+            // A success for a tenant not tracked (none is) is not remembered.
+            return None;
+        }
         let mut tenants = self.tenants.lock().expect("breaker lock");
+        let out = self.record_locked(&mut tenants, tenant, ok, now);
+        self.tracked.store(tenants.len(), Ordering::Release);
+        out
+    }
+
+    fn record_locked(
+        &self,
+        tenants: &mut HashMap<String, State>,
+        tenant: &str,
+        ok: bool,
+        now: Instant,
+    ) -> Option<(u32, u32)> {
         if !tenants.contains_key(tenant) {
             if ok {
                 // Nothing to remember about a tenant whose calls succeed.

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::runtime::calls::ChangeInput;
 use super::runtime::{self, CallError, MessageTarget, Plugin, Verdict};
 use super::{HookHost, Loaded, Notification, Outcome, Refusal, Subject};
 use crate::config::{HookEvent, HookPhase};
@@ -61,16 +62,21 @@ impl HookHost {
         change: MetadataChange,
     ) -> Outcome<MetadataChange> {
         let chain = loaded.chain(HookPhase::Before, metadata_event(&change));
-        let mut change = change;
+        if chain.is_empty() {
+            return Ok(change);
+        }
+        // Converted to WIT once for the whole chain, not once per plugin;
+        // again only after a rewrite.
+        let mut input = ChangeInput::new(subject.clone(), change);
         for p in &chain {
-            match p.before_change(subject, &change).await {
+            match p.before_change(&input).await {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Deny(reason)) => return Err(denied(p, reason)),
-                Ok(Verdict::Rewrite(c)) => change = c,
+                Ok(Verdict::Rewrite(c)) => input = ChangeInput::new(subject.clone(), c),
                 Err(e) => on_failure(p, &e)?,
             }
         }
-        Ok(change)
+        Ok(input.into_change())
     }
 
     /// Runs the before-chain of a feedback; allows the feedback to store.
@@ -86,8 +92,8 @@ impl HookHost {
         let chain = loaded.chain(HookPhase::Before, HookEvent::FeedbackAdd);
         let mut feedback = feedback;
         for p in &chain {
-            let text = Value::Object(feedback.clone()).to_string();
-            match p.before_add(subject, &text).await {
+            let text = object_text(&feedback);
+            match p.before_add(subject, text).await {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Deny(reason)) => return Err(denied(p, reason)),
                 Ok(Verdict::Rewrite(fb)) => feedback = fb,
@@ -153,8 +159,8 @@ impl HookHost {
         let sref = session_ref(t, sid, session_type);
         let mut metadata = metadata;
         for p in &chain {
-            let text = Value::Object(metadata.clone()).to_string();
-            match p.on_get(&sref, &text).await {
+            let text = object_text(&metadata);
+            match p.on_get(&sref, text).await {
                 Ok(m) => metadata = m,
                 Err(e) => on_failure(p, &e)?,
             }
@@ -239,6 +245,12 @@ impl HookHost {
 enum AfterInput {
     Metadata(Recorded),
     Feedback(String),
+}
+
+/// A JSON object's text, as `Value::Object(o).to_string()` writes it,
+/// without copying the object first.
+fn object_text(o: &JsonObject) -> String {
+    serde_json::to_string(o).expect("a JSON object serialises")
 }
 
 /// The hook event of a metadata change.

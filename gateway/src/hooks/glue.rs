@@ -73,12 +73,12 @@ macro_rules! shared_host_glue {
             pub async fn before_change(
                 &self,
                 store: &mut Store<HostState>,
-                session: &Subject,
-                change: &MetadataChange,
+                input: &ChangeInput,
             ) -> Result<Verdict<MetadataChange>, CallError> {
+                let (session, change) = change_input_wit(input);
                 let verdict = self
                     .metadata()?
-                    .call_before_change(store, &session_to_wit(session), &change_to_wit(change))
+                    .call_before_change(store, session, change)
                     .await
                     .map_err(trap)?;
                 check_len("verdict", verdict_len(&verdict))?;

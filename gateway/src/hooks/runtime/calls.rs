@@ -2,15 +2,45 @@
 //! call through `Plugin::call` and hands back the gateway's own types.
 //! What differs between WIT versions is behind `version::Exports`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::value::RawValue;
 
 use super::pool::Plugin;
 use super::{CallError, Commit, MessageTarget, Published, Verdict};
 use crate::hooks::outcome::Subject;
+use crate::hooks::{v0_1_0, v0_2_0};
 use crate::metadata::{MetadataChange, Recorded};
 use crate::model::JsonObject;
+
+/// What every plugin of a before-change chain is given: the subject and the
+/// change, converted to each WIT version's form at most once, when a plugin
+/// of that version first needs it. The plugins of a chain share it until
+/// one of them rewrites the change; a rewrite starts a new one.
+pub struct ChangeInput {
+    pub(crate) subject: Subject,
+    pub(crate) change: MetadataChange,
+    pub(crate) v0_1: OnceLock<(v0_1_0::SessionRef, v0_1_0::WitChange)>,
+    pub(crate) v0_2: OnceLock<(v0_2_0::SessionRef, v0_2_0::WitChange)>,
+}
+
+impl ChangeInput {
+    /// The input of a chain about `change` to `subject`'s session.
+    pub fn new(subject: Subject, change: MetadataChange) -> Arc<Self> {
+        Arc::new(Self {
+            subject,
+            change,
+            v0_1: OnceLock::new(),
+            v0_2: OnceLock::new(),
+        })
+    }
+
+    /// The change, taken back at the end of the chain (cloned only when a
+    /// call that outlived its caller still holds it).
+    pub fn into_change(self: Arc<Self>) -> MetadataChange {
+        Arc::try_unwrap(self).map_or_else(|shared| shared.change.clone(), |input| input.change)
+    }
+}
 
 impl Plugin {
     /// `metadata-hook.before-change`.
@@ -19,12 +49,11 @@ impl Plugin {
     /// When the call fails or answers an invalid rewrite.
     pub async fn before_change(
         self: &Arc<Self>,
-        session: &Subject,
-        change: &MetadataChange,
+        input: &Arc<ChangeInput>,
     ) -> Result<Verdict<MetadataChange>, CallError> {
-        let (s, change) = (session.clone(), change.clone());
-        self.call(&session.tenant, None, move |w| {
-            Box::pin(async move { w.exports.before_change(&mut w.store, &s, &change).await })
+        let shared = input.clone();
+        self.call(&input.subject.tenant, None, move |w| {
+            Box::pin(async move { w.exports.before_change(&mut w.store, &shared).await })
         })
         .await
         .map(|(v, _)| v)
@@ -60,9 +89,9 @@ impl Plugin {
     pub async fn on_get(
         self: &Arc<Self>,
         session: &Subject,
-        metadata: &str,
+        metadata: String,
     ) -> Result<JsonObject, CallError> {
-        let (s, metadata) = (session.clone(), metadata.to_owned());
+        let s = session.clone();
         self.call(&session.tenant, None, move |w| {
             Box::pin(async move { w.exports.on_get(&mut w.store, &s, &metadata).await })
         })
@@ -77,9 +106,9 @@ impl Plugin {
     pub async fn before_add(
         self: &Arc<Self>,
         session: &Subject,
-        feedback: &str,
+        feedback: String,
     ) -> Result<Verdict<JsonObject>, CallError> {
-        let (s, feedback) = (session.clone(), feedback.to_owned());
+        let s = session.clone();
         self.call(&session.tenant, None, move |w| {
             Box::pin(async move { w.exports.before_add(&mut w.store, &s, &feedback).await })
         })

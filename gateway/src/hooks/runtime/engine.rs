@@ -72,7 +72,12 @@ impl Ticker {
     }
 
     fn wake(&self) {
-        if self.parked.swap(false, Ordering::SeqCst)
+        // Read first: while the ticker is ticking (the common case under
+        // load) a call writes nothing to this shared line. SeqCst on both
+        // sides: either the ticker's re-check sees the call in flight, or
+        // this load sees `parked` (see `run`).
+        if self.parked.load(Ordering::SeqCst)
+            && self.parked.swap(false, Ordering::SeqCst)
             && let Some(t) = self.thread.get()
         {
             t.unpark();
@@ -80,10 +85,10 @@ impl Ticker {
     }
 
     /// Marks a call in flight until the guard is dropped.
-    pub(super) fn enter(self: &Arc<Self>) -> InFlight {
+    pub(super) fn enter(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.wake();
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Epoch ticks so far (tests watch it stand still when idle).
@@ -98,9 +103,9 @@ impl Ticker {
 }
 
 /// A call in flight: keeps the ticker ticking (see [`Ticker::enter`]).
-pub(super) struct InFlight(Arc<Ticker>);
+pub(super) struct InFlight<'a>(&'a Ticker);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }

@@ -167,14 +167,21 @@ impl Plugin {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn checkout(self: &Arc<Self>, publish_key: Option<String>) -> Result<Warm, CallError> {
+    /// An instance for one call, its deadline `timeout_ms` after `start`.
+    async fn checkout(
+        self: &Arc<Self>,
+        publish_key: Option<String>,
+        start: Instant,
+    ) -> Result<Warm, CallError> {
         let pooled = match self.config.instance {
             InstanceMode::Reuse => self.warm.lock().expect("warm pool lock").pop(),
             InstanceMode::PerCall => {
+                // Topped up when the call ends (`run`), in the same hand-off
+                // to the ready lane as the spent instance: one wake-up of
+                // that thread per call, not two.
                 let ready = self.ready.lock().expect("ready lock").pop();
                 if ready.is_some() {
                     self.count_instance();
-                    self.refill(None);
                 }
                 ready
             }
@@ -189,7 +196,7 @@ impl Plugin {
             }
         };
         let data = w.store.data_mut();
-        data.deadline = Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        data.deadline = start + Duration::from_millis(self.config.timeout_ms);
         data.publish_key = publish_key;
         data.published.clear();
         w.store.set_epoch_deadline(1);
@@ -278,7 +285,8 @@ impl Plugin {
     }
 
     fn record(&self, tenant: &str, started: Instant, ok: bool) {
-        if let Some((failures, calls)) = self.breakers.record(tenant, ok, Instant::now()) {
+        let now = Instant::now();
+        if let Some((failures, calls)) = self.breakers.record(tenant, ok, now) {
             tracing::warn!(
                 plugin = %self.meta.name,
                 tenant,
@@ -289,7 +297,7 @@ impl Plugin {
             );
         }
         let s = &self.meta.stats;
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let us = u64::try_from((now - started).as_micros()).unwrap_or(u64::MAX);
         s.calls.fetch_add(1, Ordering::Relaxed);
         s.latency_us_total.fetch_add(us, Ordering::Relaxed);
         s.latency_us_max.fetch_max(us, Ordering::Relaxed);
@@ -333,7 +341,7 @@ impl Plugin {
             let mut task = suspect_lane().spawn(async move {
                 let taken = lane_job.lock().expect("job lock").take();
                 match taken {
-                    Some((key, f)) => Some(this.run(key, f).await),
+                    Some((key, f)) => Some(this.run(key, f, Instant::now()).await),
                     None => None,
                 }
             });
@@ -350,7 +358,7 @@ impl Plugin {
                         Some((key, f)) => {
                             // The lane did not get CPU in time: a busy machine.
                             self.breakers.inline.fetch_add(1, Ordering::Relaxed);
-                            self.run(key, f).await
+                            self.run(key, f, Instant::now()).await
                         }
                         None => {
                             let bound = Instant::now() + timeout + LANE_GRACE;
@@ -366,21 +374,29 @@ impl Plugin {
                 }
             }
         } else {
-            self.run(publish_key, f).await
+            self.run(publish_key, f, started).await
         };
         self.record(tenant, started, out.is_ok());
         out
     }
 
-    /// Runs one call on an instance, discarding the instance if it failed.
+    /// Runs one call on an instance, discarding the instance if it failed;
+    /// its deadline is `timeout_ms` after `start`.
     async fn run<R>(
         self: &Arc<Self>,
         publish_key: Option<String>,
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
+        start: Instant,
     ) -> Result<(R, Vec<Published>), CallError> {
         // Deadlines are checked at epoch ticks, which run only while a call is in flight.
         let _ticking = self.ticker.enter();
-        let mut w = self.checkout(publish_key).await?;
+        let mut w = match self.checkout(publish_key, start).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.refill_after_failure();
+                return Err(e);
+            }
+        };
         let out = f(&mut w).await;
         match out {
             Ok(r) => {
@@ -398,8 +414,17 @@ impl Plugin {
             // one, so not on a request worker.
             Err(e) => {
                 tokio::task::spawn_blocking(move || drop(w));
+                self.refill_after_failure();
                 Err(e)
             }
+        }
+    }
+
+    /// `per-call`: a call that failed took (or found no) ready instance and
+    /// hands none back; tops `ready` up all the same.
+    fn refill_after_failure(self: &Arc<Self>) {
+        if self.config.instance == InstanceMode::PerCall {
+            self.refill(None);
         }
     }
 }

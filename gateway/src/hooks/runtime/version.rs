@@ -9,6 +9,7 @@ use anyhow::{Context, anyhow};
 use wasmtime::Store;
 use wasmtime::component::{Component, Instance, InstancePre};
 
+use super::calls::ChangeInput;
 use super::engine::Runtime;
 use super::{CallError, Commit, HostState, MessageTarget, Verdict};
 use crate::hooks::outcome::Subject;
@@ -63,10 +64,9 @@ impl Exports {
     pub(crate) async fn before_change(
         &self,
         store: &mut Store<HostState>,
-        session: &Subject,
-        change: &MetadataChange,
+        input: &ChangeInput,
     ) -> Result<Verdict<MetadataChange>, CallError> {
-        dispatch!(self, x => x.before_change(store, session, change).await)
+        dispatch!(self, x => x.before_change(store, input).await)
     }
 
     pub(crate) async fn after_change(
