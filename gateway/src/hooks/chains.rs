@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::runtime::calls::ChangeInput;
+use super::runtime::input::ChangeInput;
 use super::runtime::{self, CallError, MessageTarget, Plugin, Verdict};
 use super::{HookHost, Loaded, Notification, Outcome, Refusal, Subject};
 use crate::config::{HookEvent, HookPhase};

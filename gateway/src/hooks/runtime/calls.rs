@@ -2,45 +2,16 @@
 //! call through `Plugin::call` and hands back the gateway's own types.
 //! What differs between WIT versions is behind `version::Exports`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use super::input::ChangeInput;
 use super::pool::Plugin;
 use super::{CallError, Commit, MessageTarget, Published, Verdict};
 use crate::hooks::outcome::Subject;
-use crate::hooks::{v0_1_0, v0_2_0};
 use crate::metadata::{MetadataChange, Recorded};
 use crate::model::JsonObject;
-
-/// What every plugin of a before-change chain is given: the subject and the
-/// change, converted to each WIT version's form at most once, when a plugin
-/// of that version first needs it. The plugins of a chain share it until
-/// one of them rewrites the change; a rewrite starts a new one.
-pub struct ChangeInput {
-    pub(crate) subject: Subject,
-    pub(crate) change: MetadataChange,
-    pub(crate) v0_1: OnceLock<(v0_1_0::SessionRef, v0_1_0::WitChange)>,
-    pub(crate) v0_2: OnceLock<(v0_2_0::SessionRef, v0_2_0::WitChange)>,
-}
-
-impl ChangeInput {
-    /// The input of a chain about `change` to `subject`'s session.
-    pub fn new(subject: Subject, change: MetadataChange) -> Arc<Self> {
-        Arc::new(Self {
-            subject,
-            change,
-            v0_1: OnceLock::new(),
-            v0_2: OnceLock::new(),
-        })
-    }
-
-    /// The change, taken back at the end of the chain (cloned only when a
-    /// call that outlived its caller still holds it).
-    pub fn into_change(self: Arc<Self>) -> MetadataChange {
-        Arc::try_unwrap(self).map_or_else(|shared| shared.change.clone(), |input| input.change)
-    }
-}
 
 impl Plugin {
     /// `metadata-hook.before-change`.

@@ -20,6 +20,9 @@
 //! - **Sandbox:** WASI is linked with an empty context: no files, no
 //!   environment, no network, no stdio; the only way out is the `host`
 //!   interface, whose `publish` is deny-by-default.
+//! - **Chain input** ([`input`]): a before-change chain's subject and
+//!   change, converted to each WIT version's form once and shared by the
+//!   chain's plugins.
 //! - **Versions** ([`version`]): a component is served by the host module of
 //!   the WIT version it exports (`hooks::v0_1_0`, `hooks::v0_2_0`); the
 //!   pool and the call wrappers ([`calls`]) work on the gateway's own types
@@ -32,6 +35,7 @@ mod artifact;
 pub mod calls;
 pub mod engine;
 mod host;
+pub mod input;
 mod pool;
 pub mod version;
 

@@ -9,8 +9,8 @@ use anyhow::{Context, anyhow};
 use wasmtime::Store;
 use wasmtime::component::{Component, Instance, InstancePre};
 
-use super::calls::ChangeInput;
 use super::engine::Runtime;
+use super::input::ChangeInput;
 use super::{CallError, Commit, HostState, MessageTarget, Verdict};
 use crate::hooks::outcome::Subject;
 use crate::hooks::{v0_1_0, v0_2_0};
