@@ -16,7 +16,7 @@ use wasmtime::Store;
 use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
 
 use super::outcome::Subject;
-use super::runtime::input::ChangeInput;
+use super::runtime::input::{ChangeInput, V0_1_0 as WIT_SLOT};
 use super::runtime::{
     CallError, Commit, HostState, LogLevel, PublishRefusal, Verdict, check_len, trap,
 };
@@ -111,7 +111,7 @@ shared_host_glue!();
 /// This version's form of a before-change chain's input, converted once
 /// per chain (see [`ChangeInput`]).
 fn change_input_wit(input: &ChangeInput) -> &(SessionRef, WitChange) {
-    input.wit(0, |subject, change| {
+    input.wit(WIT_SLOT, |subject, change| {
         (session_to_wit(subject), change_to_wit(change))
     })
 }

@@ -1,4 +1,5 @@
 //! Logic both backends share, so each rule is written once: paging bounds,
+//! the byte budget of a message read,
 //! change → event type, message conflicts and gaps, and the payloads of the
 //! events a change records.
 
@@ -33,6 +34,41 @@ pub(crate) fn message_event_payload(aid: &str, msg: &Message) -> Value {
         "agent_id": aid,
         "message_id": msg.message_id,
     })
+}
+
+/// Default bytes of stored messages one `list_messages` call reads (8 MiB,
+/// the default `server.max_response_bytes`); each store's
+/// `with_max_read_bytes` sets it.
+pub(crate) const DEFAULT_MAX_READ_BYTES: usize = 8 << 20;
+
+/// The byte budget of one `list_messages` call: messages are taken while the
+/// stored bytes read stay within it, and the first always (a message larger
+/// than the budget still makes progress); the rest of the range is left to
+/// the caller.
+pub(crate) struct ReadBudget {
+    max: usize,
+    used: usize,
+    taken: bool,
+}
+
+impl ReadBudget {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: 0,
+            taken: false,
+        }
+    }
+
+    /// Whether a stored message of `size` bytes is read; counts it if so.
+    pub(crate) fn take(&mut self, size: usize) -> bool {
+        let used = self.used.saturating_add(size);
+        if self.taken && used > self.max {
+            return false;
+        }
+        (self.used, self.taken) = (used, true);
+        true
+    }
 }
 
 /// The ids `from..to` a message range selects of an agent with `total` messages.

@@ -20,8 +20,10 @@ pub struct ChangeInput {
     wit: [OnceLock<Box<dyn Any + Send + Sync>>; WIT_SLOTS],
 }
 
-/// Slots of [`ChangeInput::wit`]: one per WIT version.
-pub(crate) const WIT_SLOTS: usize = 2;
+/// The slot of each WIT version in `ChangeInput::wit`.
+pub(crate) const V0_1_0: usize = 0;
+pub(crate) const V0_2_0: usize = 1;
+const WIT_SLOTS: usize = 2;
 
 impl ChangeInput {
     /// The input of a chain about `change` to `subject`'s session.

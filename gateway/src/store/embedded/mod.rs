@@ -153,14 +153,10 @@ impl EmbeddedStore {
             after_hooked: std::sync::atomic::AtomicU8::new(0),
             writer: Some(tx),
             writer_thread: Some(thread),
-            max_read_bytes: Self::DEFAULT_MAX_READ_BYTES,
+            max_read_bytes: crate::store::DEFAULT_MAX_READ_BYTES,
             commits,
         })
     }
-
-    /// Default of [`EmbeddedStore::with_max_read_bytes`] (8 MiB, the default
-    /// `server.max_response_bytes`).
-    pub const DEFAULT_MAX_READ_BYTES: usize = 8 << 20;
 
     /// Write transactions the writer has committed (each one an fsync), for
     /// tests and diagnostics.

@@ -24,7 +24,7 @@ impl OutboxQueue for EmbeddedStore {
                 for row in open_read(txn, OUTBOX)?.iter().map_err(internal)? {
                     let (_, v) = row.map_err(internal)?;
                     let item: OutboxItem = from_json(v.value())?;
-                    if item.state == OutboxState::Pending && item.next_attempt_at <= now {
+                    if is_due(&item, now) {
                         return Ok(true);
                     }
                 }
@@ -40,7 +40,7 @@ impl OutboxQueue for EmbeddedStore {
             for row in table.iter().map_err(internal)? {
                 let (_, v) = row.map_err(internal)?;
                 let item: OutboxItem = from_json(v.value())?;
-                if item.state == OutboxState::Pending && item.next_attempt_at <= now {
+                if is_due(&item, now) {
                     due.push(item);
                 }
             }
@@ -181,4 +181,9 @@ impl OutboxQueue for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Whether `item` is to be claimed at `now`: pending, its next attempt due.
+fn is_due(item: &OutboxItem, now: i64) -> bool {
+    item.state == OutboxState::Pending && item.next_attempt_at <= now
 }

@@ -19,10 +19,10 @@ use crate::model::{
     MessagePatch, MessageRange, NewSession, Session, Tenant, now_ms,
 };
 use crate::store::{
-    AgentData, AppendAt, Appended, ListQuery, MetadataResult, Page, SessionData, StoreError,
-    StoreResult, agent_payload, append_at, append_retry, apply_metadata, created_payload,
-    message_bounds, message_event_payload, new_message, put_agent_answer, session_exists,
-    session_key, stamped_feedback, tenant_key_range,
+    AgentData, AppendAt, Appended, ListQuery, MetadataResult, Page, ReadBudget, SessionData,
+    StoreError, StoreResult, agent_payload, append_at, append_retry, apply_metadata,
+    created_payload, message_bounds, message_event_payload, new_message, put_agent_answer,
+    session_exists, session_key, stamped_feedback, tenant_key_range,
 };
 
 /// The summary of an agent the session has, else `NotFound`.
@@ -319,17 +319,16 @@ impl AgentData for EmbeddedStore {
             let (from, to) = message_bounds(range, total);
             let table = open_read(txn, MESSAGES)?;
             let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
-            let mut bytes = 0usize;
+            let mut budget = ReadBudget::new(max_read);
             for row in table
                 .range((rec.uid, aid.as_str(), from)..(rec.uid, aid.as_str(), to))
                 .map_err(internal)?
             {
                 let (_, v) = row.map_err(internal)?;
                 let raw = v.value();
-                if !out.is_empty() && bytes.saturating_add(raw.len()) > max_read {
+                if !budget.take(raw.len()) {
                     break;
                 }
-                bytes = bytes.saturating_add(raw.len());
                 out.push(from_json::<Message>(raw)?);
             }
             Ok((out, total))

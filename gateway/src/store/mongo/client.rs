@@ -153,13 +153,9 @@ impl MongoStore {
             writer: None,
             known: KnownSessions::default(),
             retention_index: tokio::sync::OnceCell::new(),
-            max_read_bytes: Self::DEFAULT_MAX_READ_BYTES,
+            max_read_bytes: crate::store::DEFAULT_MAX_READ_BYTES,
         }
     }
-
-    /// Default of [`MongoStore::with_max_read_bytes`] (8 MiB, the default
-    /// `server.max_response_bytes`).
-    pub const DEFAULT_MAX_READ_BYTES: usize = 8 << 20;
 
     /// Bounds what one `list_messages` call reads: once the stored messages
     /// read add up to `bytes`, it returns those (a prefix of the range asked

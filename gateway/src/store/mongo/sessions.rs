@@ -22,8 +22,8 @@ use crate::model::{
     MessageRange, NewSession, Session, Tenant, now_ms,
 };
 use crate::store::{
-    AgentData, Appended, ListQuery, MetadataResult, Page, SessionData, StoreError, StoreResult,
-    message_bounds, tenant_key_range,
+    AgentData, Appended, ListQuery, MetadataResult, Page, ReadBudget, SessionData, StoreError,
+    StoreResult, message_bounds, tenant_key_range,
 };
 
 /// Collects a cursor of documents, naming the operation in errors.
@@ -418,13 +418,11 @@ impl AgentData for MongoStore {
             .await
             .map_err(|e| err(&e))?;
         let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1024));
-        let mut bytes = 0usize;
+        let mut budget = ReadBudget::new(self.max_read_bytes);
         while let Some(d) = cursor.try_next().await.map_err(|e| err(&e))? {
-            let size = d.get_str("doc").map_or(0, str::len);
-            if !out.is_empty() && bytes.saturating_add(size) > self.max_read_bytes {
+            if !budget.take(d.get_str("doc").map_or(0, str::len)) {
                 break;
             }
-            bytes = bytes.saturating_add(size);
             out.push(from_doc_text::<Message>(&d, "doc", "message document")?);
         }
         Ok((out, total))
