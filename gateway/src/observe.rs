@@ -349,6 +349,27 @@ struct StoreScraped(crate::store::StoreMetrics);
 
 impl Collector for StoreScraped {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if let Some(g) = self.0.group_commit {
+            for (name, help, n) in [
+                (
+                    "gateway_mongodb_group_commit_jobs",
+                    "Writes (or batches of one session's writes) the group commit committed.",
+                    g.jobs,
+                ),
+                (
+                    "gateway_mongodb_group_commit_transactions",
+                    "Transactions the group commit committed (each holds one or more jobs).",
+                    g.transactions,
+                ),
+                (
+                    "gateway_mongodb_group_commit_stale",
+                    "Jobs sent back to a transaction of their own (their session had changed).",
+                    g.stale,
+                ),
+            ] {
+                encode_one(&mut encoder, name, help, &ConstCounter::new(n))?;
+            }
+        }
         let Some(p) = self.0.pool else {
             return Ok(());
         };
@@ -423,7 +444,7 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::{Registry, StoreScraped, escape};
-    use crate::store::{PoolMetrics, StoreMetrics};
+    use crate::store::{GroupCommitMetrics, PoolMetrics, StoreMetrics};
 
     fn store_text(m: StoreMetrics) -> String {
         let mut r = Registry::default();
@@ -445,6 +466,11 @@ mod tests {
                 checkout_failures: 4,
                 pool_cleared: 5,
             }),
+            group_commit: Some(GroupCommitMetrics {
+                jobs: 6,
+                transactions: 7,
+                stale: 8,
+            }),
         });
         for line in [
             "# TYPE gateway_mongodb_connections gauge",
@@ -454,6 +480,10 @@ mod tests {
             "gateway_mongodb_checkout_failures_total 4",
             "# TYPE gateway_mongodb_pool_cleared counter",
             "gateway_mongodb_pool_cleared_total 5",
+            "# TYPE gateway_mongodb_group_commit_jobs counter",
+            "gateway_mongodb_group_commit_jobs_total 6",
+            "gateway_mongodb_group_commit_transactions_total 7",
+            "gateway_mongodb_group_commit_stale_total 8",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

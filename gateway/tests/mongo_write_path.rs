@@ -17,7 +17,9 @@ use gateway::config::MongoConfig;
 use gateway::metadata::MetadataChange;
 use gateway::model::{MessageInput, MessageRange, NewSession, Tenant};
 use gateway::store::mongo::MongoStore;
-use gateway::store::{Appended, SessionStore, StoreError};
+use gateway::store::{
+    Appended, BatchWrite, BatchWritten, GroupCommitMetrics, SessionStore, StoreError,
+};
 use serde_json::{Value, json};
 
 type Store = Arc<dyn SessionStore>;
@@ -311,6 +313,141 @@ async fn concurrent_sessions_are_committed_together_and_fail_alone() {
             assert_eq!(event_seqs(&g, &sid).await, (1..=7).collect::<Vec<u64>>());
         }
         assert_eq!(event_seqs(&g, "taken").await, vec![1]);
+    })
+    .await;
+}
+
+fn group_commit(s: &Store) -> GroupCommitMetrics {
+    s.metrics()
+        .group_commit
+        .expect("a group-commit gateway reports its counters")
+}
+
+/// What the Strands client sends at the end of a turn: the assistant's
+/// message, then the agent's state.
+fn turn(aid: &str, text: &str) -> Vec<BatchWrite> {
+    vec![
+        BatchWrite::Append {
+            aid: aid.to_owned(),
+            input: msg(None, &json!(text).to_string()),
+        },
+        BatchWrite::PutAgent {
+            aid: aid.to_owned(),
+            body: obj(json!({ "last": text })),
+            if_match: None,
+        },
+    ]
+}
+
+/// A batch of one session's writes is **one** job of the group commit (one
+/// guard, one transaction), also when its state was read first; when
+/// another gateway wrote the session in between, the job is sent back and
+/// the writes are made one by one, with the same answers. Batches from two
+/// group-commit gateways and single appends from a per-write gateway, all
+/// on one agent at once: every message id is used once, densely, every
+/// write has exactly one event, and the agent has one version per put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_are_one_job_and_stay_dense_across_gateways() {
+    with_db(|cfg| async move {
+        let g1 = connect(&cfg, "group_commit").await;
+        let g2 = connect(&cfg, "group_commit").await;
+        let g3 = connect(&cfg, "transaction").await;
+        create(&g1, "s").await;
+        g1.put_agent(&t(), "s", "a", obj(json!({})), None)
+            .await
+            .unwrap();
+        g2.append_message(&t(), "s", "a", msg(None, "0"))
+            .await
+            .unwrap();
+
+        // g1 knows the session at seq 2 (its put); g2 wrote since.
+        let before = group_commit(&g1);
+        let out = g1.write_batch(&t(), "s", turn("a", "1")).await;
+        assert!(out.failed.is_none(), "{:?}", out.failed);
+        let after = group_commit(&g1);
+        assert_eq!(after.stale - before.stale, 1, "built on a stale seq");
+        assert_eq!(after.jobs - before.jobs, 2, "then one by one");
+        match &out.done[..] {
+            [
+                BatchWritten::Appended(Appended::Created(m)),
+                BatchWritten::Agent(a, false),
+            ] => assert_eq!((m.message_id, a.version, a.message_count), (1, 2, 2)),
+            other => panic!("{other:?}"),
+        }
+
+        // Now g1 knows the session: the next turn is one job in one
+        // transaction, with two events.
+        let before = group_commit(&g1);
+        let out = g1.write_batch(&t(), "s", turn("a", "2")).await;
+        assert!(out.failed.is_none(), "{:?}", out.failed);
+        let after = group_commit(&g1);
+        assert_eq!(
+            (
+                after.jobs - before.jobs,
+                after.transactions - before.transactions,
+                after.stale - before.stale
+            ),
+            (1, 1, 0),
+            "two writes, one job"
+        );
+        assert_eq!(event_seqs(&g1, "s").await, (1..=7).collect::<Vec<u64>>());
+
+        // Concurrent turns through both group-commit gateways, and single
+        // appends through the per-write one.
+        let mut tasks = Vec::new();
+        for (w, store) in [&g1, &g2, &g1, &g2].into_iter().enumerate() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let out = store
+                        .write_batch(&t(), "s", turn("a", &format!("{w}.{i}")))
+                        .await;
+                    assert!(out.failed.is_none(), "batch {w}.{i}: {:?}", out.failed);
+                    assert_eq!(out.done.len(), 2);
+                }
+            }));
+        }
+        let single = g3.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let input = msg(None, &format!("\"single {i}\""));
+                match single.append_message(&t(), "s", "a", input).await {
+                    Ok(Appended::Created(_)) => {}
+                    other => panic!("append: {other:?}"),
+                }
+            }
+        }));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // 1 + 2 + 40 turns' messages + 10 single appends; 1 + 2 + 40 puts.
+        let (ids, total) = all_ids(&g3, "s", "a").await;
+        assert_eq!(total, 53);
+        assert_eq!(ids, (0..53).collect::<Vec<u64>>());
+        let a = g2.get_agent(&t(), "s", "a").await.unwrap();
+        assert_eq!((a.version, a.message_count), (43, 53));
+        let seqs = event_seqs(&g3, "s").await;
+        assert_eq!(seqs, (1..=3 + 4 + 80 + 10).collect::<Vec<u64>>());
+
+        // A gateway that did not create the agent (a restart, another
+        // gateway) reads the session once and puts the agent on the fast
+        // path too: the session keeps the agent's creation time.
+        let g4 = connect(&cfg, "group_commit").await;
+        let before = group_commit(&g4);
+        let out = g4.write_batch(&t(), "s", turn("a", "late")).await;
+        assert!(out.failed.is_none(), "{:?}", out.failed);
+        let after = group_commit(&g4);
+        assert_eq!(
+            (after.jobs - before.jobs, after.stale - before.stale),
+            (1, 0)
+        );
+        match &out.done[..] {
+            [_, BatchWritten::Agent(agent, false)] => {
+                assert_eq!(agent.created_at, a.created_at);
+                assert_eq!(agent.version, 44);
+            }
+            other => panic!("{other:?}"),
+        }
     })
     .await;
 }

@@ -24,7 +24,8 @@ use gateway::model::{
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::mongo::MongoStore;
 use gateway::store::{
-    Appended, ListQuery, OutboxItem, OutboxState, Retention, SessionStore, StoreError,
+    Appended, BatchWrite, BatchWritten, ListQuery, OutboxItem, OutboxState, Retention,
+    SessionStore, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -404,6 +405,7 @@ contract!(
     list_messages_ranges,
     get_and_update_messages,
     concurrent_appends_get_contiguous_ids,
+    write_batch_runs_in_order_and_stops_at_a_failure,
     metadata_set_unset_and_changed,
     metadata_path_conflicts,
     metadata_numbers_round_trip,
@@ -1782,6 +1784,172 @@ async fn feedbacks_in_order(s: Store) {
         .await
         .unwrap();
     assert_eq!(s.list_feedbacks(&t, "s").await.unwrap(), [f]);
+}
+
+fn append_op(aid: &str, id: Option<u64>, message: &str) -> BatchWrite {
+    BatchWrite::Append {
+        aid: aid.to_owned(),
+        input: msg(id, message),
+    }
+}
+
+fn put_op(aid: &str, body: Value, if_match: Option<u64>) -> BatchWrite {
+    BatchWrite::PutAgent {
+        aid: aid.to_owned(),
+        body: obj(body),
+        if_match,
+    }
+}
+
+/// `(message_id, appended)` of an append's answer, `(version, created,
+/// message_count)` of a put's.
+fn batch_answers(done: &[BatchWritten]) -> Vec<(u64, bool, u64)> {
+    done.iter()
+        .map(|w| match w {
+            BatchWritten::Appended(Appended::Created(m)) => (m.message_id, true, 0),
+            BatchWritten::Appended(Appended::Existing(m)) => (m.message_id, false, 0),
+            BatchWritten::Agent(a, created) => (a.version, *created, a.message_count),
+            BatchWritten::Message(m) => (m.message_id, false, 1),
+        })
+        .collect()
+}
+
+async fn event_kinds(s: &Store, t: &Tenant, sid: &str) -> Vec<(u64, EventType)> {
+    s.events_after(t, sid, 0, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| (e.seq, e.kind))
+        .collect()
+}
+
+/// Several writes of one session in one call (`POST …/batch`): each answers
+/// as its own method would, in order, with one event each; a write that
+/// fails stops the batch with the writes before it done and the ones after
+/// it not run. On MongoDB the first batch is one job of the group commit.
+async fn write_batch_runs_in_order_and_stops_at_a_failure(s: Store) {
+    use EventType::{AgentUpdated, MessageAppended, MessageUpdated, SessionCreated};
+    let t = tenant("t");
+    create(&s, &t, "b").await;
+    agent(&s, &t, "b", "a").await;
+    let out = s
+        .write_batch(
+            &t,
+            "b",
+            vec![
+                append_op("a", None, r#""hi""#),
+                put_op("a", json!({"state": {"n": 1}}), Some(1)),
+                put_op("new", json!({}), None),
+                append_op("new", Some(0), r#""first""#),
+                append_op("a", None, r#""again""#),
+            ],
+        )
+        .await;
+    assert!(out.failed.is_none(), "{:?}", out.failed);
+    assert_eq!(
+        batch_answers(&out.done),
+        [
+            (0, true, 0),
+            (2, false, 1),
+            (1, true, 0),
+            (0, true, 0),
+            (1, true, 0)
+        ]
+    );
+    let a = s.get_agent(&t, "b", "a").await.unwrap();
+    assert_eq!((a.version, a.message_count), (2, 2));
+    assert_eq!(a.body["state"]["n"], 1);
+    let new = s.get_agent(&t, "b", "new").await.unwrap();
+    assert_eq!((new.version, new.message_count), (1, 1));
+    let (msgs, total) = s
+        .list_messages(&t, "b", "a", MessageRange::Latest(10))
+        .await
+        .unwrap();
+    assert_eq!(total, 2);
+    let texts: Vec<&str> = msgs.iter().map(|m| m.message.get()).collect();
+    assert_eq!(texts, [r#""hi""#, r#""again""#]);
+    let mut want = vec![
+        (1, SessionCreated),
+        (2, AgentUpdated),
+        (3, MessageAppended),
+        (4, AgentUpdated),
+        (5, AgentUpdated),
+        (6, MessageAppended),
+        (7, MessageAppended),
+    ];
+    assert_eq!(event_kinds(&s, &t, "b").await, want);
+
+    // A stale If-Match stops the batch after the append before it.
+    let out = s
+        .write_batch(
+            &t,
+            "b",
+            vec![
+                append_op("a", None, r#""x""#),
+                put_op("a", json!({}), Some(1)),
+                append_op("a", None, r#""never""#),
+            ],
+        )
+        .await;
+    assert_eq!(batch_answers(&out.done), [(2, true, 0)]);
+    assert!(
+        matches!(
+            out.failed,
+            Some(StoreError::VersionMismatch {
+                expected: 1,
+                current: 2
+            })
+        ),
+        "{:?}",
+        out.failed
+    );
+    let a = s.get_agent(&t, "b", "a").await.unwrap();
+    assert_eq!((a.version, a.message_count), (2, 3));
+    want.push((8, MessageAppended));
+    assert_eq!(event_kinds(&s, &t, "b").await, want);
+
+    // A retried append (same id and content) answers the stored message and
+    // records nothing; an update of a message goes with the others.
+    let out = s
+        .write_batch(
+            &t,
+            "b",
+            vec![
+                append_op("a", Some(2), r#""x""#),
+                BatchWrite::UpdateMessage {
+                    aid: "a".into(),
+                    mid: 0,
+                    patch: patch(r#"{"message":"edited"}"#),
+                },
+                put_op("a", json!({}), Some(2)),
+            ],
+        )
+        .await;
+    assert!(out.failed.is_none(), "{:?}", out.failed);
+    assert_eq!(
+        batch_answers(&out.done),
+        [(2, false, 0), (0, false, 1), (3, false, 3)]
+    );
+    let m = s.get_message(&t, "b", "a", 0).await.unwrap();
+    assert_eq!(m.message.get(), r#""edited""#);
+    want.extend([(9, MessageUpdated), (10, AgentUpdated)]);
+    assert_eq!(event_kinds(&s, &t, "b").await, want);
+
+    // Nothing is written to a session that does not exist.
+    let out = s
+        .write_batch(
+            &t,
+            "nope",
+            vec![put_op("a", json!({}), None), append_op("a", None, "1")],
+        )
+        .await;
+    assert!(out.done.is_empty());
+    assert!(
+        matches!(out.failed, Some(StoreError::NotFound(_))),
+        "{:?}",
+        out.failed
+    );
+    assert!(s.events_after(&t, "nope", 0, 10).await.unwrap().is_empty());
 }
 
 async fn events_after_resumes_exactly(s: Store) {

@@ -9,6 +9,7 @@ use crate::api::BatchWriteItem;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::model::{JsonObject, MessageInput, MessagePatch};
+use crate::store::{Appended, BatchWrite, BatchWritten};
 
 /// Most operations in one batch.
 pub const MAX_BATCH_OPS: usize = 16;
@@ -91,7 +92,11 @@ impl Service {
     /// Runs the operations of a batch in order, each exactly as its own
     /// endpoint would (same checks, same hooks, same answers): every one is
     /// checked before any runs; the first that fails stops the batch. The
-    /// result holds each operation's status and answer body.
+    /// before-hooks of the operations run first, in order, and the writes
+    /// they let through then go to the store together
+    /// ([`AgentData::write_batch`](crate::store::AgentData::write_batch)),
+    /// which may commit them at once. The result holds each operation's
+    /// status and answer body.
     ///
     /// # Errors
     /// [`BatchError::Invalid`] when the batch was refused before anything
@@ -115,25 +120,35 @@ impl Service {
         for (i, op) in ops.into_iter().enumerate() {
             ready.push(self.check_op(i, op)?);
         }
-        let mut results = Vec::with_capacity(ready.len());
-        let mut wrote = false;
-        let mut stopped = None;
+        // The hooks of each write, in order, up to the first that refuses;
+        // then the writes before it, together.
+        let mut writes = Vec::with_capacity(ready.len());
+        let mut refused = None;
         for (i, op) in ready.into_iter().enumerate() {
-            match self.run_op(caller, sid, op).await {
-                Ok((status, created, body)) => {
-                    wrote |= created;
-                    results.push(BatchWriteItem { status, body });
-                }
+            match self.hooked(caller, sid, op).await {
+                Ok(w) => writes.push(w),
                 Err(e) => {
-                    stopped = Some((e, i));
+                    refused = Some((e, i));
                     break;
                 }
             }
+        }
+        let outcome = self.store.write_batch(&caller.tenant, sid, writes).await;
+        let mut results = Vec::with_capacity(outcome.done.len());
+        let mut wrote = false;
+        for w in outcome.done {
+            let (status, created, body) = answer(w)?;
+            wrote |= created;
+            results.push(BatchWriteItem { status, body });
         }
         // One notification for all the writes, also when the batch stopped.
         if wrote {
             self.committed.session(&caller.tenant, sid);
         }
+        let stopped = match outcome.failed {
+            Some(e) => Some((AppError::from(e), results.len())),
+            None => refused,
+        };
         match stopped {
             None => Ok(results),
             Some((error, failed_op)) => Err(BatchError::Stopped {
@@ -218,32 +233,36 @@ impl Service {
         }
     }
 
-    /// Runs one checked operation: its status, whether it wrote, its answer body.
-    async fn run_op(&self, caller: &Caller, sid: &str, op: Ready) -> AppResult<(u16, bool, Value)> {
-        match op {
+    /// One checked operation as its endpoint's hooks leave it, ready to write.
+    async fn hooked(&self, caller: &Caller, sid: &str, op: Ready) -> AppResult<BatchWrite> {
+        Ok(match op {
             Ready::Append(aid, input) => {
-                // The message hooks run as for `POST …/messages`: a batch is no
-                // way around the masker or the guardrail.
-                let (m, created) = self.append_unnotified(caller, sid, &aid, input).await?;
-                let status = if created { 201 } else { 200 };
-                Ok((status, created, to_value(&m)?))
+                let input = self.append_hooked(caller, sid, &aid, input).await?;
+                BatchWrite::Append { aid, input }
             }
-            Ready::Put(aid, body, version) => {
-                let (agent, created) = self
-                    .store
-                    .put_agent(&caller.tenant, sid, &aid, body, version)
-                    .await?;
-                let status = if created { 201 } else { 200 };
-                Ok((status, true, agent.to_json()))
-            }
+            Ready::Put(aid, body, if_match) => BatchWrite::PutAgent {
+                aid,
+                body,
+                if_match,
+            },
             Ready::Patch(aid, mid, patch) => {
-                let m = self
-                    .update_unnotified(caller, sid, &aid, mid, patch)
-                    .await?;
-                Ok((200, true, to_value(&m)?))
+                let patch = self.update_hooked(caller, sid, &aid, mid, patch).await?;
+                BatchWrite::UpdateMessage { aid, mid, patch }
             }
-        }
+        })
     }
+}
+
+/// A written operation's status, whether it wrote, and its answer body.
+fn answer(w: BatchWritten) -> AppResult<(u16, bool, Value)> {
+    Ok(match w {
+        BatchWritten::Appended(Appended::Created(m)) => (201, true, to_value(&m)?),
+        BatchWritten::Appended(Appended::Existing(m)) => (200, false, to_value(&m)?),
+        BatchWritten::Agent(agent, created) => {
+            (if created { 201 } else { 200 }, true, agent.to_json())
+        }
+        BatchWritten::Message(m) => (200, true, to_value(&m)?),
+    })
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> AppResult<Value> {

@@ -89,17 +89,15 @@ impl Service {
     }
 
     /// [`Service::append_message`] after its checks, without the commit
-    /// notification (the batch sends one for all its writes).
-    pub(super) async fn append_unnotified(
+    /// notification.
+    async fn append_unnotified(
         &self,
         caller: &Caller,
         sid: &str,
         aid: &str,
-        mut input: MessageInput,
+        input: MessageInput,
     ) -> AppResult<(Message, bool)> {
-        input.message = self
-            .message_hooks(caller, sid, aid, input.message_id, false, input.message)
-            .await?;
+        let input = self.append_hooked(caller, sid, aid, input).await?;
         Ok(
             match self
                 .store
@@ -110,6 +108,21 @@ impl Service {
                 Appended::Existing(m) => (m, false),
             },
         )
+    }
+
+    /// A checked append's message as the `message.append` hooks leave it
+    /// (a batch is no way around the masker or the guardrail).
+    pub(super) async fn append_hooked(
+        &self,
+        caller: &Caller,
+        sid: &str,
+        aid: &str,
+        mut input: MessageInput,
+    ) -> AppResult<MessageInput> {
+        input.message = self
+            .message_hooks(caller, sid, aid, input.message_id, false, input.message)
+            .await?;
+        Ok(input)
     }
 
     /// Replaces a message (`PUT`): `message` and `redact_message` are
@@ -185,26 +198,40 @@ impl Service {
         Ok(m)
     }
 
-    /// A checked message update through the `message.update` hooks (a patch
-    /// without content runs none), without the commit notification.
-    pub(super) async fn update_unnotified(
+    /// A checked message update through the `message.update` hooks, without
+    /// the commit notification.
+    async fn update_unnotified(
+        &self,
+        caller: &Caller,
+        sid: &str,
+        aid: &str,
+        mid: u64,
+        patch: MessagePatch,
+    ) -> AppResult<Message> {
+        let patch = self.update_hooked(caller, sid, aid, mid, patch).await?;
+        Ok(self
+            .store
+            .update_message(&caller.tenant, sid, aid, mid, patch)
+            .await?)
+    }
+
+    /// A checked patch as the `message.update` hooks leave it (a patch
+    /// without content runs none).
+    pub(super) async fn update_hooked(
         &self,
         caller: &Caller,
         sid: &str,
         aid: &str,
         mid: u64,
         mut patch: MessagePatch,
-    ) -> AppResult<Message> {
+    ) -> AppResult<MessagePatch> {
         if let Some(content) = patch.message.take() {
             patch.message = Some(
                 self.message_hooks(caller, sid, aid, Some(mid), true, content)
                     .await?,
             );
         }
-        Ok(self
-            .store
-            .update_message(&caller.tenant, sid, aid, mid, patch)
-            .await?)
+        Ok(patch)
     }
 
     /// Runs the `message.append` (or, with `update`, `message.update`)

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{Appended, StoreError, StoreResult};
+use super::{AgentData, Appended, BatchOutcome, BatchWrite, BatchWritten, StoreError, StoreResult};
 use crate::metadata::MetadataChange;
 use crate::model::{Agent, EventType, JsonObject, Message, MessageInput, MessageRange, format_ms};
 
@@ -234,4 +234,42 @@ pub(crate) fn created_session(
         metadata: metadata.clone(),
         agents: Vec::new(),
     }
+}
+
+/// [`AgentData::write_batch`] one write at a time, each through its own method.
+pub(crate) async fn write_one_by_one<S: AgentData + ?Sized>(
+    store: &S,
+    t: &crate::model::Tenant,
+    sid: &str,
+    writes: Vec<BatchWrite>,
+) -> BatchOutcome {
+    let mut out = BatchOutcome::default();
+    for w in writes {
+        let r = match w {
+            BatchWrite::Append { aid, input } => store
+                .append_message(t, sid, &aid, input)
+                .await
+                .map(BatchWritten::Appended),
+            BatchWrite::PutAgent {
+                aid,
+                body,
+                if_match,
+            } => store
+                .put_agent(t, sid, &aid, body, if_match)
+                .await
+                .map(|(a, created)| BatchWritten::Agent(a, created)),
+            BatchWrite::UpdateMessage { aid, mid, patch } => store
+                .update_message(t, sid, &aid, mid, patch)
+                .await
+                .map(BatchWritten::Message),
+        };
+        match r {
+            Ok(w) => out.done.push(w),
+            Err(e) => {
+                out.failed = Some(e);
+                break;
+            }
+        }
+    }
+    out
 }

@@ -135,6 +135,59 @@ pub enum Appended {
     Existing(Message),
 }
 
+/// One write of [`AgentData::write_batch`]: what the method of the same
+/// name would write.
+#[derive(Debug, Clone)]
+pub enum BatchWrite {
+    /// [`AgentData::append_message`].
+    Append {
+        /// The agent.
+        aid: String,
+        /// The message.
+        input: MessageInput,
+    },
+    /// [`AgentData::put_agent`].
+    PutAgent {
+        /// The agent.
+        aid: String,
+        /// Its object.
+        body: JsonObject,
+        /// The version it must have (`If-Match`).
+        if_match: Option<u64>,
+    },
+    /// [`AgentData::update_message`].
+    UpdateMessage {
+        /// The agent.
+        aid: String,
+        /// The message's id.
+        mid: u64,
+        /// The fields to change.
+        patch: MessagePatch,
+    },
+}
+
+/// What one write of a batch answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchWritten {
+    /// Of [`BatchWrite::Append`].
+    Appended(Appended),
+    /// Of [`BatchWrite::PutAgent`]: the agent and whether it was created.
+    Agent(Agent, bool),
+    /// Of [`BatchWrite::UpdateMessage`].
+    Message(Message),
+}
+
+/// How [`AgentData::write_batch`] ended: the answers of the writes done, in
+/// order, and the error of the first that failed (the writes after it were
+/// not run).
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// The answers of the writes done.
+    pub done: Vec<BatchWritten>,
+    /// Why the write after them failed, if one did.
+    pub failed: Option<StoreError>,
+}
+
 /// Outcome of a metadata change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetadataResult {
@@ -266,6 +319,20 @@ pub struct PoolMetrics {
 pub struct StoreMetrics {
     /// The driver's connection pool, when the backend has one.
     pub pool: Option<PoolMetrics>,
+    /// The MongoDB group commit, when it runs.
+    pub group_commit: Option<GroupCommitMetrics>,
+}
+
+/// Counters of the MongoDB group commit (`mongo::group_commit`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitMetrics {
+    /// Jobs committed (one per write, or per batch of one session's writes).
+    pub jobs: u64,
+    /// Transactions committed (each holds one or more jobs).
+    pub transactions: u64,
+    /// Jobs sent back to the per-write transaction (their session had
+    /// changed, or one of their writes was refused).
+    pub stale: u64,
 }
 
 /// What the backend is: its name, health and metrics.
@@ -405,6 +472,15 @@ pub trait AgentData: Send + Sync {
         mid: u64,
         patch: MessagePatch,
     ) -> StoreResult<Message>;
+
+    /// Runs several writes of one session in order, each with the answer its
+    /// own method would give, and stops at the first that fails. Each write
+    /// still records its own event. A backend may commit them together (the
+    /// MongoDB fast path commits them as one job of its group commit, in one
+    /// transaction); otherwise they are written one by one.
+    async fn write_batch(&self, t: &Tenant, sid: &str, writes: Vec<BatchWrite>) -> BatchOutcome {
+        write_one_by_one(self, t, sid, writes).await
+    }
 }
 
 /// The change-event log: one event per committed change, read by SSE feeds

@@ -329,26 +329,70 @@ pub(super) fn outbox_from_doc(d: &Document) -> StoreResult<OutboxItem> {
 
 /// The update of the session document by a write that records one event:
 /// `seq` + 1, `updated_at` now, plus the write's own increments.
-pub(super) fn bump_update(mut inc: Document, now: i64) -> Document {
-    inc.insert("seq", 1i64);
-    doc! { "$inc": inc, "$set": { "updated_at": date(now) } }
+pub(super) fn bump_update(inc: Document, now: i64) -> Document {
+    session_update(inc, Document::new(), 1, now)
 }
 
-/// The session update of `PUT agent`: a new version, the count unchanged
-/// (so a new agent starts at 0).
-pub(super) fn put_agent_update(aid: &str, now: i64) -> Document {
+/// The update of the session document by `events` writes committed together:
+/// `seq` + `events`, `updated_at` now, plus their increments summed
+/// ([`add_inc`]) and their fields set.
+pub(super) fn session_update(
+    mut inc: Document,
+    mut set: Document,
+    events: i64,
+    now: i64,
+) -> Document {
+    inc.insert("seq", events);
+    set.insert("updated_at", date(now));
+    doc! { "$inc": inc, "$set": set }
+}
+
+/// The session document's copy of an agent's creation time (`agents.<id>.c`),
+/// so that a gateway that reads the session knows it without reading the
+/// agent (the fast path answers `PUT agent` with it).
+pub(super) fn agent_created_path(aid: &str) -> String {
+    format!("agents.{}.c", enc(aid))
+}
+
+/// `agents.<e>.c` of a session document (see [`agent_created_path`]).
+pub(super) fn agent_created_at(d: &Document, e: &str) -> Option<i64> {
+    let a = d.get_document("agents").ok()?.get_document(e).ok()?;
+    a.get_datetime("c").ok().map(|t| t.timestamp_millis())
+}
+
+/// Adds the increments `more` into `into` (a path in both gets their sum).
+pub(super) fn add_inc(into: &mut Document, more: Document) {
+    for (path, v) in more {
+        let sum = into.get_i64(&path).unwrap_or(0) + int(Some(&v)).unwrap_or(0);
+        into.insert(path, sum);
+    }
+}
+
+/// The session increments of `PUT agent`: a new version, the count
+/// unchanged (so a new agent starts at 0).
+pub(super) fn put_agent_inc(aid: &str) -> Document {
     let e = enc(aid);
     let mut inc = Document::new();
     inc.insert(format!("agents.{e}.v"), 1i64);
     inc.insert(format!("agents.{e}.n"), 0i64);
-    bump_update(inc, now)
+    inc
 }
 
-/// The session update of an append: the agent's message count + 1.
-pub(super) fn append_update(aid: &str, now: i64) -> Document {
+/// The session update of `PUT agent` ([`put_agent_inc`]).
+pub(super) fn put_agent_update(aid: &str, now: i64) -> Document {
+    bump_update(put_agent_inc(aid), now)
+}
+
+/// The session increments of an append: the agent's message count + 1.
+pub(super) fn append_inc(aid: &str) -> Document {
     let mut inc = Document::new();
     inc.insert(format!("agents.{}.n", enc(aid)), 1i64);
-    bump_update(inc, now)
+    inc
+}
+
+/// The session update of an append ([`append_inc`]).
+pub(super) fn append_update(aid: &str, now: i64) -> Document {
+    bump_update(append_inc(aid), now)
 }
 
 /// The session update of a feedback: the feedback count + 1.

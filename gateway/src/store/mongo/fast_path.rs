@@ -27,8 +27,9 @@ use mongodb::options::{
 
 use super::client::MongoStore;
 use super::codec::{
-    agent_upsert, append_update, crosses_array, feedback_doc, feedback_update, int, message_doc,
-    metadata_update, new_session_fields, put_agent_update, to_i64,
+    add_inc, agent_created_path, agent_upsert, append_inc, crosses_array, date, feedback_doc,
+    feedback_update, int, message_doc, metadata_update, new_session_fields, put_agent_inc,
+    session_update, to_i64, to_json_text,
 };
 use super::group_commit::{Guard, Outcome};
 use super::known::{Known, KnownAgent, small};
@@ -39,8 +40,9 @@ use crate::model::{
     Agent, EventType, Feedback, JsonObject, Message, MessageInput, Session, now_ms,
 };
 use crate::store::{
-    Appended, MetadataResult, agent_payload, apply_metadata, created_payload, created_session,
-    message_event_payload, new_message, put_agent_answer, stamped_feedback,
+    Appended, BatchWrite, BatchWritten, MetadataResult, agent_payload, apply_metadata,
+    created_payload, created_session, message_event_payload, new_message, put_agent_answer,
+    stamped_feedback,
 };
 
 macro_rules! known_or_fallback {
@@ -69,6 +71,16 @@ fn insert_model(c: &Collection<Document>, d: Document) -> WriteModel {
         .into()
 }
 
+/// One write built on a [`Known`]: its increments of the session document
+/// and the fields it sets there, its other models (child document, event),
+/// and its answer.
+struct Planned<T> {
+    inc: Document,
+    set: Document,
+    models: Vec<WriteModel>,
+    value: T,
+}
+
 impl MongoStore {
     /// What is known of a live session: kept, else read (one `find` on the
     /// primary). `None` when it cannot be read (the per-write path decides).
@@ -87,9 +99,9 @@ impl MongoStore {
     }
 
     /// The guard: the live session document at the `seq` the write was built on.
-    fn guard(&self, key: &str, k: &Known, update: Document) -> WriteModel {
+    fn guard(&self, key: &str, seq: u64, update: Document) -> WriteModel {
         let mut filter = self.live(key);
-        filter.insert("seq", to_i64(k.seq));
+        filter.insert("seq", to_i64(seq));
         update_model(&self.c.sessions, filter, update)
     }
 
@@ -169,6 +181,92 @@ impl MongoStore {
         if_match: Option<u64>,
     ) -> Fast<(Agent, bool)> {
         let mut k = known_or_fallback!(self.known(&at.key).await);
+        let (seq, now) = (k.seq, now_ms());
+        let p = known_or_fallback!(self.plan_put_agent(at, &mut k, aid, body, if_match, now));
+        let update = session_update(p.inc, p.set, 1, now);
+        let mut models = vec![self.guard(&at.key, seq, update)];
+        models.extend(p.models);
+        self.commit_fast(&at.key, Guard::Update, models, k, p.value)
+            .await
+    }
+
+    pub(super) async fn append_fast(
+        &self,
+        at: &At<'_>,
+        aid: &str,
+        input: &MessageInput,
+    ) -> Fast<Appended> {
+        let mut k = known_or_fallback!(self.known(&at.key).await);
+        let (seq, now) = (k.seq, now_ms());
+        let p = known_or_fallback!(self.plan_append(at, &mut k, aid, input, now));
+        let update = session_update(p.inc, p.set, 1, now);
+        let mut models = vec![self.guard(&at.key, seq, update)];
+        models.extend(p.models);
+        self.commit_fast(&at.key, Guard::Update, models, k, p.value)
+            .await
+    }
+
+    /// Several writes of one session as **one** job of the group commit: one
+    /// guard (the session document at the `seq` they were built on, moved by
+    /// their summed increments and one `seq` per write), then each write's
+    /// child document and event, in order. All are committed or none; when
+    /// any cannot be decided from what is known (an update of a message, a
+    /// failing `If-Match`, a message id that is not the next one) or the
+    /// guard does not hold, the caller writes them one by one.
+    pub(super) async fn batch_fast(
+        &self,
+        at: &At<'_>,
+        writes: &[BatchWrite],
+    ) -> Fast<Vec<BatchWritten>> {
+        let mut k = known_or_fallback!(self.known(&at.key).await);
+        let (seq, now) = (k.seq, now_ms());
+        let (mut inc, mut set) = (Document::new(), Document::new());
+        let mut models = Vec::with_capacity(1 + 2 * writes.len());
+        let mut done = Vec::with_capacity(writes.len());
+        for w in writes {
+            match w {
+                BatchWrite::Append { aid, input } => {
+                    let p = known_or_fallback!(self.plan_append(at, &mut k, aid, input, now));
+                    add_inc(&mut inc, p.inc);
+                    set.extend(p.set);
+                    models.extend(p.models);
+                    done.push(BatchWritten::Appended(p.value));
+                }
+                BatchWrite::PutAgent {
+                    aid,
+                    body,
+                    if_match,
+                } => {
+                    let text = known_or_fallback!(to_json_text(body).ok());
+                    let body = (body, text.as_str());
+                    let p = known_or_fallback!(
+                        self.plan_put_agent(at, &mut k, aid, body, *if_match, now)
+                    );
+                    add_inc(&mut inc, p.inc);
+                    set.extend(p.set);
+                    models.extend(p.models);
+                    done.push(BatchWritten::Agent(p.value.0, p.value.1));
+                }
+                BatchWrite::UpdateMessage { .. } => return Fast::Fallback,
+            }
+        }
+        let events = known_or_fallback!(i64::try_from(writes.len()).ok());
+        let update = session_update(inc, set, events, now);
+        models.insert(0, self.guard(&at.key, seq, update));
+        self.commit_fast(&at.key, Guard::Update, models, k, done)
+            .await
+    }
+
+    /// `PUT agent` built on `k` (advanced past it on success).
+    fn plan_put_agent(
+        &self,
+        at: &At<'_>,
+        k: &mut Known,
+        aid: &str,
+        body: (&JsonObject, &str),
+        if_match: Option<u64>,
+        now: i64,
+    ) -> Option<Planned<(Agent, bool)>> {
         let cur = k.agents.get(aid).copied();
         let holds = match (if_match, cur) {
             (None, _) | (Some(0), None) => true,
@@ -176,17 +274,15 @@ impl MongoStore {
             (Some(_), None) => false,
         };
         if !holds {
-            return Fast::Fallback;
+            return None;
         }
-        let now = now_ms();
         let created_at = match cur {
             None => now,
-            Some(a) => known_or_fallback!(a.created_at),
+            Some(a) => a.created_at?,
         };
         let version = cur.map_or(1, |a| a.v + 1);
         let message_count = cur.map_or(0, |a| a.n);
         let created = cur.is_none();
-        let guard = self.guard(&at.key, &k, put_agent_update(aid, now));
         let (filter, update) = agent_upsert(&at.key, k.uid, aid, body.1, now);
         let agent = UpdateOneModel::builder()
             .namespace(self.c.agents.namespace())
@@ -196,9 +292,7 @@ impl MongoStore {
             .build()
             .into();
         let payload = agent_payload(aid, version, created);
-        let event =
-            known_or_fallback!(self.next_event(at, &k, EventType::AgentUpdated, now, payload));
-        let models = vec![guard, agent, event];
+        let event = self.next_event(at, k, EventType::AgentUpdated, now, payload)?;
         k.seq += 1;
         k.agents.insert(
             aid.to_owned(),
@@ -215,35 +309,43 @@ impl MongoStore {
             now,
             (version, message_count),
         );
-        self.commit_fast(&at.key, Guard::Update, models, k, value)
-            .await
+        let mut set = Document::new();
+        set.insert(agent_created_path(aid), date(created_at));
+        Some(Planned {
+            inc: put_agent_inc(aid),
+            set,
+            models: vec![agent, event],
+            value,
+        })
     }
 
-    pub(super) async fn append_fast(
+    /// An append built on `k` (advanced past it on success).
+    fn plan_append(
         &self,
         at: &At<'_>,
+        k: &mut Known,
         aid: &str,
         input: &MessageInput,
-    ) -> Fast<Appended> {
-        let mut k = known_or_fallback!(self.known(&at.key).await);
-        let mut a = known_or_fallback!(k.agents.get(aid).copied());
+        now: i64,
+    ) -> Option<Planned<Appended>> {
+        let mut a = k.agents.get(aid).copied()?;
         // Not the next id: a retry, a gap or a conflict; the stored state decides.
         if input.message_id.is_some_and(|mid| mid != a.n) {
-            return Fast::Fallback;
+            return None;
         }
-        let now = now_ms();
         let msg: Message = new_message(input, a.n, now);
-        let guard = self.guard(&at.key, &k, append_update(aid, now));
-        let message = known_or_fallback!(message_doc(&at.key, k.uid, aid, &msg).ok());
+        let message = message_doc(&at.key, k.uid, aid, &msg).ok()?;
         let payload = message_event_payload(aid, &msg);
-        let event =
-            known_or_fallback!(self.next_event(at, &k, EventType::MessageAppended, now, payload));
-        let models = vec![guard, insert_model(&self.c.messages, message), event];
+        let event = self.next_event(at, k, EventType::MessageAppended, now, payload)?;
         k.seq += 1;
         a.n += 1;
         k.agents.insert(aid.to_owned(), a);
-        self.commit_fast(&at.key, Guard::Update, models, k, Appended::Created(msg))
-            .await
+        Some(Planned {
+            inc: append_inc(aid),
+            set: Document::new(),
+            models: vec![insert_model(&self.c.messages, message), event],
+            value: Appended::Created(msg),
+        })
     }
 
     pub(super) async fn feedback_fast(&self, at: &At<'_>, body: &JsonObject) -> Fast<Feedback> {
@@ -252,7 +354,7 @@ impl MongoStore {
             return Fast::Fallback;
         }
         let now = now_ms();
-        let guard = self.guard(&at.key, &k, feedback_update(now));
+        let guard = self.guard(&at.key, k.seq, feedback_update(now));
         let (body, payload) = stamped_feedback(body, now);
         let fb = known_or_fallback!(feedback_doc(&at.key, k.uid, k.feedbacks, &body).ok());
         let event =
@@ -283,7 +385,7 @@ impl MongoStore {
             return Fast::Fallback;
         }
         let now = now_ms();
-        let guard = self.guard(&at.key, &k, metadata_update(change, now));
+        let guard = self.guard(&at.key, k.seq, metadata_update(change, now));
         let event = known_or_fallback!(self.next_event(at, &k, kind, now, payload));
         let models = vec![guard, event];
         k.seq += 1;

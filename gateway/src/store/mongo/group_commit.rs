@@ -16,6 +16,7 @@
 //! caller holds the session's in-process lock until its job is answered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use mongodb::Client;
@@ -25,7 +26,7 @@ use mongodb::results::VerboseBulkWriteResult;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::error::{backoff, commit_with_retry, is_connectivity, mongo_err};
-use crate::store::StoreError;
+use crate::store::{GroupCommitMetrics, StoreError};
 
 /// Most jobs in one transaction (the driver splits a bulk write larger than
 /// the server's batch and message limits into several commands by itself).
@@ -69,18 +70,38 @@ pub(super) enum Outcome {
     Failed(StoreError),
 }
 
+/// What the writer has done (counters).
+#[derive(Default)]
+struct Counters {
+    jobs: AtomicU64,
+    transactions: AtomicU64,
+    stale: AtomicU64,
+}
+
 /// Handle of the writer task.
 #[derive(Clone)]
 pub(super) struct GroupCommit {
     tx: mpsc::Sender<Job>,
+    counters: Arc<Counters>,
 }
 
 impl GroupCommit {
     /// Starts the writer task on `client`.
     pub fn start(client: Client) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_JOBS);
-        tokio::spawn(run(client, rx));
-        Self { tx }
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run(client, rx, counters.clone()));
+        Self { tx, counters }
+    }
+
+    /// The writer's counters.
+    pub fn metrics(&self) -> GroupCommitMetrics {
+        let c = &self.counters;
+        GroupCommitMetrics {
+            jobs: c.jobs.load(Relaxed),
+            transactions: c.transactions.load(Relaxed),
+            stale: c.stale.load(Relaxed),
+        }
     }
 
     /// Commits `models` (guard first) with other sessions' concurrent writes.
@@ -98,7 +119,7 @@ impl GroupCommit {
     }
 }
 
-async fn run(client: Client, mut rx: mpsc::Receiver<Job>) {
+async fn run(client: Client, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // Wait for a free slot before collecting: while every slot commits,
@@ -116,9 +137,9 @@ async fn run(client: Client, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let client = client.clone();
+        let (client, counters) = (client.clone(), counters.clone());
         tokio::spawn(async move {
-            commit(&client, batch).await;
+            commit(&client, batch, &counters).await;
             drop(slot);
         });
     }
@@ -166,7 +187,7 @@ fn answer_all(batch: Vec<Job>, outcome: impl Fn() -> Outcome) {
     }
 }
 
-async fn commit(client: &Client, mut batch: Vec<Job>) {
+async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
     let started = std::time::Instant::now();
     let mut attempt = 0;
     while !batch.is_empty() {
@@ -198,11 +219,16 @@ async fn commit(client: &Client, mut batch: Vec<Job>) {
                 let stale = stale_jobs(&batch, &guards, &r);
                 if !stale.is_empty() {
                     let _ = s.abort_transaction().await;
+                    counters.stale.fetch_add(stale.len() as u64, Relaxed);
                     answer(&mut batch, &stale, || Outcome::Stale);
                     continue;
                 }
                 match commit_with_retry(&mut s).await {
-                    Ok(()) => return answer_all(batch, || Outcome::Committed),
+                    Ok(()) => {
+                        counters.transactions.fetch_add(1, Relaxed);
+                        counters.jobs.fetch_add(batch.len() as u64, Relaxed);
+                        return answer_all(batch, || Outcome::Committed);
+                    }
                     Err(e)
                         if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
                             && !is_connectivity(&e) =>
@@ -224,6 +250,7 @@ async fn commit(client: &Client, mut batch: Vec<Job>) {
                     // A refused model (e.g. a duplicate key): its job goes
                     // the per-write way, which reports why; retry the rest.
                     let j = owner[first];
+                    counters.stale.fetch_add(1, Relaxed);
                     answer(&mut batch, &[j], || Outcome::Stale);
                     continue;
                 }

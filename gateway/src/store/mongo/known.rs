@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use mongodb::bson::Document;
 
-use super::codec::{agent_summary, dec, doc_to_obj, get_str, int, seq_of, uid_of};
+use super::codec::{
+    agent_created_at, agent_summary, dec, doc_to_obj, get_str, int, seq_of, uid_of,
+};
 use crate::model::JsonObject;
 use crate::store::StoreResult;
 
@@ -27,7 +29,10 @@ pub(super) struct KnownAgent {
     pub v: u64,
     /// Message count = the next message id.
     pub n: u64,
-    /// Creation time, when this gateway saw it (it lives in `agents`).
+    /// Creation time: when this gateway created the agent, or the session
+    /// document's copy of it (`agents.<id>.c`; absent for agents written
+    /// before the copy was kept, whose puts take the per-write transaction,
+    /// which adds it).
     pub created_at: Option<i64>,
 }
 
@@ -59,7 +64,7 @@ impl Known {
                         KnownAgent {
                             v,
                             n,
-                            created_at: None,
+                            created_at: agent_created_at(d, field),
                         },
                     );
                 }

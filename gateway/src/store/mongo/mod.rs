@@ -157,6 +157,7 @@ use mongodb::options::{
 pub use self::client::MongoStore;
 use self::client::PoolStats;
 use self::error::mongo_err;
+use self::group_commit::GroupCommit;
 use crate::config::MongoConfig;
 use crate::store::{Backend, SessionStore, StoreError, StoreMetrics, StoreResult};
 
@@ -332,6 +333,7 @@ impl Backend for MongoStore {
     fn metrics(&self) -> StoreMetrics {
         StoreMetrics {
             pool: Some(self.pool.snapshot()),
+            group_commit: self.writer.as_ref().map(GroupCommit::metrics),
         }
     }
 }

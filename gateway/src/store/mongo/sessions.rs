@@ -15,6 +15,7 @@ use super::codec::{
     from_doc_text, get_str, json_to_bson, message_filter, session_from_doc, to_i64, uid_of,
 };
 use super::error::mongo_err;
+use super::txn::Fast;
 use super::writes::At;
 use crate::metadata::{self, MetadataChange};
 use crate::model::{
@@ -22,8 +23,8 @@ use crate::model::{
     MessageRange, NewSession, Session, Tenant, now_ms,
 };
 use crate::store::{
-    AgentData, Appended, ListQuery, MetadataResult, Page, ReadBudget, SessionData, StoreError,
-    StoreResult, message_bounds, tenant_key_range,
+    AgentData, Appended, BatchOutcome, BatchWrite, ListQuery, MetadataResult, Page, ReadBudget,
+    SessionData, StoreError, StoreResult, message_bounds, tenant_key_range, write_one_by_one,
 };
 
 /// Collects a cursor of documents, naming the operation in errors.
@@ -380,6 +381,24 @@ impl AgentData for MongoStore {
             },
         )
         .await
+    }
+
+    async fn write_batch(&self, t: &Tenant, sid: &str, writes: Vec<BatchWrite>) -> BatchOutcome {
+        if self.writer.is_some() && writes.len() > 1 {
+            let at = &At::new(t.as_str(), sid);
+            let turn = self.locks.lock(&at.key).await;
+            match self.batch_fast(at, &writes).await {
+                Fast::Done(Ok(done)) => return BatchOutcome { done, failed: None },
+                Fast::Done(Err(e)) => {
+                    return BatchOutcome {
+                        done: Vec::new(),
+                        failed: Some(e),
+                    };
+                }
+                Fast::Fallback => drop(turn),
+            }
+        }
+        write_one_by_one(self, t, sid, writes).await
     }
 
     async fn list_messages(

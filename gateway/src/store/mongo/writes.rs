@@ -16,10 +16,10 @@ use serde_json::Value;
 
 use super::client::MongoStore;
 use super::codec::{
-    agent_summary, agent_upsert, append_update, crosses_array, date, date_ms, doc_to_obj, enc,
-    feedback_doc, feedback_update, from_doc_text, get_str, int, message_doc, message_filter,
-    metadata_update, new_session_fields, obj_to_doc, put_agent_update, seq_of, to_i64,
-    to_json_text, uid_of,
+    agent_created_at, agent_created_path, agent_summary, agent_upsert, append_update,
+    crosses_array, date, date_ms, doc_to_obj, enc, feedback_doc, feedback_update, from_doc_text,
+    get_str, int, message_doc, message_filter, metadata_update, new_session_fields, obj_to_doc,
+    put_agent_update, seq_of, to_i64, to_json_text, uid_of,
 };
 use super::error::{DUPLICATE_KEY, PATH_NOT_VIABLE, error_code, error_message, malformed};
 use super::txn::{Step, TxErr, TxResult};
@@ -333,6 +333,17 @@ impl MongoStore {
             .await?
             .ok_or_else(|| malformed("agent document", "upsert returned nothing"))?;
         let created_at = date_ms(&stored, "created_at");
+        if self.writer.is_some() && agent_created_at(&after.doc, &e) != Some(created_at) {
+            // The session's copy of the creation time, for the fast path's
+            // next put (once per agent written here: new, or older than the copy).
+            let mut set = Document::new();
+            set.insert(agent_created_path(aid), date(created_at));
+            self.c
+                .sessions
+                .update_one(self.live(&at.key), doc! { "$set": set })
+                .session(&mut *s)
+                .await?;
+        }
         let payload = agent_payload(aid, version, created);
         self.record(s, at, &after, EventType::AgentUpdated, now, payload)
             .await?;
