@@ -40,7 +40,10 @@
 //! - Session and agent ids cannot contain `/`, `%` or `$`, so `"<tenant>/<sid>"`
 //!   keys sort per tenant (`"<tenant>/"` ≤ key < `"<tenant>0"`), and an agent id
 //!   is a field name under `agents` once its dots are encoded as `%2E`:
-//!   `agents: { "<aid>": { v: <version>, n: <message count> } }`.
+//!   `agents: { "<aid>": { v: <version>, n: <message count>, c: <created_at> } }`
+//!   (`c` copies the agent document's creation time so the fast path can
+//!   answer a `PUT` from the session alone; agents written before it was
+//!   kept get it on their next put).
 //! - `metadata` is stored as a BSON document (integers as `Int64`, integers above
 //!   `i64::MAX` as `Decimal128`, other numbers as `Double`, key order kept) so
 //!   `metadata.<path>` can be indexed (`metadata_index_fields`) and filtered.
@@ -103,7 +106,11 @@
 //! (`If-Match` that fails, a message id that is not the next one, a metadata
 //! path MongoDB may refuse), is taken out of the batch and runs as its own
 //! transaction below, which reads the stored state and answers
-//! authoritatively (`fast_path.rs`).
+//! authoritatively (`fast_path.rs`). Several writes of one session sent
+//! together (`POST …/batch`, [`AgentData::write_batch`](crate::store::AgentData::write_batch))
+//! are one job: one guard carrying their summed increments and one `seq` per
+//! write, then each write's document and event, committed all or none; a job
+//! that cannot be built or whose guard fails is written one by one.
 //!
 //! **One transaction per write** (servers before 8.0, `write_path =
 //! "transaction"`, and every fallback): every mutating call runs in one
