@@ -128,6 +128,22 @@ impl MongoStore {
         }
     }
 
+    /// Commits one planned write built on `seq` (`k` is already past it).
+    async fn commit_planned<T>(
+        &self,
+        key: &str,
+        seq: u64,
+        now: i64,
+        k: Known,
+        p: Planned<T>,
+    ) -> Fast<T> {
+        let update = session_update(p.inc, p.set, 1, now);
+        let mut models = vec![self.guard(key, seq, update)];
+        models.extend(p.models);
+        self.commit_fast(key, Guard::Update, models, k, p.value)
+            .await
+    }
+
     /// The event of the write that advances `k` by one, as a model.
     fn next_event(
         &self,
@@ -183,11 +199,7 @@ impl MongoStore {
         let mut k = known_or_fallback!(self.known(&at.key).await);
         let (seq, now) = (k.seq, now_ms());
         let p = known_or_fallback!(self.plan_put_agent(at, &mut k, aid, body, if_match, now));
-        let update = session_update(p.inc, p.set, 1, now);
-        let mut models = vec![self.guard(&at.key, seq, update)];
-        models.extend(p.models);
-        self.commit_fast(&at.key, Guard::Update, models, k, p.value)
-            .await
+        self.commit_planned(&at.key, seq, now, k, p).await
     }
 
     pub(super) async fn append_fast(
@@ -199,11 +211,7 @@ impl MongoStore {
         let mut k = known_or_fallback!(self.known(&at.key).await);
         let (seq, now) = (k.seq, now_ms());
         let p = known_or_fallback!(self.plan_append(at, &mut k, aid, input, now));
-        let update = session_update(p.inc, p.set, 1, now);
-        let mut models = vec![self.guard(&at.key, seq, update)];
-        models.extend(p.models);
-        self.commit_fast(&at.key, Guard::Update, models, k, p.value)
-            .await
+        self.commit_planned(&at.key, seq, now, k, p).await
     }
 
     /// Several writes of one session as **one** job of the group commit: one
