@@ -43,7 +43,11 @@ struct Batch {
 /// endpoint; the batch as a whole is not a transaction. The first operation
 /// that fails stops the batch: the ones before it stay written, the ones after
 /// it are not run. The error answer names it (`failed_op`, 0-based) and
-/// carries the results of the ones written (`results`).
+/// carries the results of the ones written (`results`). The operations'
+/// message hooks run first, in order; a refusal stops the batch at that
+/// operation in the same way. The gateway may commit the operations together
+/// (on MongoDB 8.0+ they are one commit of its group-commit writer), but a
+/// client should rely only on the rules above.
 #[utoipa::path(
     post,
     path = "/v1/sessions/{sid}/batch",
