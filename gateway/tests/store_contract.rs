@@ -178,6 +178,48 @@ async fn embedded_idle_polls_commit_nothing() {
     assert_eq!(embedded.commits(), before + 1);
 }
 
+/// On the embedded store a batch of writes is one commit (one fsync), also
+/// when a write in it fails: the writes before it are in that commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_batch_is_one_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded =
+        Arc::new(EmbeddedStore::open(&dir.path().join("db.redb"), 64).expect("open redb"));
+    let store: Store = embedded.clone();
+    let t = tenant("t");
+    create(&store, &t, "s").await;
+    agent(&store, &t, "s", "a").await;
+    let before = embedded.commits();
+    let out = store
+        .write_batch(
+            &t,
+            "s",
+            vec![
+                append_op("a", None, "1"),
+                put_op("a", json!({}), None),
+                append_op("a", None, "2"),
+            ],
+        )
+        .await;
+    assert!(out.failed.is_none(), "{:?}", out.failed);
+    assert_eq!(embedded.commits(), before + 1);
+    let out = store
+        .write_batch(
+            &t,
+            "s",
+            vec![append_op("a", None, "3"), put_op("a", json!({}), Some(1))],
+        )
+        .await;
+    assert_eq!(out.done.len(), 1);
+    assert!(matches!(out.failed, Some(StoreError::VersionMismatch { .. })));
+    assert_eq!(embedded.commits(), before + 2);
+    let (_, total) = store
+        .list_messages(&t, "s", "a", MessageRange::Latest(1))
+        .await
+        .unwrap();
+    assert_eq!(total, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_reads_stop_at_the_byte_budget() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -39,7 +39,9 @@
 //! transaction, lets the method check its preconditions and write its child
 //! rows, then records the event (bumping `seq`, stamping `updated_at`,
 //! queueing after-hooks) and saves the header — so no method repeats that
-//! sequence, and none can forget the event.
+//! sequence, and none can forget the event. `EmbeddedStore::mutate_steps`
+//! does the same for the writes of one batch (`write_batch`) in one job, so a
+//! Strands turn's message and agent state cost one commit, not two.
 
 mod events;
 mod outbox;
@@ -267,6 +269,48 @@ impl EmbeddedStore {
         .await
     }
 
+    /// [`Self::mutate`] for several changes of one session in one job (one
+    /// commit): each step runs on the session as the steps before it left it
+    /// and records its own event. The first step that fails stops them; the
+    /// ones before it are committed (a failing step writes nothing, as a
+    /// failing `mutate` does). Answers the values of the steps done and the
+    /// error of the one that failed.
+    async fn mutate_steps<T: Send + 'static>(
+        &self,
+        t: &Tenant,
+        sid: &str,
+        steps: Vec<MutateStep<T>>,
+    ) -> (Vec<T>, Option<StoreError>) {
+        let hooked = self.after_hooked();
+        let ret = self.retention();
+        let (t, sid) = (t.clone(), sid.to_owned());
+        let res = self
+            .write(move |txn| {
+                let key = session_key(t.as_str(), &sid);
+                let mut done = Vec::with_capacity(steps.len());
+                let mut rec = match live_session(txn, &key, &sid, &ret) {
+                    Ok(rec) => rec,
+                    Err(e) => return Ok((done, Some(e))),
+                };
+                let now = now_ms();
+                for step in steps {
+                    match step(txn, &mut rec, now) {
+                        Ok(Change::Event(kind, payload, value)) => {
+                            record_event(txn, hooked, &t, &key, &mut rec, (kind, now, payload))?;
+                            done.push(value);
+                        }
+                        Ok(Change::Unchanged(value)) => done.push(value),
+                        // A storage error fails the whole job, as in `mutate`.
+                        Err(e @ StoreError::Internal(_)) => return Err(e),
+                        Err(e) => return Ok((done, Some(e))),
+                    }
+                }
+                Ok((done, None))
+            })
+            .await;
+        res.unwrap_or_else(|e| (Vec::new(), Some(e)))
+    }
+
     /// Reads a live session (else `NotFound`) and runs `f` on it, on a
     /// blocking thread.
     async fn read_live<T, F>(&self, t: &Tenant, sid: &str, f: F) -> StoreResult<T>
@@ -303,11 +347,25 @@ impl EmbeddedStore {
 }
 
 /// What a write to one session did (see [`EmbeddedStore::mutate`]).
+/// One step of [`EmbeddedStore::mutate_steps`].
+type MutateStep<T> =
+    Box<dyn FnOnce(&WriteTransaction, &mut SessionRecord, i64) -> StoreResult<Change<T>> + Send>;
+
 enum Change<T> {
     /// Record an event of this type and payload; answer the value.
     Event(EventType, Value, T),
     /// Nothing was written (an idempotent retry); answer the value.
     Unchanged(T),
+}
+
+impl<T> Change<T> {
+    /// The same change answering `f(value)`.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Change<U> {
+        match self {
+            Self::Event(kind, payload, value) => Change::Event(kind, payload, f(value)),
+            Self::Unchanged(value) => Change::Unchanged(f(value)),
+        }
+    }
 }
 
 fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU64) {

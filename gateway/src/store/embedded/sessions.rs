@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use redb::ReadableTable;
+use redb::{ReadableTable, WriteTransaction};
 use serde_json::Value;
 
 use super::tables::{
@@ -12,17 +12,18 @@ use super::tables::{
     internal, load_session, matches_query, next_uid, open_read, read_agent, read_message_w,
     read_session, record_event, to_json, tombstone,
 };
-use super::{Change, EmbeddedStore};
+use super::{Change, EmbeddedStore, MutateStep};
 use crate::metadata::MetadataChange;
 use crate::model::{
     Agent, DEFAULT_SESSION_TYPE, EventType, Feedback, JsonObject, Message, MessageInput,
     MessagePatch, MessageRange, NewSession, Session, Tenant, now_ms,
 };
 use crate::store::{
-    AgentData, AppendAt, Appended, ListQuery, MetadataResult, Page, ReadBudget, SessionData,
-    StoreError, StoreResult, agent_payload, append_at, append_retry, apply_metadata,
-    created_payload, message_bounds, message_event_payload, new_message, put_agent_answer,
-    session_exists, session_key, stamped_feedback, tenant_key_range,
+    AgentData, AppendAt, Appended, BatchOutcome, BatchWrite, BatchWritten, ListQuery,
+    MetadataResult, Page, ReadBudget, SessionData, StoreError, StoreResult, agent_payload,
+    append_at, append_retry, apply_metadata, created_payload, message_bounds,
+    message_event_payload, new_message, put_agent_answer, session_exists, session_key,
+    stamped_feedback, tenant_key_range,
 };
 
 /// The summary of an agent the session has, else `NotFound`.
@@ -222,36 +223,7 @@ impl AgentData for EmbeddedStore {
     ) -> StoreResult<(Agent, bool)> {
         let aid = aid.to_owned();
         self.mutate(t, sid, move |txn, rec, now| {
-            let prior = rec.agents.get(&aid).copied();
-            if let Some(expected) = if_match {
-                let current = prior.map_or(0, |p| p.version);
-                if current != expected {
-                    return Err(StoreError::VersionMismatch { expected, current });
-                }
-            }
-            let mut agents = txn.open_table(AGENTS).map_err(internal)?;
-            let created_at = match agents.get((rec.uid, aid.as_str())).map_err(internal)? {
-                Some(v) => from_json::<AgentRecord>(v.value())?.created_at,
-                None => now,
-            };
-            let summary = AgentSummary {
-                version: prior.map_or(1, |p| p.version + 1),
-                message_count: prior.map_or(0, |p| p.message_count),
-            };
-            let stored = AgentRecord {
-                body,
-                created_at,
-                updated_at: now,
-            };
-            agents
-                .insert((rec.uid, aid.as_str()), to_json(&stored)?.as_slice())
-                .map_err(internal)?;
-            drop(agents);
-            rec.agents.insert(aid.clone(), summary);
-            let payload = agent_payload(&aid, summary.version, prior.is_none());
-            let summary = (summary.version, summary.message_count);
-            let value = put_agent_answer(&aid, stored.body, created_at, now, summary);
-            Ok(Change::Event(EventType::AgentUpdated, payload, value))
+            put_agent_in(txn, rec, now, &aid, body, if_match)
         })
         .await
     }
@@ -284,23 +256,7 @@ impl AgentData for EmbeddedStore {
     ) -> StoreResult<Appended> {
         let aid = aid.to_owned();
         self.mutate(t, sid, move |txn, rec, now| {
-            let mut summary = agent_of(rec, &aid)?;
-            let next = summary.message_count;
-            if let AppendAt::Stored(mid) = append_at(&input, next)? {
-                let stored = read_message_w(txn, rec.uid, &aid, mid)?
-                    .ok_or_else(|| internal(format!("message {mid} missing below count")))?;
-                return append_retry(&input, stored).map(Change::Unchanged);
-            }
-            let msg = new_message(&input, next, now);
-            txn.open_table(MESSAGES)
-                .map_err(internal)?
-                .insert((rec.uid, aid.as_str(), next), to_json(&msg)?.as_slice())
-                .map_err(internal)?;
-            summary.message_count += 1;
-            rec.agents.insert(aid.clone(), summary);
-            let payload = message_event_payload(&aid, &msg);
-            let value = Appended::Created(msg);
-            Ok(Change::Event(EventType::MessageAppended, payload, value))
+            append_in(txn, rec, now, &aid, &input)
         })
         .await
     }
@@ -365,19 +321,129 @@ impl AgentData for EmbeddedStore {
     ) -> StoreResult<Message> {
         let aid = aid.to_owned();
         self.mutate(t, sid, move |txn, rec, now| {
-            agent_of(rec, &aid)?;
-            let mut msg = read_message_w(txn, rec.uid, &aid, mid)?
-                .ok_or_else(|| StoreError::message_not_found(&aid, mid))?;
-            patch.apply(&mut msg, now);
-            txn.open_table(MESSAGES)
-                .map_err(internal)?
-                .insert((rec.uid, aid.as_str(), mid), to_json(&msg)?.as_slice())
-                .map_err(internal)?;
-            let payload = message_event_payload(&aid, &msg);
-            Ok(Change::Event(EventType::MessageUpdated, payload, msg))
+            update_message_in(txn, rec, now, &aid, mid, &patch)
         })
         .await
     }
+
+    async fn write_batch(&self, t: &Tenant, sid: &str, writes: Vec<BatchWrite>) -> BatchOutcome {
+        let steps = writes
+            .into_iter()
+            .map(|w| -> MutateStep<BatchWritten> {
+                match w {
+                    BatchWrite::Append { aid, input } => Box::new(move |txn, rec, now| {
+                        append_in(txn, rec, now, &aid, &input)
+                            .map(|c| c.map(BatchWritten::Appended))
+                    }),
+                    BatchWrite::PutAgent {
+                        aid,
+                        body,
+                        if_match,
+                    } => Box::new(move |txn, rec, now| {
+                        put_agent_in(txn, rec, now, &aid, body, if_match)
+                            .map(|c| c.map(|(a, created)| BatchWritten::Agent(a, created)))
+                    }),
+                    BatchWrite::UpdateMessage { aid, mid, patch } => {
+                        Box::new(move |txn, rec, now| {
+                            update_message_in(txn, rec, now, &aid, mid, &patch)
+                                .map(|c| c.map(BatchWritten::Message))
+                        })
+                    }
+                }
+            })
+            .collect();
+        let (done, failed) = self.mutate_steps(t, sid, steps).await;
+        BatchOutcome { done, failed }
+    }
+}
+
+/// `PUT agent` in a write transaction.
+fn put_agent_in(
+    txn: &WriteTransaction,
+    rec: &mut SessionRecord,
+    now: i64,
+    aid: &str,
+    body: JsonObject,
+    if_match: Option<u64>,
+) -> StoreResult<Change<(Agent, bool)>> {
+    let prior = rec.agents.get(aid).copied();
+    if let Some(expected) = if_match {
+        let current = prior.map_or(0, |p| p.version);
+        if current != expected {
+            return Err(StoreError::VersionMismatch { expected, current });
+        }
+    }
+    let mut agents = txn.open_table(AGENTS).map_err(internal)?;
+    let created_at = match agents.get((rec.uid, aid)).map_err(internal)? {
+        Some(v) => from_json::<AgentRecord>(v.value())?.created_at,
+        None => now,
+    };
+    let summary = AgentSummary {
+        version: prior.map_or(1, |p| p.version + 1),
+        message_count: prior.map_or(0, |p| p.message_count),
+    };
+    let stored = AgentRecord {
+        body,
+        created_at,
+        updated_at: now,
+    };
+    agents
+        .insert((rec.uid, aid), to_json(&stored)?.as_slice())
+        .map_err(internal)?;
+    drop(agents);
+    rec.agents.insert(aid.to_owned(), summary);
+    let payload = agent_payload(aid, summary.version, prior.is_none());
+    let summary = (summary.version, summary.message_count);
+    let value = put_agent_answer(aid, stored.body, created_at, now, summary);
+    Ok(Change::Event(EventType::AgentUpdated, payload, value))
+}
+
+/// An append in a write transaction.
+fn append_in(
+    txn: &WriteTransaction,
+    rec: &mut SessionRecord,
+    now: i64,
+    aid: &str,
+    input: &MessageInput,
+) -> StoreResult<Change<Appended>> {
+    let mut summary = agent_of(rec, aid)?;
+    let next = summary.message_count;
+    if let AppendAt::Stored(mid) = append_at(input, next)? {
+        let stored = read_message_w(txn, rec.uid, aid, mid)?
+            .ok_or_else(|| internal(format!("message {mid} missing below count")))?;
+        return append_retry(input, stored).map(Change::Unchanged);
+    }
+    let msg = new_message(input, next, now);
+    txn.open_table(MESSAGES)
+        .map_err(internal)?
+        .insert((rec.uid, aid, next), to_json(&msg)?.as_slice())
+        .map_err(internal)?;
+    summary.message_count += 1;
+    rec.agents.insert(aid.to_owned(), summary);
+    let payload = message_event_payload(aid, &msg);
+    let value = Appended::Created(msg);
+    Ok(Change::Event(EventType::MessageAppended, payload, value))
+}
+
+/// A message update in a write transaction.
+fn update_message_in(
+    txn: &WriteTransaction,
+    rec: &mut SessionRecord,
+    now: i64,
+    aid: &str,
+    mid: u64,
+    patch: &MessagePatch,
+) -> StoreResult<Change<Message>> {
+    agent_of(rec, aid)?;
+    let mut msg = read_message_w(txn, rec.uid, aid, mid)?
+        .ok_or_else(|| StoreError::message_not_found(aid, mid))?;
+    patch.apply(&mut msg, now);
+    txn.open_table(MESSAGES)
+        .map_err(internal)?
+        .insert((rec.uid, aid, mid), to_json(&msg)?.as_slice())
+        .map_err(internal)?;
+    let payload = message_event_payload(aid, &msg);
+    Ok(Change::Event(EventType::MessageUpdated, payload, msg))
 }
 
 /// `OtherType` unless the session is of the type a write expects (if any).
