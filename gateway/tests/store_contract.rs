@@ -211,7 +211,10 @@ async fn embedded_batch_is_one_commit() {
         )
         .await;
     assert_eq!(out.done.len(), 1);
-    assert!(matches!(out.failed, Some(StoreError::VersionMismatch { .. })));
+    assert!(matches!(
+        out.failed,
+        Some(StoreError::VersionMismatch { .. })
+    ));
     assert_eq!(embedded.commits(), before + 2);
     let (_, total) = store
         .list_messages(&t, "s", "a", MessageRange::Latest(1))
