@@ -9,7 +9,7 @@ use crate::api::BatchWriteItem;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::model::{JsonObject, MessageInput, MessagePatch};
-use crate::store::{Appended, BatchWrite, BatchWritten};
+use crate::store::{Appended, BatchOutcome, BatchWrite, BatchWritten};
 
 /// Most operations in one batch.
 pub const MAX_BATCH_OPS: usize = 16;
@@ -133,7 +133,12 @@ impl Service {
                 }
             }
         }
-        let outcome = self.store.write_batch(&caller.tenant, sid, writes).await;
+        let outcome = if writes.is_empty() {
+            // The first op's hooks refused it: nothing to write.
+            BatchOutcome::default()
+        } else {
+            self.store.write_batch(&caller.tenant, sid, writes).await
+        };
         let mut results = Vec::with_capacity(outcome.done.len());
         let mut wrote = false;
         for w in outcome.done {

@@ -281,6 +281,9 @@ impl EmbeddedStore {
         sid: &str,
         steps: Vec<MutateStep<T>>,
     ) -> (Vec<T>, Option<StoreError>) {
+        if steps.is_empty() {
+            return (Vec::new(), None);
+        }
         let hooked = self.after_hooked();
         let ret = self.retention();
         let (t, sid) = (t.clone(), sid.to_owned());
