@@ -250,31 +250,19 @@ impl EmbeddedStore {
             + Send
             + 'static,
     {
-        let hooked = self.after_hooked();
-        let ret = self.retention();
-        let (t, sid) = (t.clone(), sid.to_owned());
-        self.write(move |txn| {
-            let key = session_key(t.as_str(), &sid);
-            let mut rec = live_session(txn, &key, &sid, &ret)?;
-            let now = now_ms();
-            match f(txn, &mut rec, now)? {
-                Change::Event(kind, payload, value) => {
-                    let ev = (kind, now, payload);
-                    record_event(txn, hooked, &t, &key, &mut rec, ev)?;
-                    Ok(value)
-                }
-                Change::Unchanged(value) => Ok(value),
-            }
-        })
-        .await
+        let (mut done, failed) = self.mutate_steps(t, sid, vec![Box::new(f)]).await;
+        match (failed, done.pop()) {
+            (Some(e), _) => Err(e),
+            (None, Some(value)) => Ok(value),
+            (None, None) => Err(internal("a write step answered nothing")),
+        }
     }
 
     /// [`Self::mutate`] for several changes of one session in one job (one
     /// commit): each step runs on the session as the steps before it left it
     /// and records its own event. The first step that fails stops them; the
-    /// ones before it are committed (a failing step writes nothing, as a
-    /// failing `mutate` does). Answers the values of the steps done and the
-    /// error of the one that failed.
+    /// ones before it are committed (a failing step writes nothing). Answers
+    /// the values of the steps done and the error of the one that failed.
     async fn mutate_steps<T: Send + 'static>(
         &self,
         t: &Tenant,
@@ -349,11 +337,11 @@ impl EmbeddedStore {
     }
 }
 
-/// What a write to one session did (see [`EmbeddedStore::mutate`]).
 /// One step of [`EmbeddedStore::mutate_steps`].
 type MutateStep<T> =
     Box<dyn FnOnce(&WriteTransaction, &mut SessionRecord, i64) -> StoreResult<Change<T>> + Send>;
 
+/// What a write to one session did (see [`EmbeddedStore::mutate`]).
 enum Change<T> {
     /// Record an event of this type and payload; answer the value.
     Event(EventType, Value, T),

@@ -81,6 +81,28 @@ struct Planned<T> {
     value: T,
 }
 
+/// Writes built in turn on one [`Known`], to be committed as one job: their
+/// session changes merged (increments summed, one `seq` per write) and their
+/// other models in order.
+#[derive(Default)]
+struct Combined {
+    inc: Document,
+    set: Document,
+    models: Vec<WriteModel>,
+    writes: i64,
+}
+
+impl Combined {
+    /// Adds a planned write; answers its value.
+    fn add<T>(&mut self, p: Planned<T>) -> T {
+        add_inc(&mut self.inc, p.inc);
+        self.set.extend(p.set);
+        self.models.extend(p.models);
+        self.writes += 1;
+        p.value
+    }
+}
+
 impl MongoStore {
     /// What is known of a live session: kept, else read (one `find` on the
     /// primary). `None` when it cannot be read (the per-write path decides).
@@ -128,20 +150,21 @@ impl MongoStore {
         }
     }
 
-    /// Commits one planned write built on `seq` (`k` is already past it).
-    async fn commit_planned<T>(
+    /// Commits writes built on `seq` as one job: the guard, with their
+    /// merged session update, then their models (`k` is already past them).
+    async fn commit_combined<T>(
         &self,
         key: &str,
-        seq: u64,
-        now: i64,
+        (seq, now): (u64, i64),
+        c: Combined,
         k: Known,
-        p: Planned<T>,
+        value: T,
     ) -> Fast<T> {
-        let update = session_update(p.inc, p.set, 1, now);
-        let mut models = vec![self.guard(key, seq, update)];
-        models.extend(p.models);
-        self.commit_fast(key, Guard::Update, models, k, p.value)
-            .await
+        let update = session_update(c.inc, c.set, c.writes, now);
+        let mut models = Vec::with_capacity(1 + c.models.len());
+        models.push(self.guard(key, seq, update));
+        models.extend(c.models);
+        self.commit_fast(key, Guard::Update, models, k, value).await
     }
 
     /// The event of the write that advances `k` by one, as a model.
@@ -196,10 +219,10 @@ impl MongoStore {
         body: (&JsonObject, &str),
         if_match: Option<u64>,
     ) -> Fast<(Agent, bool)> {
-        let mut k = known_or_fallback!(self.known(&at.key).await);
-        let (seq, now) = (k.seq, now_ms());
-        let p = known_or_fallback!(self.plan_put_agent(at, &mut k, aid, body, if_match, now));
-        self.commit_planned(&at.key, seq, now, k, p).await
+        self.single_fast(at, |s, k, now| {
+            s.plan_put_agent(at, k, aid, body, if_match, now)
+        })
+        .await
     }
 
     pub(super) async fn append_fast(
@@ -208,10 +231,23 @@ impl MongoStore {
         aid: &str,
         input: &MessageInput,
     ) -> Fast<Appended> {
+        self.single_fast(at, |s, k, now| s.plan_append(at, k, aid, input, now))
+            .await
+    }
+
+    /// One write, planned by `plan` on what is known of the session, as a
+    /// job of its own.
+    async fn single_fast<T>(
+        &self,
+        at: &At<'_>,
+        plan: impl FnOnce(&Self, &mut Known, i64) -> Option<Planned<T>>,
+    ) -> Fast<T> {
         let mut k = known_or_fallback!(self.known(&at.key).await);
         let (seq, now) = (k.seq, now_ms());
-        let p = known_or_fallback!(self.plan_append(at, &mut k, aid, input, now));
-        self.commit_planned(&at.key, seq, now, k, p).await
+        let p = known_or_fallback!(plan(self, &mut k, now));
+        let mut c = Combined::default();
+        let value = c.add(p);
+        self.commit_combined(&at.key, (seq, now), c, k, value).await
     }
 
     /// Several writes of one session as **one** job of the group commit: one
@@ -228,17 +264,13 @@ impl MongoStore {
     ) -> Fast<Vec<BatchWritten>> {
         let mut k = known_or_fallback!(self.known(&at.key).await);
         let (seq, now) = (k.seq, now_ms());
-        let (mut inc, mut set) = (Document::new(), Document::new());
-        let mut models = Vec::with_capacity(1 + 2 * writes.len());
+        let mut c = Combined::default();
         let mut done = Vec::with_capacity(writes.len());
         for w in writes {
-            match w {
+            let written = match w {
                 BatchWrite::Append { aid, input } => {
                     let p = known_or_fallback!(self.plan_append(at, &mut k, aid, input, now));
-                    add_inc(&mut inc, p.inc);
-                    set.extend(p.set);
-                    models.extend(p.models);
-                    done.push(BatchWritten::Appended(p.value));
+                    BatchWritten::Appended(c.add(p))
                 }
                 BatchWrite::PutAgent {
                     aid,
@@ -250,19 +282,14 @@ impl MongoStore {
                     let p = known_or_fallback!(
                         self.plan_put_agent(at, &mut k, aid, body, *if_match, now)
                     );
-                    add_inc(&mut inc, p.inc);
-                    set.extend(p.set);
-                    models.extend(p.models);
-                    done.push(BatchWritten::Agent(p.value.0, p.value.1));
+                    let (agent, created) = c.add(p);
+                    BatchWritten::Agent(agent, created)
                 }
                 BatchWrite::UpdateMessage { .. } => return Fast::Fallback,
-            }
+            };
+            done.push(written);
         }
-        let events = known_or_fallback!(i64::try_from(writes.len()).ok());
-        let update = session_update(inc, set, events, now);
-        models.insert(0, self.guard(&at.key, seq, update));
-        self.commit_fast(&at.key, Guard::Update, models, k, done)
-            .await
+        self.commit_combined(&at.key, (seq, now), c, k, done).await
     }
 
     /// `PUT agent` built on `k` (advanced past it on success).
