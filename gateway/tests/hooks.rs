@@ -252,6 +252,43 @@ async fn hostile_plugins_are_contained(b: Backend) {
     assert_eq!(v, json!({}));
 }
 
+/// A plugin parked in a host call (a one-hour `wasi:clocks` sleep: it burns
+/// no fuel and runs no wasm) is stopped at its deadline like a busy one, and
+/// its instance is dropped. Before deadlines were enforced around the call's
+/// future, only wasm code checked them and such a call held its request for
+/// the hour.
+async fn a_sleeping_plugin_is_stopped_at_its_deadline(b: Backend) {
+    let gw = gw!(
+        b,
+        vec![hook(
+            "sleep",
+            "fixture_sleep",
+            "before",
+            &["metadata.update"],
+            &format!("timeout_ms = 200\n{NO_SUSPECTS}"),
+        )]
+    );
+    gw.session("s").await;
+    let started = Instant::now();
+    let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
+    // A containment check, not a latency assertion: the plugin asked for 3,600 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the sleeping plugin held its request for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, "hook_failed");
+    assert_eq!(v["error"]["message"], "sleep: timed out", "{v}");
+    let stats = gw.plugin_stats("sleep").await;
+    assert_eq!(stats["errors"], 1, "{stats}");
+    // The stopped instance is not reused: the next call starts a new one.
+    let (s, _) = gw.patch("/v1/sessions/s/metadata", json!({"a": 1})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gw.plugin_stats("sleep").await["instantiations"], 2);
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1, json!({}));
+}
+
 async fn reuse_and_per_call_instances(b: Backend) {
     let gw = gw!(
         b,
@@ -836,6 +873,7 @@ on_both_stores!(
     huge_rewrite_is_contained,
     fail_open_and_fail_closed,
     hostile_plugins_are_contained,
+    a_sleeping_plugin_is_stopped_at_its_deadline,
     reuse_and_per_call_instances,
     after_hooks_publish_to_granted_targets_only,
     rewrites_are_chained_and_stored,

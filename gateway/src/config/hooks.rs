@@ -166,7 +166,9 @@ pub struct HookConfig {
     /// Fail closed (`deny`, default) or open (`allow`).
     #[serde(default)]
     pub on_error: OnError,
-    /// Wall-clock budget of one call, enforced by epoch interruption.
+    /// Wall-clock budget of one call, enforced around the call (the guest
+    /// yields every `YIELD_FUEL` units of fuel; a host call it waits in is
+    /// ended by a timer), see `hooks::runtime::deadline`.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Linear-memory ceiling of one instance.

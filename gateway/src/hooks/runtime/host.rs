@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use wasmtime::StoreLimits;
@@ -50,7 +49,6 @@ pub struct HostState {
     pub(super) limits: StoreLimits,
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
-    pub(super) deadline: Instant,
     /// Set during after-hooks: the event the call is about, from which
     /// notification ids are derived (so a re-run yields the same ids).
     pub(super) publish_key: Option<String>,

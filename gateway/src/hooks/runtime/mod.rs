@@ -1,13 +1,13 @@
 //! The wasmtime side of hooks: one engine, one linker, a compiled component and
 //! an instance pool per plugin, and the limits that contain a hostile plugin.
 //!
-//! - **Engine** ([`engine`]): one per process, with epoch interruption (a
-//!   ticker thread bumps the epoch every millisecond while a call is in
-//!   flight, and parks while none is), fuel metering and the pooling
-//!   allocator. Calls are async: a busy plugin yields to tokio at every tick,
-//!   so it never pins a worker thread, and is trapped once its wall-clock
-//!   budget (`timeout_ms`) is spent.
-//! - **Limits per call:** a deadline (epoch), optional fuel, and `StoreLimits`
+//! - **Engine** ([`engine`]): one per process, with fuel metering and the
+//!   pooling allocator, and no thread of its own. Calls are async: a busy
+//!   plugin yields to tokio every [`deadline::YIELD_FUEL`] units of fuel, so
+//!   it never pins a worker thread, and the call is stopped once its
+//!   wall-clock budget (`timeout_ms`) is spent, whether the guest computes
+//!   or waits in a host call ([`deadline`]).
+//! - **Limits per call:** a deadline, optional fuel, and `StoreLimits`
 //!   on linear memory (`memory_mb`), instances, tables and memories.
 //! - **Suspects:** the calls of a tenant whose recent calls to a plugin
 //!   mostly failed run on one thread of their own at `SCHED_IDLE` priority;
@@ -33,6 +33,7 @@
 
 mod artifact;
 pub mod calls;
+pub mod deadline;
 pub mod engine;
 mod host;
 pub mod input;
@@ -42,7 +43,7 @@ pub mod version;
 use std::time::Duration;
 
 pub use self::artifact::read_wasm;
-pub use self::engine::{Runtime, Ticker};
+pub use self::engine::Runtime;
 pub use self::host::{HostState, LogLevel, PluginMeta, PluginStats, PublishRefusal, Published};
 pub use self::pool::Plugin;
 pub use self::version::Prepared;
@@ -101,7 +102,6 @@ pub enum Verdict<T> {
 /// A wasmtime error as a failed call, saying why in plain words.
 pub(crate) fn trap(e: wasmtime::Error) -> CallError {
     let msg = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => "timed out".to_owned(),
         Some(wasmtime::Trap::OutOfFuel) => "ran out of fuel".to_owned(),
         Some(t) => format!("trapped: {t}"),
         None => format!("failed: {e:#}"),

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
 use super::CallError;
-use super::engine::{Runtime, Ticker};
+use super::deadline::{self, YIELD_FUEL};
+use super::engine::Runtime;
 use super::host::{HostState, PluginMeta, PluginStats, Published};
 use super::version::{Exports, Prepared};
 use crate::config::{HookConfig, InstanceMode, OnError};
@@ -27,7 +28,7 @@ const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 /// before its caller runs it (see `Plugin::call`).
 const LANE_START_WAIT: Duration = Duration::from_millis(5);
 /// How long past a call's deadline its caller waits for the lane's answer
-/// (the lane notices the deadline at its next epoch tick).
+/// (the lane notices the deadline at the call's next yield or timer).
 const LANE_GRACE: Duration = Duration::from_millis(5);
 
 /// An instance with its exports, ready for a call.
@@ -54,7 +55,6 @@ pub struct Plugin {
     pub wit: &'static str,
     prepared: Prepared,
     engine: Engine,
-    ticker: Arc<Ticker>,
     warm: Mutex<Vec<Warm>>,
     /// `per-call`: fresh instances no call has used, at most [`READY`].
     /// They belong to this version: a hot swap drops them with it.
@@ -87,7 +87,6 @@ impl Plugin {
             config,
             prepared,
             engine: rt.engine.clone(),
-            ticker: rt.ticker.clone(),
             warm: Mutex::new(Vec::new()),
             ready: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
@@ -131,31 +130,28 @@ impl Plugin {
             limits,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            // Start-up code gets its own budget, at least INSTANTIATE_BUDGET:
-            // a cold instance must not fail a call on a busy machine, and a
-            // plugin that loops at start-up is still stopped.
-            deadline: Instant::now()
-                + Duration::from_millis(self.config.timeout_ms).max(INSTANTIATE_BUDGET),
             publish_key: None,
             published: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        store.set_epoch_deadline(1);
+        store.fuel_async_yield_interval(Some(YIELD_FUEL))?;
         store.set_fuel(u64::MAX)?;
         // Counted as attempted, so `instantiations` is the number of fresh
         // instances calls needed, whether or not their start-up succeeded.
         if count {
             self.count_instance();
         }
-        let instance = self.prepared.pre.instantiate_async(&mut store).await?;
+        // Start-up code gets its own budget, at least INSTANTIATE_BUDGET: a
+        // cold instance must not fail a call on a busy machine, and a plugin
+        // that loops or sleeps at start-up is still stopped.
+        let budget = Duration::from_millis(self.config.timeout_ms).max(INSTANTIATE_BUDGET);
+        let instance = deadline::by(
+            Instant::now() + budget,
+            self.prepared.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|deadline::TimedOut| anyhow::anyhow!("start-up timed out"))??;
         let exports = self.prepared.indices.load(&mut store, &instance)?;
         Ok(Warm { store, exports })
     }
@@ -167,12 +163,8 @@ impl Plugin {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An instance for one call, its deadline `timeout_ms` after `start`.
-    async fn checkout(
-        self: &Arc<Self>,
-        publish_key: Option<String>,
-        start: Instant,
-    ) -> Result<Warm, CallError> {
+    /// An instance for one call.
+    async fn checkout(self: &Arc<Self>, publish_key: Option<String>) -> Result<Warm, CallError> {
         let pooled = match self.config.instance {
             InstanceMode::Reuse => self.warm.lock().expect("warm pool lock").pop(),
             InstanceMode::PerCall => {
@@ -196,10 +188,8 @@ impl Plugin {
             }
         };
         let data = w.store.data_mut();
-        data.deadline = start + Duration::from_millis(self.config.timeout_ms);
         data.publish_key = publish_key;
         data.published.clear();
-        w.store.set_epoch_deadline(1);
         w.store
             .set_fuel(self.config.fuel.unwrap_or(u64::MAX))
             .map_err(|e| CallError::Trap(e.to_string()))?;
@@ -212,7 +202,6 @@ impl Plugin {
     /// # Errors
     /// When the component fails to instantiate.
     pub async fn prewarm(&self) -> anyhow::Result<()> {
-        let _ticking = self.ticker.enter();
         match self.config.instance {
             InstanceMode::Reuse => {
                 let w = self.instantiate(true).await?;
@@ -253,11 +242,7 @@ impl Plugin {
                     p.refilling.store(false, Ordering::Release);
                     return;
                 }
-                let made = {
-                    let _ticking = p.ticker.enter();
-                    p.instantiate(false).await
-                };
-                match made {
+                match p.instantiate(false).await {
                     Ok(w) => {
                         let mut ready = p.ready.lock().expect("ready lock");
                         if ready.len() < READY && !p.retired.load(Ordering::Acquire) {
@@ -388,16 +373,19 @@ impl Plugin {
         f: impl for<'w> FnOnce(&'w mut Warm) -> futures::future::BoxFuture<'w, Result<R, CallError>>,
         start: Instant,
     ) -> Result<(R, Vec<Published>), CallError> {
-        // Deadlines are checked at epoch ticks, which run only while a call is in flight.
-        let _ticking = self.ticker.enter();
-        let mut w = match self.checkout(publish_key, start).await {
+        let mut w = match self.checkout(publish_key).await {
             Ok(w) => w,
             Err(e) => {
                 self.refill_after_failure();
                 return Err(e);
             }
         };
-        let out = f(&mut w).await;
+        let deadline = start + Duration::from_millis(self.config.timeout_ms);
+        // Past the deadline the call's future is dropped mid-run, unwinding
+        // the guest: the instance is discarded below like a trapped one.
+        let out = deadline::by(deadline, f(&mut w))
+            .await
+            .unwrap_or_else(|deadline::TimedOut| Err(CallError::Trap("timed out".into())));
         match out {
             Ok(r) => {
                 let published = std::mem::take(&mut w.store.data_mut().published);
