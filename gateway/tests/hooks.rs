@@ -325,6 +325,62 @@ async fn reuse_and_per_call_instances(b: Backend) {
     assert_eq!(fresh["instantiations"], 10);
 }
 
+/// Entries of one wasm share one compiled component (one copy of its code
+/// and memory image), and still run as separate plugins: their own
+/// instances, configs and counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_one_wasm_share_its_compiled_component() {
+    let gw = TestGateway::with_hooks(
+        Backend::Embedded,
+        vec![
+            hook(
+                "a",
+                "fixture_allow",
+                "before",
+                &["metadata.update"],
+                "instance = \"reuse\"",
+            ),
+            hook(
+                "b",
+                "fixture_allow",
+                "before",
+                &["metadata.update"],
+                "instance = \"per-call\"",
+            ),
+            hook(
+                "no",
+                "fixture_deny",
+                "before",
+                &["metadata.delete"],
+                "config = { reason = \"kept\" }",
+            ),
+        ],
+    )
+    .await
+    .expect("embedded store");
+    assert_eq!(
+        gw.state.hooks.runtime().components(),
+        2,
+        "three entries of two wasm files"
+    );
+    gw.session("s").await;
+    for i in 0..3 {
+        let (s, v) = gw.patch("/v1/sessions/s/metadata", json!({"i": i})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, v) = gw.delete("/v1/sessions/s/metadata?keys=i").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["message"], "no: kept");
+    let (a, b) = (gw.plugin_stats("a").await, gw.plugin_stats("b").await);
+    assert_eq!(
+        (a["calls"].as_u64(), b["calls"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(a["instantiations"], 1, "{a}");
+    assert_eq!(b["instantiations"], 3, "{b}");
+    assert_eq!(a["sha256"], b["sha256"]);
+}
+
 fn write_config(
     dir: &std::path::Path,
     wasm: &std::path::Path,

@@ -127,7 +127,11 @@ impl HookHost {
                 .iter()
                 .find(|p| p.config.name == hc.name)
                 .cloned();
-            match self.load_one(hc, previous.as_deref()).await {
+            // A wasm already loaded (by this set or the one it replaces)
+            // is not compiled again: its entries share one compiled
+            // component, so one copy of its code and memory image.
+            let siblings = next.iter().chain(old.plugins.iter());
+            match self.load_one(hc, previous.as_deref(), siblings).await {
                 Ok(None) => {
                     report.unchanged.push(hc.name.clone());
                     next.push(previous.expect("unchanged implies a previous version"));
@@ -170,6 +174,7 @@ impl HookHost {
         &self,
         hc: &HookConfig,
         previous: Option<&Plugin>,
+        mut loaded: impl Iterator<Item = &Arc<Plugin>>,
     ) -> anyhow::Result<Option<Plugin>> {
         let (bytes, sha) = runtime::read_wasm(&hc.wasm)?;
         if let Some(pin) = &hc.sha256
@@ -187,14 +192,19 @@ impl HookHost {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        tracing::info!(plugin = %hc.name, file = %hc.wasm.display(), "compiling plugin");
         let observer = self.compile_observer.lock().expect("observer lock").clone();
         if let Some(f) = observer {
             f(&hc.name);
         }
-        let rt = self.runtime.clone();
-        let sha2 = sha.clone();
-        let component = tokio::task::spawn_blocking(move || rt.compile(&bytes, &sha2)).await??;
+        let component = if let Some(c) = loaded.find_map(|p| p.component_of(&sha)) {
+            tracing::info!(plugin = %hc.name, file = %hc.wasm.display(), "plugin shares the compiled component of an entry with the same wasm");
+            c
+        } else {
+            tracing::info!(plugin = %hc.name, file = %hc.wasm.display(), "compiling plugin");
+            let rt = self.runtime.clone();
+            let sha2 = sha.clone();
+            tokio::task::spawn_blocking(move || rt.compile(&bytes, &sha2)).await??
+        };
         let prepared = self.runtime.prepare(&component)?;
         let exports = prepared.exports();
         for e in &hc.events {
@@ -217,7 +227,7 @@ impl HookHost {
                 );
             }
         }
-        tracing::info!(plugin = %hc.name, ms = started.elapsed().as_millis() as u64, "plugin compiled");
+        tracing::info!(plugin = %hc.name, ms = started.elapsed().as_millis() as u64, "plugin prepared");
         let plugin = Plugin::new(&self.runtime, hc.clone(), sha, prepared);
         // A component that cannot even start is refused here, before the
         // swap, so the previous version keeps serving.

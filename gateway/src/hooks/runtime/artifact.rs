@@ -25,6 +25,8 @@ impl Runtime {
     /// # Errors
     /// When the bytes are not a valid component for this engine.
     pub fn compile(&self, bytes: &[u8], sha: &str) -> anyhow::Result<Component> {
+        self.components
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = self.cache_key(sha);
         let art = self.cache_dir.join(format!("{key}.cwasm"));
         let sum = self.cache_dir.join(format!("{key}.sha256"));

@@ -6,6 +6,7 @@
 //! [`super::deadline::YIELD_FUEL`] units of fuel.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use wasmtime::component::Linker;
@@ -25,6 +26,8 @@ pub struct Runtime {
     pub(super) engine: Engine,
     pub(super) linker: Linker<HostState>,
     pub(super) cache_dir: PathBuf,
+    /// Components compiled or loaded from the artifact cache so far.
+    pub(super) components: AtomicU64,
 }
 
 impl Runtime {
@@ -75,7 +78,14 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.to_owned(),
+            components: AtomicU64::new(0),
         })
+    }
+
+    /// How many components were compiled or loaded from the artifact cache
+    /// (entries of one wasm share one; tests count them).
+    pub fn components(&self) -> u64 {
+        self.components.load(Ordering::Relaxed)
     }
 
     /// The engine (for `plugin check`).

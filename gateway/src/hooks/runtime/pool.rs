@@ -102,6 +102,11 @@ impl Plugin {
         drop(ready);
     }
 
+    /// Its compiled component, when its wasm's sha256 is `sha`.
+    pub fn component_of(&self, sha: &str) -> Option<wasmtime::component::Component> {
+        (self.sha256 == sha).then(|| self.prepared.pre.component().clone())
+    }
+
     /// How many fresh instances are ready for `per-call` calls.
     pub fn ready_instances(&self) -> usize {
         self.ready.lock().expect("ready lock").len()
