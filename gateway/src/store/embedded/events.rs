@@ -85,20 +85,10 @@ impl EventLog for EmbeddedStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
-        // Polled while idle: a snapshot first, so that a poll with nothing
-        // claimable does not take a turn of the writer (see `claim_outbox`).
-        let any_due = self
-            .read(move |txn| {
-                for row in open_read(txn, HOOK_QUEUE)?.iter().map_err(internal)? {
-                    let (_, lease) = row.map_err(internal)?;
-                    if lease.value() <= now {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            })
-            .await?;
-        if !any_due {
+        if !self
+            .any_due(HOOK_QUEUE, move |lease| Ok(lease.value() <= now))
+            .await?
+        {
             return Ok(Vec::new());
         }
         self.write(move |txn| {

@@ -212,6 +212,32 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Internal("embedded writer dropped a job".into()))?
     }
 
+    /// Whether any row of `table` is `due`, looked up in a snapshot: the
+    /// idle polls (after-hook queue, outbox) ask this first, so that a poll
+    /// with nothing to claim neither waits for nor takes a turn of the
+    /// writer (a commit, with its fsync, twice a second per poller).
+    async fn any_due<K, V, F>(
+        &self,
+        table: redb::TableDefinition<'static, K, V>,
+        due: F,
+    ) -> StoreResult<bool>
+    where
+        K: redb::Key + Send + 'static,
+        V: redb::Value + Send + 'static,
+        F: Fn(redb::AccessGuard<'_, V>) -> StoreResult<bool> + Send + 'static,
+    {
+        self.read(move |txn| {
+            for row in tables::open_read(txn, table)?.iter().map_err(internal)? {
+                let (_, v) = row.map_err(internal)?;
+                if due(v)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
     /// Runs a read against a snapshot on a blocking thread.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where

@@ -16,22 +16,10 @@ impl OutboxQueue for EmbeddedStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>> {
-        // The dispatcher polls while idle: look first in a snapshot, so that
-        // a poll with nothing due neither waits for nor takes a turn of the
-        // writer (a commit, with its fsync, twice a second).
-        let any_due = self
-            .read(move |txn| {
-                for row in open_read(txn, OUTBOX)?.iter().map_err(internal)? {
-                    let (_, v) = row.map_err(internal)?;
-                    let item: OutboxItem = from_json(v.value())?;
-                    if is_due(&item, now) {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            })
-            .await?;
-        if !any_due {
+        if !self
+            .any_due(OUTBOX, move |v| Ok(is_due(&from_json(v.value())?, now)))
+            .await?
+        {
             return Ok(Vec::new());
         }
         self.write(move |txn| {
