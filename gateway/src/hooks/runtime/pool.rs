@@ -21,7 +21,11 @@ use crate::hooks::breaker::Breakers;
 const MAX_WARM: usize = 16;
 /// Fresh instances kept ready per plugin in `per-call` mode, instantiated
 /// off the request path; each serves one call and is then dropped.
-const READY: usize = 2;
+const READY: usize = 4;
+/// The ready lane is woken once `ready` has fallen by this many (or this
+/// many spent instances wait for their teardown): one wake-up of that
+/// thread per `REFILL_BATCH` calls, not per call.
+const REFILL_BATCH: usize = 2;
 /// Least time an instance's start-up may take before it is stopped.
 const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 /// Longest a suspect's call waits for the low-priority lane to start it
@@ -59,6 +63,9 @@ pub struct Plugin {
     /// `per-call`: fresh instances no call has used, at most [`READY`].
     /// They belong to this version: a hot swap drops them with it.
     ready: Mutex<Vec<Warm>>,
+    /// `per-call`: instances that served their call, waiting for the ready
+    /// lane to tear them down.
+    spent: Mutex<Vec<Warm>>,
     /// Whether a task is refilling `ready` (one at a time).
     refilling: AtomicBool,
     /// Swapped out or removed: `ready` is emptied and not refilled.
@@ -89,6 +96,7 @@ impl Plugin {
             engine: rt.engine.clone(),
             warm: Mutex::new(Vec::new()),
             ready: Mutex::new(Vec::new()),
+            spent: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         }
@@ -100,6 +108,7 @@ impl Plugin {
         self.retired.store(true, Ordering::Release);
         let ready = std::mem::take(&mut *self.ready.lock().expect("ready lock"));
         drop(ready);
+        drop(std::mem::take(&mut *self.spent.lock().expect("spent lock")));
     }
 
     /// Its compiled component, when its wasm's sha256 is `sha`.
@@ -220,15 +229,25 @@ impl Plugin {
         Ok(())
     }
 
-    /// `per-call`: drops `spent` (an instance that served its call) and
-    /// tops `ready` up to [`READY`], in a task of its own, so neither the
+    /// `per-call`: queues `spent` (an instance that served its call) for
+    /// teardown and, once `ready` has fallen by [`REFILL_BATCH`] or as many
+    /// spent instances wait, wakes the ready lane to drop them and top
+    /// `ready` up to [`READY`], in a task of its own, so neither the
     /// teardown nor the next call's instantiation is on a request's path.
     /// The task holds the plugin only while it instantiates: a swapped-out
     /// version stops being refilled once its last call ended, and its
     /// ready instances go with it.
     fn refill(self: &Arc<Self>, spent: Option<Warm>) {
-        let refill = !self.refilling.swap(true, Ordering::AcqRel);
-        if !refill && spent.is_none() {
+        let waiting = {
+            let mut s = self.spent.lock().expect("spent lock");
+            s.extend(spent);
+            s.len()
+        };
+        let ready = self.ready.lock().expect("ready lock").len();
+        if ready > READY - REFILL_BATCH && waiting < REFILL_BATCH {
+            return;
+        }
+        if self.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let plugin = Arc::downgrade(self);
@@ -236,11 +255,8 @@ impl Plugin {
         // there as soon as the request awaits its store write, and then
         // delays it.
         ready_lane().spawn(async move {
-            drop(spent);
-            if !refill {
-                return;
-            }
             while let Some(p) = plugin.upgrade() {
+                drop(std::mem::take(&mut *p.spent.lock().expect("spent lock")));
                 if p.retired.load(Ordering::Acquire)
                     || p.ready.lock().expect("ready lock").len() >= READY
                 {
