@@ -261,6 +261,10 @@ impl Plugin {
                     || p.ready.lock().expect("ready lock").len() >= READY
                 {
                     p.refilling.store(false, Ordering::Release);
+                    // Calls that ended since the drain above saw `refilling`
+                    // and left their instance here: drop it now rather than
+                    // hold it until a later call wakes the lane.
+                    drop(std::mem::take(&mut *p.spent.lock().expect("spent lock")));
                     return;
                 }
                 match p.instantiate(false).await {
