@@ -54,7 +54,8 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// Delivery counters since start, shown by `GET /v1/admin/outbox`.
 #[derive(Debug, Default)]
 pub struct OutboxStats {
-    /// Notifications delivered.
+    /// Notifications delivered and removed from the outbox (a delivery whose
+    /// removal failed is counted when it is sent again and removed).
     pub delivered: AtomicU64,
     /// Failed attempts that will be retried.
     pub retried: AtomicU64,
@@ -106,11 +107,18 @@ impl Inner {
         let s = &self.stats;
         match result {
             Ok(()) => {
-                s.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(id = %item.id, target = %item.target, attempt, "notification delivered");
-                if let Err(e) = self.store.outbox_delivered(&item.id).await {
-                    // The lease expires and the item is sent again: at least once.
-                    tracing::warn!(id = %item.id, error = %e, "delivered, but cannot remove it from the outbox");
+                // Counted once the outbox no longer holds it, so no reader of
+                // the counters sees it both delivered and pending.
+                match self.store.outbox_delivered(&item.id).await {
+                    Ok(()) => {
+                        s.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The lease expires and the item is sent (and counted)
+                    // again: at least once.
+                    Err(e) => {
+                        tracing::warn!(id = %item.id, error = %e, "delivered, but cannot remove it from the outbox");
+                    }
                 }
             }
             Err(error) => {
