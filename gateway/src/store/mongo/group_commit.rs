@@ -175,12 +175,10 @@ where
         };
         let batch = fill(&mut rx, first, policy, &in_flight).await;
         let jobs = batch.len();
-        in_flight.batches.fetch_add(1, Relaxed);
         in_flight.jobs.fetch_add(jobs, Relaxed);
         let (done, in_flight) = (commit(batch), in_flight.clone());
         tokio::spawn(async move {
             done.await;
-            in_flight.batches.fetch_sub(1, Relaxed);
             in_flight.jobs.fetch_sub(jobs, Relaxed);
             in_flight.ended.notify_waiters();
             drop(slot);
@@ -188,10 +186,10 @@ where
     }
 }
 
-/// Batches committing, their jobs, and a wake-up when one ends.
+/// The jobs of the batches committing (a batch holds at least one, so none
+/// means no batch commits), and a wake-up when a batch ends.
 #[derive(Default)]
 struct InFlight {
-    batches: AtomicUsize,
     jobs: AtomicUsize,
     ended: Notify,
 }
@@ -213,15 +211,15 @@ async fn fill(
                 Err(_) => break,
             }
         }
-        if batch.len() >= policy.min_batch.min(MAX_JOBS) {
+        if batch.len() >= policy.min_batch {
             return batch;
         }
-        // Registered before the counts are read, so an end in between wakes it.
+        // Registered before the count is read, so an end in between wakes it.
         let ended = in_flight.ended.notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        let loaded = in_flight.batches.load(Relaxed) > 0
-            && in_flight.jobs.load(Relaxed) + batch.len() >= policy.wait_from;
+        let committing = in_flight.jobs.load(Relaxed);
+        let loaded = committing > 0 && committing + batch.len() >= policy.wait_from;
         if !loaded {
             return batch;
         }
@@ -451,8 +449,7 @@ mod tests {
             .expect("fill ended without a batch")
     }
 
-    fn set(in_flight: &InFlight, batches: usize, jobs: usize) {
-        in_flight.batches.store(batches, Relaxed);
+    fn set(in_flight: &InFlight, jobs: usize) {
         in_flight.jobs.store(jobs, Relaxed);
         in_flight.ended.notify_waiters();
     }
@@ -464,20 +461,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_leaves_at_once_unless_the_writer_is_loaded() {
-        // Nothing in flight, or fewer jobs than `wait_from`: at once, with
-        // whatever is queued.
-        for (batches, jobs) in [(0, 0), (0, 20), (3, 6)] {
+        // Nothing in flight (also where one job alone reaches `wait_from`),
+        // or fewer jobs than `wait_from`: at once, with whatever is queued.
+        let eager = Policy {
+            min_batch: 4,
+            wait_from: 1,
+        };
+        for (policy, jobs) in [(TEST, 0), (eager, 0), (TEST, 6)] {
             let in_flight = Arc::new(InFlight::default());
-            set(&in_flight, batches, jobs);
-            let (_tx, len, _r) = fill_with(&in_flight, TEST);
-            assert_eq!(left(len).await, 1, "{batches} batches, {jobs} jobs");
+            set(&in_flight, jobs);
+            let (_tx, len, _r) = fill_with(&in_flight, policy);
+            assert_eq!(left(len).await, 1, "{policy:?}, {jobs} jobs in flight");
         }
     }
 
     #[tokio::test]
     async fn a_loaded_writer_waits_for_min_batch_jobs() {
         let in_flight = Arc::new(InFlight::default());
-        set(&in_flight, 2, 7);
+        set(&in_flight, 7);
         let (tx, mut len, mut replies) = fill_with(&in_flight, TEST);
         pending(&mut len, "1 job, 7 in flight").await;
         for _ in 0..2 {
@@ -494,13 +495,13 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_batch_leaves_when_the_load_falls() {
         // Fewer jobs in flight than `wait_from`, and then none.
-        for (batches, jobs) in [(1, 5), (0, 0)] {
+        for jobs in [5, 0] {
             let in_flight = Arc::new(InFlight::default());
-            set(&in_flight, 2, 7);
+            set(&in_flight, 7);
             let (_tx, mut len, _r) = fill_with(&in_flight, TEST);
             pending(&mut len, "1 job, 7 in flight").await;
-            set(&in_flight, batches, jobs);
-            assert_eq!(left(len).await, 1, "{batches} batches, {jobs} jobs");
+            set(&in_flight, jobs);
+            assert_eq!(left(len).await, 1, "{jobs} jobs in flight");
         }
     }
 
