@@ -122,7 +122,24 @@ class Bench:
                 namespace="write_cost.messages",
             ),
         ]
-        if shape == "3 docs":
+        if shape == "2 docs, event set in session":
+            update["$set"]["ev"] = {**event, "doc": MESSAGE, "hooks_pending": False}
+        if shape == "3 docs, slim event":
+            models.append(
+                InsertOne(
+                    {
+                        "key": key,
+                        **event,
+                        "tenant": "t",
+                        "session_id": key,
+                        "ref": {"agent_id": "a", "message_id": seq},
+                        "hooks_pending": False,
+                        "lease_until": 0,
+                    },
+                    namespace="write_cost.events",
+                )
+            )
+        if shape in ("3 docs", "3 docs, verbose"):
             models.append(
                 InsertOne(
                     {
@@ -163,7 +180,7 @@ class Bench:
                 models = [m for k in batch for m in self.models(shape, k, seqs[k])]
                 if transaction:
                     with client.start_session() as s, s.start_transaction():
-                        client.bulk_write(models, session=s)
+                        client.bulk_write(models, session=s, verbose_results=shape.endswith("verbose"))
                 else:
                     client.bulk_write(models, ordered=True)
                 for k in batch:
@@ -190,12 +207,16 @@ def main() -> None:
     ap.add_argument("--writes", type=int, default=3200, help="writes per variant and round (bounded)")
     ap.add_argument("--jobs", type=int, default=4, help="sessions' writes per transaction (the group commit's batch)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", action="append", default=[], help="run only variants whose name contains this (repeatable)")
     a = ap.parse_args()
     if not a.uri.startswith("mongodb://127.0.0.1"):
         raise SystemExit("only a server on 127.0.0.1")
     b = Bench(a.uri, a.pid, a.threads, min(a.writes, 100_000), max(1, a.jobs))
     variants: list[tuple[str, Callable[[], None], str, bool]] = [
-        ("3 docs, transaction (the store today)", lambda: b.setup(), "3 docs", True),
+        ("3 docs, transaction, summary results", lambda: b.setup(), "3 docs", True),
+        ("3 docs, transaction, verbose results (the store today)", lambda: b.setup(), "3 docs, verbose", True),
+        ("3 docs, transaction, the event without the message (a reference)", lambda: b.setup(), "3 docs, slim event", True),
+        ("2 docs, transaction, the event set in the session document (latest only)", lambda: b.setup(), "2 docs, event set in session", True),
         ("3 docs, transaction, events indexed on (key, seq) only", lambda: b.setup(event_indexes=False), "3 docs", True),
         ("3 docs, transaction, no session secondary indexes", lambda: b.setup(session_indexes=False), "3 docs", True),
         ("2 docs, transaction (no event document)", lambda: b.setup(), "2 docs", True),
@@ -205,6 +226,8 @@ def main() -> None:
         ("1 doc, ordered bulkWrite, no transaction", lambda: b.setup(), "1 doc", False),
         ("library: one update_one $push per write", lambda: b.setup(), "library", False),
     ]
+    if a.only:
+        variants = [v for v in variants if any(o in v[0] for o in a.only)]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
     for _ in range(a.rounds):
         for name, setup, shape, txn in variants:

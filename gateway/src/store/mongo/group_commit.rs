@@ -34,7 +34,7 @@ use std::time::Duration;
 use mongodb::Client;
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR};
 use mongodb::options::{ReadPreference, SelectionCriteria, WriteModel};
-use mongodb::results::VerboseBulkWriteResult;
+use mongodb::results::{SummaryBulkWriteResult, VerboseBulkWriteResult};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::error::{backoff, commit_with_retry, is_connectivity, mongo_err};
@@ -248,6 +248,28 @@ fn flatten(batch: &[Job]) -> (Vec<WriteModel>, Vec<usize>, Vec<usize>) {
     (models, owner, guards)
 }
 
+/// What an applied bulk write says of its jobs' guards.
+enum Applied {
+    /// Every guard held.
+    Held,
+    /// These jobs' guards did not hold.
+    Stale(Vec<usize>),
+    /// Some guard did not hold; the summary does not say which.
+    Unknown,
+}
+
+/// Reads the guards from a summary: every update model — a job's guard, or
+/// an upsert, which matches or inserts — touches exactly one document unless
+/// a guard matched nothing (a failed insert is a write error, not a count).
+fn held(r: &SummaryBulkWriteResult, updates: usize) -> Applied {
+    let touched = r.matched_count.saturating_add(r.upserted_count);
+    if usize::try_from(touched).is_ok_and(|t| t == updates) {
+        Applied::Held
+    } else {
+        Applied::Unknown
+    }
+}
+
 /// Jobs whose guard did not hold in an applied bulk write.
 fn stale_jobs(batch: &[Job], guards: &[usize], r: &VerboseBulkWriteResult) -> Vec<usize> {
     (0..batch.len())
@@ -278,6 +300,10 @@ fn answer_all(batch: Vec<Job>, outcome: impl Fn() -> Outcome) {
 async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
     let started = std::time::Instant::now();
     let mut attempt = 0;
+    // Per-model results cost the server ~6 % more CPU per write and the
+    // gateway a map per batch (BENCHMARKS.md, "Summary results"), so a
+    // batch asks for them only once its summary showed a guard failing.
+    let mut verbose = false;
     while !batch.is_empty() {
         attempt += 1;
         let mut s = match client.start_session().await {
@@ -296,15 +322,33 @@ async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
             return answer_all(batch, || Outcome::Failed(err.clone()));
         }
         let (models, owner, guards) = flatten(&batch);
-        let res = client
-            .bulk_write(models)
-            .ordered(true)
-            .verbose_results()
-            .session(&mut s)
-            .await;
+        let updates = models
+            .iter()
+            .filter(|m| matches!(m, WriteModel::UpdateOne(_)))
+            .count();
+        let bulk = client.bulk_write(models).ordered(true);
+        let res = if verbose {
+            bulk.verbose_results()
+                .session(&mut s)
+                .await
+                .map(|r| Applied::Stale(stale_jobs(&batch, &guards, &r)))
+        } else {
+            bulk.session(&mut s).await.map(|r| held(&r, updates))
+        };
         let transient = match res {
-            Ok(r) => {
-                let stale = stale_jobs(&batch, &guards, &r);
+            Ok(applied) => {
+                let stale = match applied {
+                    Applied::Held => Vec::new(),
+                    Applied::Stale(stale) => stale,
+                    Applied::Unknown => {
+                        // Some guard matched nothing; the summary does not
+                        // say which. Run the batch again with per-model
+                        // results (rare: another gateway wrote a session).
+                        let _ = s.abort_transaction().await;
+                        verbose = true;
+                        continue;
+                    }
+                };
                 if !stale.is_empty() {
                     let _ = s.abort_transaction().await;
                     counters.stale.fetch_add(stale.len() as u64, Relaxed);
@@ -371,7 +415,12 @@ mod tests {
     use tokio::sync::{mpsc, oneshot};
     use tokio::time::timeout;
 
-    use super::{Guard, IN_FLIGHT, InFlight, Job, Outcome, POLICY, Policy, answer_all, fill, run};
+    use mongodb::results::SummaryBulkWriteResult;
+
+    use super::{
+        Applied, Guard, IN_FLIGHT, InFlight, Job, Outcome, POLICY, Policy, answer_all, fill, held,
+        run,
+    };
 
     type Replies = oneshot::Receiver<Outcome>;
     type Started = mpsc::UnboundedReceiver<(usize, oneshot::Sender<()>)>;
@@ -550,5 +599,24 @@ mod tests {
         for rx in replies {
             assert!(matches!(rx.await, Ok(Outcome::Committed)));
         }
+    }
+
+    /// A summary says every guard held only when each update model touched
+    /// one document: a guard that matched nothing leaves the sum short, and
+    /// the batch is then run again with per-model results.
+    #[test]
+    fn a_summary_holds_only_when_every_update_touched_a_document() {
+        let mut r = SummaryBulkWriteResult::default();
+        // Two guards matched, one agent upsert inserted.
+        r.matched_count = 2;
+        r.upserted_count = 1;
+        r.inserted_count = 4;
+        assert!(matches!(held(&r, 3), Applied::Held));
+        // A third guard matched nothing.
+        assert!(matches!(held(&r, 4), Applied::Unknown));
+        // An upsert that matched counts once, as a match.
+        r.matched_count = 3;
+        r.upserted_count = 0;
+        assert!(matches!(held(&r, 3), Applied::Held));
     }
 }
