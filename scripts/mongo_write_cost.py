@@ -10,14 +10,19 @@ around each run) and the client-side throughput:
   of the session document, the message insert and the event insert, in one
   multi-namespace ``bulkWrite`` inside a transaction, ``--jobs`` sessions'
   writes per transaction;
+  The store asks for a summary (counts); ``verbose`` asks for one result
+  per model, as the store did before 2026-12-02; ``slim event`` carries a
+  reference to the message instead of a copy of it;
 - ``2 docs``: the same without the event insert (the event carried in the
-  changed document, the feed from change streams);
+  changed document, the feed from change streams), and with the event
+  ``$set`` in the session document (latest only);
 - ``1 doc``: the message and its event pushed into the session document
   itself (the bucket design, as the Python library's schema does), in a
   transaction or as a plain ordered ``bulkWrite`` (one document is atomic);
 - ``library``: one ``update_one`` with ``$push`` per write, no transaction.
 
-Index variants show what the secondary indexes cost per write. Variants run
+Index variants show what the secondary indexes cost per write. ``--only``
+picks variants by a part of their name. Variants run
 interleaved ``--rounds`` times on fresh collections; the table gives each
 one's median. The server must run on this machine (its pid is read from
 /proc): e.g.

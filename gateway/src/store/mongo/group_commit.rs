@@ -12,7 +12,11 @@
 //! session, or it expired) or one of the job's models fails (a duplicate key),
 //! the transaction is aborted, that job is answered [`Outcome::Stale`] — its
 //! caller re-reads and runs the per-write transaction alone — and the others
-//! are committed without it. A batch holds at most one job per session: the
+//! are committed without it. The `bulkWrite` asks for a summary only (counts,
+//! no result per model): every update model touches one document unless a
+//! guard failed, so matched + upserted = update models proves every guard
+//! held. When it falls short, the transaction is aborted and the batch sent
+//! again with per-model results, which name the stale jobs. A batch holds at most one job per session: the
 //! caller holds the session's in-process lock until its job is answered.
 //!
 //! ## When a batch leaves
