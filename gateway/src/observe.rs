@@ -366,6 +366,11 @@ impl Collector for StoreScraped {
                     "Jobs sent back to a transaction of their own (their session had changed).",
                     g.stale,
                 ),
+                (
+                    "gateway_mongodb_group_commit_recounts",
+                    "Batches sent again for per-model results (their summary showed a guard that matched nothing).",
+                    g.recounts,
+                ),
             ] {
                 encode_one(&mut encoder, name, help, &ConstCounter::new(n))?;
             }
@@ -470,6 +475,7 @@ mod tests {
                 jobs: 6,
                 transactions: 7,
                 stale: 8,
+                recounts: 9,
             }),
         });
         for line in [
@@ -484,6 +490,7 @@ mod tests {
             "gateway_mongodb_group_commit_jobs_total 6",
             "gateway_mongodb_group_commit_transactions_total 7",
             "gateway_mongodb_group_commit_stale_total 8",
+            "gateway_mongodb_group_commit_recounts_total 9",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -11,14 +11,16 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gateway::config::MongoConfig;
 use gateway::metadata::MetadataChange;
 use gateway::model::{MessageInput, MessageRange, NewSession, Tenant};
 use gateway::store::mongo::MongoStore;
 use gateway::store::{
-    Appended, BatchWrite, BatchWritten, GroupCommitMetrics, SessionStore, StoreError,
+    Appended, BatchWrite, BatchWritten, GroupCommitMetrics, Retention, SessionStore, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -448,6 +450,64 @@ async fn batches_are_one_job_and_stay_dense_across_gateways() {
             }
             other => panic!("{other:?}"),
         }
+    })
+    .await;
+}
+
+/// A guard that matches nothing while the rest of its job would apply shows
+/// only in the bulk write's counts (the write asks for a summary, not a
+/// result per model). Here the session expired under retention: no other
+/// write took the `seq` the job's event names, and the agent document the
+/// job upserts exists, so nothing in the job fails. The batch is sent again
+/// for per-model results, the job is answered by the per-write path (the
+/// session is missing), and nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_that_fails_alone_is_found_by_the_counts() {
+    with_db(|cfg| async move {
+        let g = connect(&cfg, "group_commit").await;
+        let new: NewSession =
+            serde_json::from_value(json!({ "session_id": "s", "session_type": "ephemeral" }))
+                .unwrap();
+        g.create_session(&t(), new).await.expect("create");
+        g.put_agent(&t(), "s", "a", obj(json!({ "v": 1 })), None)
+            .await
+            .unwrap();
+        let seqs = event_seqs(&g, "s").await;
+        assert_eq!(seqs, [1, 2]);
+
+        // Expired 1 ms after its last write (reads use the wall clock).
+        g.set_retention(Retention {
+            sessions: BTreeMap::from([("ephemeral".to_owned(), 1)]),
+            default_session_ms: None,
+            events_ms: None,
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            matches!(g.get_session(&t(), "s").await, Err(StoreError::NotFound(_))),
+            "expired"
+        );
+
+        let before = group_commit(&g);
+        let r = g
+            .put_agent(&t(), "s", "a", obj(json!({ "v": 2 })), None)
+            .await;
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+        let after = group_commit(&g);
+        assert_eq!(
+            (
+                after.recounts - before.recounts,
+                after.stale - before.stale,
+                after.jobs - before.jobs,
+            ),
+            (1, 1, 0),
+            "(batches sent again for per-model results, jobs sent back, jobs committed)"
+        );
+
+        // Nothing of the job was written.
+        g.set_retention(Retention::default());
+        let a = g.get_agent(&t(), "s", "a").await.unwrap();
+        assert_eq!((Value::Object(a.body), a.version), (json!({ "v": 1 }), 1));
+        assert_eq!(event_seqs(&g, "s").await, seqs);
     })
     .await;
 }

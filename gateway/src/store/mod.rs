@@ -333,6 +333,9 @@ pub struct GroupCommitMetrics {
     /// Jobs sent back to the per-write transaction (their session had
     /// changed, or one of their writes was refused).
     pub stale: u64,
+    /// Batches sent again for per-model results, because their summary
+    /// showed a guard that matched nothing.
+    pub recounts: u64,
 }
 
 /// What the backend is: its name, health and metrics.

@@ -112,6 +112,7 @@ struct Counters {
     jobs: AtomicU64,
     transactions: AtomicU64,
     stale: AtomicU64,
+    recounts: AtomicU64,
 }
 
 /// Handle of the writer task.
@@ -141,6 +142,7 @@ impl GroupCommit {
             jobs: c.jobs.load(Relaxed),
             transactions: c.transactions.load(Relaxed),
             stale: c.stale.load(Relaxed),
+            recounts: c.recounts.load(Relaxed),
         }
     }
 
@@ -349,6 +351,7 @@ async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
                         // say which. Run the batch again with per-model
                         // results (rare: another gateway wrote a session).
                         let _ = s.abort_transaction().await;
+                        counters.recounts.fetch_add(1, Relaxed);
                         verbose = true;
                         continue;
                     }
