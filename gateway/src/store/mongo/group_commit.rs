@@ -12,12 +12,17 @@
 //! session, or it expired) or one of the job's models fails (a duplicate key),
 //! the transaction is aborted, that job is answered [`Outcome::Stale`] — its
 //! caller re-reads and runs the per-write transaction alone — and the others
-//! are committed without it. The `bulkWrite` asks for a summary only (counts,
-//! no result per model): every update model touches one document unless a
-//! guard failed, so matched + upserted = update models proves every guard
-//! held. When it falls short, the transaction is aborted and the batch sent
-//! again with per-model results, which name the stale jobs. A batch holds at most one job per session: the
+//! are committed without it. A batch holds at most one job per session: the
 //! caller holds the session's in-process lock until its job is answered.
+//!
+//! The `bulkWrite` asks for a summary only (counts, no result per model):
+//! every update model touches one document unless a guard failed, so
+//! matched + upserted = update models proves every guard held. A guard
+//! usually fails with an error beside it (another gateway's write took the
+//! `seq` the job's event names: a duplicate key). When it fails alone (the
+//! session expired, or the event window swept its events), only the sum
+//! falling short shows it: the transaction is aborted and the batch sent
+//! again with per-model results, which name the stale jobs.
 //!
 //! ## When a batch leaves
 //! A transaction costs the server much the same for one job as for four
@@ -307,7 +312,8 @@ async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
     let started = std::time::Instant::now();
     let mut attempt = 0;
     // Per-model results cost the server ~6 % more CPU per write and the
-    // gateway a map per batch (BENCHMARKS.md, "Summary results"), so a
+    // gateway a map per batch (BENCHMARKS.md, "Summary results for the
+    // group commit's `bulkWrite`"), so a
     // batch asks for them only once its summary showed a guard failing.
     let mut verbose = false;
     while !batch.is_empty() {
@@ -347,9 +353,10 @@ async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
                     Applied::Held => Vec::new(),
                     Applied::Stale(stale) => stale,
                     Applied::Unknown => {
-                        // Some guard matched nothing; the summary does not
-                        // say which. Run the batch again with per-model
-                        // results (rare: another gateway wrote a session).
+                        // Some guard matched nothing and nothing else
+                        // failed (see the module docs); the summary does
+                        // not say which. Run the batch again with
+                        // per-model results.
                         let _ = s.abort_transaction().await;
                         counters.recounts.fetch_add(1, Relaxed);
                         verbose = true;
