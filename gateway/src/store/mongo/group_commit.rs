@@ -313,8 +313,8 @@ async fn commit(client: &Client, mut batch: Vec<Job>, counters: &Counters) {
     let mut attempt = 0;
     // Per-model results cost the server ~6 % more CPU per write and the
     // gateway a map per batch (BENCHMARKS.md, "Summary results for the
-    // group commit's `bulkWrite`"), so a
-    // batch asks for them only once its summary showed a guard failing.
+    // group commit's `bulkWrite`"), so a batch asks for them only once its
+    // summary showed a guard failing.
     let mut verbose = false;
     while !batch.is_empty() {
         attempt += 1;
