@@ -17,15 +17,17 @@ use tokio::sync::{Notify, watch};
 
 use crate::hooks::HookHost;
 use crate::model::now_ms;
-use crate::store::{OutboxItem, OutboxState, SessionStore};
+use crate::store::{NextDue, OutboxItem, OutboxState, SessionStore, sleep_or_forever};
 
 /// How long a claimed event stays leased to this gateway: after a crash, the
 /// longest an event it had claimed waits before another gateway re-runs it.
 pub const LEASE_MS: i64 = 30_000;
 /// Events claimed per round.
 const BATCH: usize = 64;
-/// Poll interval when nothing wakes the processor (other gateways' writes,
-/// expired leases).
+/// Poll interval when nothing wakes the processor and the store cannot tell
+/// when an event is next due (MongoDB: other gateways' writes, expired
+/// leases). The embedded store can, so there the processor sleeps until a
+/// commit, a reload of the hooks or a lease's end wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Runs until `stop` changes. `outbox_wake` tells the dispatcher when
@@ -82,10 +84,87 @@ pub async fn process(
         if full {
             continue;
         }
+        let due = store.next_event_due().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot tell when an event is next due; polling");
+            NextDue::Unknown
+        });
         tokio::select! {
             () = wake.notified() => {}
-            () = tokio::time::sleep(IDLE_POLL) => {}
+            // A reload can change which events a commit queues between the
+            // commit and its notification (`service::Committed`).
+            () = hooks.reloaded() => {}
+            () = sleep_or_forever(due.wait(now_ms(), IDLE_POLL)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NewSession, Tenant};
+    use crate::store::{AfterHooked, embedded::EmbeddedStore};
+
+    /// Waits until the store's after-hook queue is `want`, failing after 10 s.
+    async fn queue_becomes(store: &Arc<dyn SessionStore>, want: NextDue, why: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let due = store.next_event_due().await.unwrap();
+            if due == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{why}: queue still {due:?} after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// On the embedded store an idle processor does not poll (its idle poll
+    /// would be 500 ms): an event queued without waking it stays queued;
+    /// a commit's wake, or a reload of the hooks, has it processed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sleeps_until_a_commit_or_a_reload_wakes_it_on_the_embedded_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SessionStore> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("db"), 16).unwrap());
+        let mut cfg = crate::config::Config::default();
+        cfg.plugins.cache_dir = dir.path().join("cache");
+        let hooks = Arc::new(HookHost::start(&cfg, None, store.clone()).await.unwrap());
+        // Queue every hookable kind, as with after-hooks loaded.
+        store.set_after_hooked(AfterHooked(0b111));
+        let wake = Arc::new(Notify::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(process(
+            store.clone(),
+            hooks.clone(),
+            wake.clone(),
+            Arc::new(Notify::new()),
+            stop_rx,
+        ));
+        let t = Tenant("t".into());
+        let new: NewSession =
+            serde_json::from_value(serde_json::json!({"session_id": "s"})).unwrap();
+        store.create_session(&t, new).await.unwrap();
+        // Let the processor find the queue empty and go to sleep.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let feedback = |n: i64| serde_json::json!({"n": n}).as_object().cloned().unwrap();
+        store.add_feedback(&t, "s", feedback(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(
+            store.next_event_due().await.unwrap(),
+            NextDue::At(0),
+            "the processor polled an embedded store that nothing had written"
+        );
+        wake.notify_one();
+        queue_becomes(&store, NextDue::Nothing, "after a wake").await;
+
+        // A reload between a commit and its notification: the reload wakes it.
+        store.add_feedback(&t, "s", feedback(2)).await.unwrap();
+        hooks.reload().await;
+        queue_becomes(&store, NextDue::Nothing, "after a reload").await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -155,6 +155,7 @@ impl Gateway {
         tasks.push(tokio::spawn(sweep(
             state.store.clone(),
             state.hub.clone(),
+            state.events_wake.clone(),
             Duration::from_millis(state.config.retention.sweep_interval_ms),
             stop_rx.clone(),
         )));
@@ -219,6 +220,7 @@ impl Gateway {
 async fn sweep(
     store: Arc<dyn SessionStore>,
     hub: Arc<stream::EventHub>,
+    events_wake: Arc<Notify>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -236,6 +238,8 @@ async fn sweep(
                         // Subscribers of an expired session get its
                         // `session.deleted` (reason "expired").
                         hub.committed_anywhere();
+                        // Their events may be queued for after-hooks.
+                        events_wake.notify_one();
                     }
                     if r.sessions < BATCH as u64 && r.events < BATCH as u64 * 10 {
                         break;

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{NotifyConfig, NotifyTarget};
 use crate::model::now_ms;
-use crate::store::{OutboxItem, OutboxQueue};
+use crate::store::{NextDue, OutboxItem, OutboxQueue, sleep_or_forever};
 
 #[cfg(feature = "aws")]
 mod aws;
@@ -184,7 +184,10 @@ impl Dispatcher {
 
     /// Runs until `stop` changes: claims due items while fewer than
     /// `notify.concurrency` sends are in flight, and otherwise sleeps until
-    /// woken, a send finishes, or `notify.poll_interval_ms` passes. On stop,
+    /// woken, a send finishes, or the next item is due: when the store can
+    /// tell (the embedded store), at that item's next attempt or lease end,
+    /// and never while nothing is queued; else (MongoDB, which other
+    /// gateways write too) after `notify.poll_interval_ms`. On stop,
     /// in-flight sends get a short grace to finish.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let cfg = &self.inner.cfg;
@@ -228,9 +231,13 @@ impl Dispatcher {
             if more {
                 continue;
             }
+            let due = self.inner.store.next_outbox_due().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot tell when an outbox item is next due; polling");
+                NextDue::Unknown
+            });
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+                () = sleep_or_forever(due.wait(now_ms(), poll)) => {}
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 _ = stop.changed() => break,
             }
@@ -410,6 +417,79 @@ queue_url = "http://127.0.0.1:1/1/flaky"
             Some("target \"nowhere\" is not configured in [notify.targets]")
         );
         assert_eq!(dead[0].attempts, 2);
+    }
+
+    /// On the embedded store an idle dispatcher does not poll, even with a
+    /// 20 ms poll interval: an item queued without waking it stays queued;
+    /// the wake delivers it, and an item due later is delivered when due
+    /// (with no poll, only the due time can wake the dispatcher then).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sleeps_until_woken_or_due_on_the_embedded_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::SessionStore> = Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("db"), 16).unwrap(),
+        );
+        let cfg: NotifyConfig = toml::from_str(
+            r#"
+poll_interval_ms = 20
+[targets.q]
+kind = "sqs"
+queue_url = "http://127.0.0.1:1/1/q"
+"#,
+        )
+        .unwrap();
+        let fake = Arc::new(Fake::default());
+        let wake = Arc::new(Notify::new());
+        let d = Dispatcher::new(
+            store.clone(),
+            cfg,
+            fake.clone(),
+            Arc::new(OutboxStats::default()),
+            wake.clone(),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(d.run(stop_rx));
+        let sent = |n: usize| {
+            let fake = fake.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while fake.sent.load(Ordering::SeqCst) < n {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "item {n} not delivered in 10 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // Let the dispatcher find the outbox empty and go to sleep.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store
+            .complete_event("default", "s", 1, vec![item(1, "q")])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            fake.sent.load(Ordering::SeqCst),
+            0,
+            "the dispatcher polled an embedded store that nothing had written"
+        );
+        wake.notify_one();
+        sent(1).await;
+        // Due 300 ms from now: the wake finds it not due, and the
+        // dispatcher sleeps until it is.
+        let due = now_ms() + 300;
+        let mut later = item(2, "q");
+        later.next_attempt_at = due;
+        store
+            .complete_event("default", "s", 2, vec![later])
+            .await
+            .unwrap();
+        wake.notify_one();
+        sent(2).await;
+        assert!(now_ms() >= due, "delivered before it was due");
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[test]

@@ -24,7 +24,7 @@ use gateway::model::{
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::mongo::MongoStore;
 use gateway::store::{
-    Appended, BatchWrite, BatchWritten, ListQuery, OutboxItem, OutboxState, Retention,
+    Appended, BatchWrite, BatchWritten, ListQuery, NextDue, OutboxItem, OutboxState, Retention,
     SessionStore, StoreError,
 };
 use serde_json::{Value, json};
@@ -559,6 +559,18 @@ fn outbox_item(id: &str, created_at: i64, payload: &str) -> OutboxItem {
         state: OutboxState::Pending,
         last_error: None,
     }
+}
+
+/// Asserts what a store tells of when its queue is next due: a store that
+/// only this process writes (embedded) must know exactly; one that other
+/// gateways write too (MongoDB) says it cannot tell, so its pollers poll.
+fn assert_due(s: &Store, got: NextDue, expected: NextDue, what: &str) {
+    let expected = if s.is_shared() {
+        NextDue::Unknown
+    } else {
+        expected
+    };
+    assert_eq!(got, expected, "{what}");
 }
 
 // ---- cases ----
@@ -2127,8 +2139,17 @@ async fn claim_and_complete_events(s: Store) {
         .await
         .unwrap(); // 6
 
+    let due = s.next_event_due().await.unwrap();
+    assert_due(&s, due, NextDue::At(0), "queued events are due at once");
     let now = now_ms();
     let claimed = s.claim_pending_events(now, 10_000, 10).await.unwrap();
+    let due = s.next_event_due().await.unwrap();
+    assert_due(
+        &s,
+        due,
+        NextDue::At(now + 10_000),
+        "due when the lease ends",
+    );
     let seqs: Vec<u64> = claimed.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
@@ -2218,6 +2239,8 @@ async fn claim_and_complete_events(s: Store) {
     assert_eq!(got, [("n1", "p1"), ("n2", "p2"), ("n3", "p3")]);
     assert_eq!(items[0], outbox_item("n1", 1, "p1"), "stored as given");
     assert_eq!(s.outbox_counts().await.unwrap(), (3, 0));
+    let due = s.next_event_due().await.unwrap();
+    assert_due(&s, due, NextDue::Nothing, "every event completed");
 
     // New hooked events are queued after completion of older ones.
     s.add_feedback(&t, "s", obj(json!({}))).await.unwrap();
@@ -2227,6 +2250,8 @@ async fn claim_and_complete_events(s: Store) {
 
 async fn outbox_lifecycle(s: Store) {
     assert_eq!(s.outbox_counts().await.unwrap(), (0, 0));
+    let due = s.next_outbox_due().await.unwrap();
+    assert_due(&s, due, NextDue::Nothing, "an empty outbox");
     assert!(s.list_outbox(None, 10).await.unwrap().is_empty());
     s.complete_event(
         "t",
@@ -2240,6 +2265,8 @@ async fn outbox_lifecycle(s: Store) {
     )
     .await
     .unwrap();
+    let due = s.next_outbox_due().await.unwrap();
+    assert_due(&s, due, NextDue::At(1_000), "the earliest next attempt");
     let order = |items: &[OutboxItem]| items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(
         order(&s.list_outbox(None, 10).await.unwrap()),
@@ -2308,6 +2335,8 @@ async fn outbox_lifecycle(s: Store) {
         order(&s.claim_outbox(40_000, 5_000, 10).await.unwrap()),
         ["n3"]
     );
+    let due = s.next_outbox_due().await.unwrap();
+    assert_due(&s, due, NextDue::At(45_000), "n3's lease; dead n2 never");
     // Due order: n3 (lease ran out at 45 000), then n1 (50 000).
     assert_eq!(
         order(&s.claim_outbox(60_000, 100_000, 10).await.unwrap()),
@@ -2333,6 +2362,8 @@ async fn outbox_lifecycle(s: Store) {
     s.outbox_failed("missing", 1, 1, "x", true).await.unwrap();
     assert_eq!(order(&s.list_outbox(None, 10).await.unwrap()), ["n1", "n2"]);
     assert_eq!(s.outbox_counts().await.unwrap(), (2, 0));
+    let due = s.next_outbox_due().await.unwrap();
+    assert_due(&s, due, NextDue::At(75_000), "n2's lease, before n1's");
 }
 
 async fn retention_hides_and_sweeps(s: Store) {

@@ -31,7 +31,10 @@ pub struct NotifyConfig {
     /// How long a claimed notification stays leased to this gateway; must
     /// exceed `send_timeout_ms` so that no other gateway claims it mid-send.
     pub lease_ms: u64,
-    /// How often the dispatcher looks for due notifications when nothing wakes it.
+    /// How often the dispatcher looks for due notifications when nothing
+    /// wakes it and the store cannot tell when the next is due (MongoDB,
+    /// which other gateways write too). On the embedded store it sleeps
+    /// until the next item is due instead.
     pub poll_interval_ms: u64,
     /// How to reach AWS.
     pub aws: AwsConfig,

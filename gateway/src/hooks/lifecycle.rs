@@ -46,6 +46,7 @@ impl HookHost {
             runtime,
             store,
             current: RwLock::new(Arc::new(Loaded::default())),
+            reloaded: tokio::sync::Notify::new(),
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             last_report: Mutex::new(ReloadReport::default()),
@@ -66,6 +67,16 @@ impl HookHost {
     /// The plugin set in force now.
     pub fn snapshot(&self) -> Arc<Loaded> {
         self.current.read().expect("hooks lock").clone()
+    }
+
+    /// Resolves after the next (re)load of the plugin set, or at once if one
+    /// happened since the last call resolved. For the after-hook processor,
+    /// its only caller: a commit queues its event by the set in force when
+    /// it wrote, but notifies the processor only if the set in force after
+    /// it has after-hooks, so a reload in between would leave an event
+    /// queued with nothing to wake the processor.
+    pub async fn reloaded(&self) {
+        self.reloaded.notified().await;
     }
 
     /// The engine, for `plugin check`.
@@ -159,6 +170,7 @@ impl HookHost {
         let loaded = Arc::new(Loaded { plugins: next });
         self.store.set_after_hooked(loaded.after_hooked());
         *self.current.write().expect("hooks lock") = loaded.clone();
+        self.reloaded.notify_one();
         // Versions swapped out or removed give up their ready instances now.
         for p in &old.plugins {
             if !loaded.plugins.iter().any(|n| Arc::ptr_eq(n, p)) {

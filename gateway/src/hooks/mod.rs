@@ -88,6 +88,9 @@ pub struct HookHost {
     /// The store, told which events to queue for after-hooks on every (re)load.
     store: Arc<dyn SessionStore>,
     current: RwLock<Arc<Loaded>>,
+    /// Notified after every (re)load: it can change which events a commit
+    /// queues for after-hooks (see [`HookHost::reloaded`]).
+    reloaded: tokio::sync::Notify,
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
     last_report: Mutex<ReloadReport>,

@@ -284,9 +284,9 @@ pub struct SweepReport {
 /// concern traits and the types their methods take and return.
 pub mod prelude {
     pub use super::{
-        AgentData, Appended, Backend, EventLog, ListQuery, MetadataResult, OutboxItem, OutboxQueue,
-        OutboxState, Page, Retention, RetentionPolicy, SessionData, SessionStore, StoreError,
-        StoreMetrics, StoreResult,
+        AgentData, Appended, Backend, EventLog, ListQuery, MetadataResult, NextDue, OutboxItem,
+        OutboxQueue, OutboxState, Page, Retention, RetentionPolicy, SessionData, SessionStore,
+        StoreError, StoreMetrics, StoreResult,
     };
 }
 
@@ -336,6 +336,48 @@ pub struct GroupCommitMetrics {
     /// Batches sent again for per-model results, because their summary
     /// showed a guard that matched nothing.
     pub recounts: u64,
+}
+
+/// When a queue of the store (after-hook events, outbox) next has something
+/// to claim, as far as this process can tell: its pollers sleep until then
+/// instead of waking on a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextDue {
+    /// Other processes write this store too (MongoDB with several
+    /// gateways), so items can appear at any time: poll.
+    Unknown,
+    /// Nothing is queued. Only a write of this process can queue something,
+    /// and it wakes the poller.
+    Nothing,
+    /// The earliest queued item becomes claimable at this time (Unix ms): a
+    /// retry's backoff or a claim's lease ends then. At or before now: at once.
+    At(i64),
+}
+
+impl NextDue {
+    /// How long a poller that found nothing to claim at `now` (Unix ms)
+    /// sleeps unless woken: `poll` when the store cannot tell, for ever when
+    /// nothing is queued, else until the earliest item is due.
+    pub fn wait(self, now: i64, poll: std::time::Duration) -> Option<std::time::Duration> {
+        match self {
+            Self::Unknown => Some(poll),
+            Self::Nothing => None,
+            // A claim takes what is due at or before its `now`: one more ms.
+            Self::At(at) => Some(std::time::Duration::from_millis(
+                u64::try_from(at.saturating_sub(now))
+                    .unwrap_or(0)
+                    .saturating_add(1),
+            )),
+        }
+    }
+}
+
+/// Sleeps for `wait`, or for ever when it is `None` (see [`NextDue::wait`]).
+pub async fn sleep_or_forever(wait: Option<std::time::Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the backend is: its name, health and metrics.
@@ -521,6 +563,13 @@ pub trait EventLog: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<Event>>;
 
+    /// When [`EventLog::claim_pending_events`] next finds an event; the
+    /// default, for a store other processes write too, is
+    /// [`NextDue::Unknown`].
+    async fn next_event_due(&self) -> StoreResult<NextDue> {
+        Ok(NextDue::Unknown)
+    }
+
     /// Marks an event's after-hooks complete and, atomically with it, queues
     /// the notifications they published (items whose id exists are skipped).
     async fn complete_event(
@@ -543,6 +592,12 @@ pub trait OutboxQueue: Send + Sync {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>>;
+
+    /// When [`OutboxQueue::claim_outbox`] next finds an item; the default,
+    /// for a store other processes write too, is [`NextDue::Unknown`].
+    async fn next_outbox_due(&self) -> StoreResult<NextDue> {
+        Ok(NextDue::Unknown)
+    }
 
     /// Removes a delivered item.
     async fn outbox_delivered(&self, id: &str) -> StoreResult<()>;

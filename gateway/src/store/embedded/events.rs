@@ -14,8 +14,8 @@ use super::tables::{
 };
 use crate::model::{Event, EventType, Tenant};
 use crate::store::{
-    AfterHooked, EventLog, OutboxItem, Retention, RetentionPolicy, StoreResult, SweepReport,
-    expired_payload, session_key,
+    AfterHooked, EventLog, NextDue, OutboxItem, Retention, RetentionPolicy, StoreResult,
+    SweepReport, expired_payload, session_key,
 };
 
 #[async_trait]
@@ -85,10 +85,10 @@ impl EventLog for EmbeddedStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
-        if !self
-            .any_due(HOOK_QUEUE, move |lease| Ok(lease.value() <= now))
-            .await?
-        {
+        let due = self
+            .earliest_due(HOOK_QUEUE, now, |lease| Ok(Some(lease.value())))
+            .await?;
+        if due.is_none_or(|at| at > now) {
             return Ok(Vec::new());
         }
         self.write(move |txn| {
@@ -117,6 +117,15 @@ impl EventLog for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn next_event_due(&self) -> StoreResult<NextDue> {
+        // The file is this process's alone (redb locks it), so only its own
+        // writes queue events.
+        let due = self
+            .earliest_due(HOOK_QUEUE, i64::MIN, |lease| Ok(Some(lease.value())))
+            .await?;
+        Ok(due.map_or(NextDue::Nothing, NextDue::At))
     }
 
     async fn complete_event(

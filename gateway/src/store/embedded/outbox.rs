@@ -6,7 +6,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::EmbeddedStore;
 use super::tables::{OUTBOX, from_json, internal, open_read, to_json};
-use crate::store::{OutboxItem, OutboxQueue, OutboxState, StoreResult, outbox_not_found};
+use crate::store::{NextDue, OutboxItem, OutboxQueue, OutboxState, StoreResult, outbox_not_found};
 
 #[async_trait]
 impl OutboxQueue for EmbeddedStore {
@@ -16,10 +16,8 @@ impl OutboxQueue for EmbeddedStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>> {
-        if !self
-            .any_due(OUTBOX, move |v| Ok(is_due(&from_json(v.value())?, now)))
-            .await?
-        {
+        let due = self.earliest_due(OUTBOX, now, due_at).await?;
+        if due.is_none_or(|at| at > now) {
             return Ok(Vec::new());
         }
         self.write(move |txn| {
@@ -44,6 +42,12 @@ impl OutboxQueue for EmbeddedStore {
             Ok(due)
         })
         .await
+    }
+
+    async fn next_outbox_due(&self) -> StoreResult<NextDue> {
+        // Only this process writes the file (redb locks it).
+        let due = self.earliest_due(OUTBOX, i64::MIN, due_at).await?;
+        Ok(due.map_or(NextDue::Nothing, NextDue::At))
     }
 
     async fn outbox_delivered(&self, id: &str) -> StoreResult<()> {
@@ -169,6 +173,13 @@ impl OutboxQueue for EmbeddedStore {
         })
         .await
     }
+}
+
+/// When a stored item is to be claimed: a pending one at its next attempt,
+/// a dead one never.
+fn due_at(v: redb::AccessGuard<'_, &'static [u8]>) -> StoreResult<Option<i64>> {
+    let item: OutboxItem = from_json(v.value())?;
+    Ok((item.state == OutboxState::Pending).then_some(item.next_attempt_at))
 }
 
 /// Whether `item` is to be claimed at `now`: pending, its next attempt due.
