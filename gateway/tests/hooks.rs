@@ -557,6 +557,57 @@ async fn watcher_reloads_changed_plugin() {
     gw.stop().await;
 }
 
+/// On Linux the watcher is told of a change by the kernel: with a poll
+/// interval of an hour it still picks up a plugin replaced by an atomic
+/// rename (how a deploy ships a file) and a `gateway.toml` edited in place,
+/// within seconds.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_needs_no_polling_on_linux() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let wasm = plugins.join("hook.wasm");
+    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
+    let cfg_path = write_config(dir.path(), &wasm, None);
+    let mut cfg = gateway::config::Config::load(&cfg_path).unwrap();
+    cfg.plugins.watch = true;
+    cfg.plugins.watch_interval_ms = 3_600_000;
+    let gw = TestGateway::start_with(cfg, Some(cfg_path.clone())).await;
+    gw.session("s").await;
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
+    let staged = plugins.join(".hook.wasm.new");
+    std::fs::copy(common::plugin("fixture_allow"), &staged).unwrap();
+    std::fs::rename(&staged, &wasm).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.get("/v1/sessions/s/metadata").await.1["fixture"] != "v2" {
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not see the renamed plugin in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The config edited in place: the hook removed.
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let without = &text[..text.find("[[hooks]]").expect("a [[hooks]] table")];
+    std::fs::write(&cfg_path, without).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw
+        .get("/v1/sessions/s/metadata")
+        .await
+        .1
+        .get("fixture")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not see the edited gateway.toml in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
+
 /// After-hooks publish to granted targets only; notifications are persisted
 /// in the outbox and visible to operators.
 async fn after_hooks_publish_to_granted_targets_only(b: Backend) {

@@ -238,7 +238,8 @@ pub struct PluginsConfig {
     pub cache_dir: PathBuf,
     /// Watch plugin files and the config for changes and reload automatically.
     pub watch: bool,
-    /// How often the watcher polls file modification times.
+    /// How often the watcher looks at the files where the kernel cannot
+    /// tell it of changes (not Linux, or a directory it cannot watch).
     pub watch_interval_ms: u64,
 }
 

@@ -1,9 +1,8 @@
-//! Loading, reloading (hot swap) and watching the plugins of `[[hooks]]`,
-//! and `gateway plugin check`.
+//! Loading and reloading (hot swap) the plugins of `[[hooks]]`, and
+//! `gateway plugin check`. Watching their files for changes: `watch.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -248,79 +247,6 @@ impl HookHost {
             .await
             .map_err(|e| anyhow::anyhow!("the component fails to instantiate: {e:#}"))?;
         Ok(Some(plugin))
-    }
-
-    /// Polls the config file and plugin files and reloads when one changes.
-    /// Returns when `stop` resolves.
-    ///
-    /// What counts as seen is the fingerprint taken *before* a reload: a file
-    /// written while the reload runs (e.g. while the previous copy compiles)
-    /// differs from it, so it is reloaded right after, never lost.
-    ///
-    /// The first fingerprint is taken when this is called, not when the
-    /// future first runs, so a change made right after start-up is seen.
-    pub fn watch(
-        self: Arc<Self>,
-        interval: Duration,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut seen = self.fingerprint();
-        async move { self.watch_from(&mut seen, interval, stop).await }
-    }
-
-    async fn watch_from(
-        &self,
-        seen: &mut Vec<(PathBuf, Option<SystemTime>, u64, u64)>,
-        interval: Duration,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut stop = stop;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.changed() => return,
-            }
-            let mut now = self.fingerprint();
-            while now != *seen && !*stop.borrow() {
-                tracing::info!("plugin or config file changed; reloading");
-                let report = self.reload().await;
-                tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "reload done");
-                *seen = now;
-                now = self.fingerprint();
-            }
-        }
-    }
-
-    fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64, u64)> {
-        let mut paths: Vec<PathBuf> = self.config_path.iter().cloned().collect();
-        if let Some(cfg) = self
-            .config_path
-            .as_deref()
-            .and_then(|p| Config::load(p).ok())
-        {
-            paths.extend(cfg.hooks.into_iter().map(|h| h.wasm));
-        } else {
-            paths.extend(
-                self.snapshot()
-                    .plugins
-                    .iter()
-                    .map(|p| p.config.wasm.clone()),
-            );
-        }
-        paths
-            .into_iter()
-            .map(|p| {
-                use std::os::unix::fs::MetadataExt as _;
-                let m = std::fs::metadata(&p).ok();
-                // The inode too: an atomic-rename deploy replaces the file.
-                let (mtime, len, ino) = (
-                    m.as_ref().and_then(|m| m.modified().ok()),
-                    m.as_ref().map_or(0, std::fs::Metadata::len),
-                    m.map_or(0, |m| m.ino()),
-                );
-                (p, mtime, len, ino)
-            })
-            .collect()
     }
 }
 

@@ -26,6 +26,7 @@ pub mod v0_2_0;
 
 mod chains;
 mod lifecycle;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
