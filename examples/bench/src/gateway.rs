@@ -89,8 +89,11 @@ pub struct Spec {
 pub struct Gateway {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// Child pid (for /proc).
+    /// The gateway's pid (for /proc: CPU time, RSS); under
+    /// `BENCH_GATEWAY_WRAPPER`, the wrapper's child, not the wrapper.
     pub pid: u32,
+    /// The process spawned: the gateway, or the wrapper running it.
+    spawned: u32,
     child: Child,
     /// Private directory: config, redb file, log.
     pub dir: tempfile::TempDir,
@@ -188,10 +191,19 @@ impl Gateway {
         let mut gw = Self {
             base: format!("http://127.0.0.1:{port}"),
             pid,
+            spawned: pid,
             child,
             dir,
         };
         gw.wait_ready(Duration::from_secs(300)).await?;
+        if !wrapper.is_empty() {
+            // Measure the gateway, not the profiler around it (whose CPU
+            // time and RSS would pass for the gateway's).
+            gw.pid = children(pid)
+                .first()
+                .and_then(|c| c.parse().ok())
+                .context("the wrapper has no child process to measure")?;
+        }
         Ok(gw)
     }
 
@@ -241,10 +253,8 @@ impl Gateway {
     pub async fn stop(mut self) {
         // Under a wrapper (a profiler), signal the gateway itself first: the
         // wrapper finishes its output when its workload exits.
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
-            .unwrap_or_default();
-        let children: Vec<&str> = children.split_whitespace().collect();
-        if !children.is_empty() {
+        let children = children(self.spawned);
+        if self.spawned != self.pid && !children.is_empty() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .args(&children)
@@ -259,7 +269,7 @@ impl Gateway {
         }
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(self.pid.to_string())
+            .arg(self.spawned.to_string())
             .status()
             .await;
         if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
@@ -269,6 +279,15 @@ impl Gateway {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// The child processes of `pid`'s main thread.
+fn children(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// VmRSS of a process in KiB (0 when unreadable).
