@@ -178,6 +178,49 @@ async fn embedded_idle_polls_commit_nothing() {
     assert_eq!(embedded.commits(), before + 1);
 }
 
+/// On the embedded store the retention sweep finds what to remove in a
+/// snapshot: a sweep with nothing to remove commits nothing (no writer turn,
+/// no fsync); one with an expired session commits once and expires it; and
+/// with a `now` at which everything is expired it still expires only what the
+/// policy names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sweep_with_nothing_to_remove_commits_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded =
+        Arc::new(EmbeddedStore::open(&dir.path().join("db.redb"), 64).expect("open redb"));
+    let store: Store = embedded.clone();
+    let t = tenant("t");
+    create(&store, &t, "keep").await;
+    store
+        .create_session(&t, new_session(Some("tmp"), Some("ephemeral"), json!({})))
+        .await
+        .unwrap();
+    store.set_retention(Retention {
+        sessions: BTreeMap::from([("ephemeral".to_owned(), 60_000)]),
+        default_session_ms: None,
+        events_ms: Some(3_600_000),
+    });
+    let before = embedded.commits();
+    for _ in 0..3 {
+        let r = store.sweep_expired(now_ms(), 10).await.unwrap();
+        assert_eq!((r.sessions, r.events), (0, 0));
+    }
+    assert_eq!(
+        embedded.commits(),
+        before,
+        "a sweep with nothing to do committed"
+    );
+    // Two minutes on: "tmp" is past its retention, "keep" has none.
+    let r = store.sweep_expired(now_ms() + 120_000, 10).await.unwrap();
+    assert_eq!(r.sessions, 1);
+    assert_eq!(embedded.commits(), before + 1, "one commit for the sweep");
+    assert_not_found(store.get_session(&t, "tmp").await);
+    store
+        .get_session(&t, "keep")
+        .await
+        .expect("no retention for AGENT");
+}
+
 /// On the embedded store a batch of writes is one commit (one fsync), also
 /// when a write in it fails: the writes before it are in that commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

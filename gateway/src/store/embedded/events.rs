@@ -164,30 +164,65 @@ impl RetentionPolicy for EmbeddedStore {
     async fn sweep_expired(&self, now: i64, limit: usize) -> StoreResult<SweepReport> {
         let hooked = self.after_hooked();
         let ret = self.retention();
-        self.write(move |txn| {
-            let mut report = SweepReport::default();
-            // Expired sessions: deleted like DELETE would, with an event.
-            let mut expired = Vec::new();
-            let mut stale_tombstones = Vec::new();
-            {
-                let table = txn.open_table(SESSIONS).map_err(internal)?;
-                for row in table.iter().map_err(internal)? {
+        // What to remove is found in a snapshot, off the writer: a scan of
+        // every session must not hold up the writes queued behind it, and a
+        // sweep with nothing to do takes no writer turn (no commit, no
+        // fsync).
+        let cutoff = ret.events_ms.map(|w| now - w);
+        let scan = ret.clone();
+        let (expired, stale_tombstones, old_events) = self
+            .read(move |txn| {
+                let ret = scan;
+                let mut expired = Vec::new();
+                let mut stale = Vec::new();
+                for row in open_read(txn, SESSIONS)?.iter().map_err(internal)? {
                     let (k, v) = row.map_err(internal)?;
                     let rec: SessionRecord = from_json(v.value())?;
-                    if rec.deleted {
-                        // Once its events are gone, a tombstone has nothing to keep.
-                        if ret.events_ms.is_some_and(|w| rec.updated_at + w <= now) {
-                            stale_tombstones.push(k.value().to_owned());
-                        }
-                    } else if ret.session_expired(&rec.session_type, rec.updated_at, now) {
-                        expired.push((k.value().to_owned(), rec));
+                    match sweep_of(&ret, &rec, now) {
+                        Some(Sweep::Expire) => expired.push(k.value().to_owned()),
+                        Some(Sweep::Remove) => stale.push(k.value().to_owned()),
+                        None => {}
                     }
                     if expired.len() >= limit {
                         break;
                     }
                 }
+                let old_events = match cutoff {
+                    Some(cutoff) => open_read(txn, EVENTS_BY_TS)?
+                        .range(..(cutoff, "", 0))
+                        .map_err(internal)?
+                        .next()
+                        .is_some(),
+                    None => false,
+                };
+                Ok((expired, stale, old_events))
+            })
+            .await?;
+        if expired.is_empty() && stale_tombstones.is_empty() && !old_events {
+            return Ok(SweepReport::default());
+        }
+        self.write(move |txn| {
+            let mut report = SweepReport::default();
+            // Each candidate again, as it is now: it may have been written,
+            // deleted or re-created since the snapshot.
+            let mut now_expired = Vec::new();
+            let mut now_stale = Vec::new();
+            {
+                let table = txn.open_table(SESSIONS).map_err(internal)?;
+                for key in expired.iter().chain(&stale_tombstones) {
+                    let Some(v) = table.get(key.as_str()).map_err(internal)? else {
+                        continue;
+                    };
+                    let rec: SessionRecord = from_json(v.value())?;
+                    match sweep_of(&ret, &rec, now) {
+                        Some(Sweep::Expire) => now_expired.push((key.clone(), rec)),
+                        Some(Sweep::Remove) => now_stale.push(key.clone()),
+                        None => {}
+                    }
+                }
             }
-            for (key, mut rec) in expired {
+            // Expired sessions: deleted like DELETE would, with an event.
+            for (key, mut rec) in now_expired {
                 let tenant = Tenant(key.split_once('/').map_or("", |(t, _)| t).to_owned());
                 tombstone(txn, &mut rec)?;
                 let ev = (EventType::SessionDeleted, now, expired_payload());
@@ -196,7 +231,7 @@ impl RetentionPolicy for EmbeddedStore {
             }
             {
                 let mut table = txn.open_table(SESSIONS).map_err(internal)?;
-                for key in &stale_tombstones {
+                for key in &now_stale {
                     table.remove(key.as_str()).map_err(internal)?;
                 }
             }
@@ -229,5 +264,27 @@ impl RetentionPolicy for EmbeddedStore {
             Ok(report)
         })
         .await
+    }
+}
+
+/// What the retention sweep does with a session record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sweep {
+    /// A live session past its retention: deleted, with an event.
+    Expire,
+    /// A tombstone whose events are past the event window: removed.
+    Remove,
+}
+
+/// What the retention sweep does with `rec` at `now` (`None`: keeps it).
+fn sweep_of(ret: &Retention, rec: &SessionRecord, now: i64) -> Option<Sweep> {
+    if rec.deleted {
+        // Once its events are gone, a tombstone has nothing to keep.
+        ret.events_ms
+            .is_some_and(|w| rec.updated_at + w <= now)
+            .then_some(Sweep::Remove)
+    } else {
+        ret.session_expired(&rec.session_type, rec.updated_at, now)
+            .then_some(Sweep::Expire)
     }
 }
