@@ -10,7 +10,7 @@ use redb::ReadableTable;
 use super::EmbeddedStore;
 use super::tables::{
     EVENTS, EVENTS_BY_TS, HOOK_QUEUE, OUTBOX, SESSIONS, SessionRecord, from_json, internal,
-    open_read, record_event, to_json, tombstone,
+    open_read, record_event, tombstone,
 };
 use crate::model::{Event, EventType, Tenant};
 use crate::store::{
@@ -137,12 +137,15 @@ impl EventLog for EmbeddedStore {
     ) -> StoreResult<()> {
         let key = session_key(tenant, session_id);
         self.write(move |txn| {
-            let mut table = txn.open_table(OUTBOX).map_err(internal)?;
             for item in &outbox {
-                if table.get(item.id.as_str()).map_err(internal)?.is_none() {
-                    table
-                        .insert(item.id.as_str(), to_json(item)?.as_slice())
-                        .map_err(internal)?;
+                let exists = txn
+                    .open_table(OUTBOX)
+                    .map_err(internal)?
+                    .get(item.id.as_str())
+                    .map_err(internal)?
+                    .is_some();
+                if !exists {
+                    super::outbox::put_item(txn, item, None)?;
                 }
             }
             txn.open_table(HOOK_QUEUE)

@@ -121,6 +121,7 @@ impl EmbeddedStore {
             txn.open_table(HOOK_QUEUE).map_err(internal)?;
             txn.open_table(OUTBOX).map_err(internal)?;
             txn.open_table(META).map_err(internal)?;
+            outbox::index_outbox(&txn)?;
             // The file is locked to this process, so a claim lease found here
             // belongs to a process that died: release it now rather than wait
             // for it to expire.

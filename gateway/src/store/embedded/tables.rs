@@ -23,6 +23,12 @@ pub(super) const EVENTS_BY_TS: TableDefinition<(i64, &str, u64), ()> =
     TableDefinition::new("events_by_ts");
 pub(super) const HOOK_QUEUE: TableDefinition<(&str, u64), i64> = TableDefinition::new("hook_queue");
 pub(super) const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// The pending outbox items by `(next_attempt_at, id)`: what a claim reads
+/// instead of scanning (and decoding) the whole outbox, which grows while a
+/// target is down. Kept in step with [`OUTBOX`] by every write to it
+/// (`outbox::put_item`, `outbox_delivered`); built from it on open
+/// (`outbox::index_outbox`).
+pub(super) const OUTBOX_DUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("outbox_due");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// A session's stored header.
