@@ -10,12 +10,15 @@
 //! dispatcher draining a backlog would), against as long with no claim.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use gateway::metadata::MetadataChange;
 use gateway::model::{NewSession, Tenant, now_ms};
 use gateway::store::{OutboxItem, OutboxState, SessionStore, embedded::EmbeddedStore};
 use serde_json::json;
+
+#[path = "support/writes.rs"]
+mod support;
+use support::{summary, writes};
 
 fn item(id: String, next_attempt_at: i64) -> OutboxItem {
     OutboxItem {
@@ -32,37 +35,6 @@ fn item(id: String, next_attempt_at: i64) -> OutboxItem {
         state: OutboxState::Pending,
         last_error: Some("target unreachable".into()),
     }
-}
-
-/// p50, p99 and max of `lat` (µs), and how many.
-fn summary(mut lat: Vec<u128>) -> String {
-    lat.sort_unstable();
-    let at = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
-    format!(
-        "{} writes, p50 {} µs, p99 {} µs, max {} µs",
-        lat.len(),
-        at(0.5),
-        at(0.99),
-        lat[lat.len() - 1]
-    )
-}
-
-/// Sequential metadata writes to one session for `secs`; their latencies (µs).
-async fn writes(store: &Arc<dyn SessionStore>, t: &Tenant, secs: u64) -> Vec<u128> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut lat = Vec::new();
-    let mut n = 0u64;
-    while Instant::now() < end {
-        n += 1;
-        let change = MetadataChange::Update(vec![("n".into(), json!(n))]);
-        let t0 = Instant::now();
-        store
-            .change_metadata(t, "s0", &change)
-            .await
-            .expect("write");
-        lat.push(t0.elapsed().as_micros());
-    }
-    lat
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
