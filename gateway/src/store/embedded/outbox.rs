@@ -98,18 +98,26 @@ impl OutboxQueue for EmbeddedStore {
             return Ok(Vec::new());
         }
         self.write(move |txn| {
-            let due: Vec<String> = txn
+            let due: Vec<(i64, String)> = txn
                 .open_table(OUTBOX_DUE)
                 .map_err(internal)?
                 .range(..(now.saturating_add(1), ""))
                 .map_err(internal)?
                 .take(limit)
-                .map(|row| row.map(|(k, _)| k.value().1.to_owned()))
+                .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
                 .collect::<Result<_, _>>()
                 .map_err(internal)?;
             let mut claimed = Vec::with_capacity(due.len());
-            for id in due {
-                let Some(item) = get_item(txn, &id)? else {
+            for (at, id) in due {
+                let item = get_item(txn, &id)?
+                    .filter(|i| i.state == OutboxState::Pending && i.next_attempt_at == at);
+                let Some(item) = item else {
+                    // An entry out of step with its item would be due for
+                    // ever (a poller spinning on it): drop it.
+                    txn.open_table(OUTBOX_DUE)
+                        .map_err(internal)?
+                        .remove((at, id.as_str()))
+                        .map_err(internal)?;
                     continue;
                 };
                 let mut leased = item.clone();
@@ -267,6 +275,33 @@ mod tests {
             state: OutboxState::Pending,
             last_error: None,
         }
+    }
+
+    /// An index entry with no pending item behind it (it cannot be written
+    /// through the store; a bug or a hand-edited file could leave one) is
+    /// dropped by the claim that finds it, not due for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stray_index_entry_is_dropped_by_the_claim_that_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db.redb"), 16).unwrap();
+        store
+            .complete_event("t", "s", 1, vec![item("real", 5)])
+            .await
+            .unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            let mut due = txn.open_table(OUTBOX_DUE).unwrap();
+            due.insert((1, "ghost"), ()).unwrap();
+            due.insert((2, "real"), ()).unwrap();
+            drop(due);
+            txn.commit().unwrap();
+        }
+        let claimed = store.claim_outbox(10, 1_000, 10).await.unwrap();
+        assert_eq!(
+            claimed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["real"]
+        );
+        assert_eq!(store.next_outbox_due().await.unwrap(), NextDue::At(1_010));
     }
 
     /// A file written before the due index existed (its outbox, no index, no
