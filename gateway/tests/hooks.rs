@@ -608,6 +608,47 @@ async fn watcher_needs_no_polling_on_linux() {
     gw.stop().await;
 }
 
+/// A directory that never quietens (another file in it written every 10 ms)
+/// does not keep the watcher from reloading.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_reloads_in_a_busy_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hook.wasm");
+    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
+    let cfg_path = write_config(dir.path(), &wasm, None);
+    let mut cfg = gateway::config::Config::load(&cfg_path).unwrap();
+    cfg.plugins.watch = true;
+    cfg.plugins.watch_interval_ms = 3_600_000;
+    let gw = TestGateway::start_with(cfg, Some(cfg_path)).await;
+    gw.session("s").await;
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let noise = {
+        let (busy, file) = (busy.clone(), dir.path().join("busy.log"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(&file, n.to_string()).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.get("/v1/sessions/s/metadata").await.1["fixture"] != "v2" {
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not reload in 20 s while the directory stayed busy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    noise.join().unwrap();
+    gw.stop().await;
+}
+
 /// After-hooks publish to granted targets only; notifications are persisted
 /// in the outbox and visible to operators.
 async fn after_hooks_publish_to_granted_targets_only(b: Backend) {

@@ -32,6 +32,9 @@ type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64, u64)>;
 /// half-written plugin would fail to load.
 #[cfg(target_os = "linux")]
 const SETTLE: Duration = Duration::from_millis(50);
+/// The longest the watcher waits for the directories to settle.
+#[cfg(target_os = "linux")]
+const SETTLE_MAX: Duration = Duration::from_millis(500);
 
 impl HookHost {
     /// Watches the config file and the plugin files and reloads when one
@@ -99,8 +102,13 @@ impl HookHost {
                 ev = events.next() => match ev {
                     Some(Ok(_)) => {
                         // Wait for the directories to settle, taking what
-                        // else arrives meanwhile.
-                        while let Ok(Some(Ok(_))) = tokio::time::timeout(SETTLE, events.next()).await {}
+                        // else arrives meanwhile; a directory that never
+                        // quietens (other files changing all the time) is
+                        // looked at every `SETTLE_MAX` all the same.
+                        let until = tokio::time::Instant::now() + SETTLE_MAX;
+                        while tokio::time::Instant::now() < until
+                            && let Ok(Some(Ok(_))) = tokio::time::timeout(SETTLE, events.next()).await
+                        {}
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "plugin file events failed; looking for changes periodically");
