@@ -96,7 +96,17 @@ impl HookHost {
 
         let mut dirs = Dirs::new(events.watches());
         loop {
-            let all_watched = dirs.follow(seen);
+            let Follow { all_watched, added } = dirs.follow(seen);
+            if added {
+                // A change made before a directory was watched sent no
+                // event (the first fingerprint is taken when `watch` is
+                // called, before any watch exists): look now.
+                self.reload_if_changed(seen, &stop).await;
+                if *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
             let poll = (!all_watched).then_some(interval);
             tokio::select! {
                 ev = events.next() => match ev {
@@ -204,9 +214,8 @@ impl Dirs {
     }
 
     /// Watches the directories of the files in `seen` and drops the watches
-    /// of directories no longer needed (the config changed). `false` when
-    /// some directory cannot be watched (then the caller polls too).
-    fn follow(&mut self, seen: &Fingerprint) -> bool {
+    /// of directories no longer needed (the config changed).
+    fn follow(&mut self, seen: &Fingerprint) -> Follow {
         use inotify::WatchMask as M;
         // Entries created, written, renamed in or out, deleted, touched; the
         // directory itself removed or renamed.
@@ -233,12 +242,16 @@ impl Dirs {
             }
         }
         let mut all = true;
+        let mut added = false;
         for d in want {
             // Added again every time: cheap, and it re-arms a directory that
             // was deleted and re-created under the same name.
             match self.watches.add(&d, mask) {
                 Ok(wd) => {
-                    self.by_dir.insert(d, wd);
+                    // A new watch: a directory not watched before, or one
+                    // deleted and re-created (the kernel gives it a new
+                    // descriptor).
+                    added |= self.by_dir.insert(d, wd.clone()).as_ref() != Some(&wd);
                 }
                 Err(e) => {
                     tracing::debug!(dir = %d.display(), error = %e, "cannot watch a plugin directory; polling it");
@@ -247,8 +260,21 @@ impl Dirs {
                 }
             }
         }
-        all
+        Follow {
+            all_watched: all,
+            added,
+        }
     }
+}
+
+/// What [`Dirs::follow`] did.
+#[cfg(target_os = "linux")]
+struct Follow {
+    /// Every directory is watched (else the caller polls too).
+    all_watched: bool,
+    /// A directory is watched that was not before: changes made before it
+    /// was sent no event.
+    added: bool,
 }
 
 #[cfg(test)]
