@@ -535,25 +535,45 @@ async fn hot_swap_under_load() {
     gw.stop().await;
 }
 
+/// A gateway whose get-hook `swap` runs `fixture_deny` (it tags metadata
+/// `"fixture": "v1"`) from `wasm` in `dir`, with the watcher on at
+/// `interval_ms`, and a session `s`.
+async fn watched_gateway(
+    dir: &std::path::Path,
+    wasm: &std::path::Path,
+    interval_ms: u64,
+) -> TestGateway {
+    std::fs::copy(common::plugin("fixture_deny"), wasm).unwrap();
+    let cfg_path = write_config(dir, wasm, None);
+    let mut cfg = gateway::config::Config::load(&cfg_path).unwrap();
+    cfg.plugins.watch = true;
+    cfg.plugins.watch_interval_ms = interval_ms;
+    let gw = TestGateway::start_with(cfg, Some(cfg_path)).await;
+    gw.session("s").await;
+    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
+    gw
+}
+
+/// Waits up to 20 s until session `s`'s metadata shows `fixture` as `want`
+/// (`None`: no get-hook tags it), failing with `what`.
+async fn wait_for_fixture(gw: &TestGateway, want: Option<&str>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.get("/v1/sessions/s/metadata").await.1.get("fixture")
+        != want.map(|w| json!(w)).as_ref()
+    {
+        assert!(Instant::now() < deadline, "{what} in 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The file watcher picks up a replaced plugin by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_reloads_changed_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("hook.wasm");
-    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
-    let cfg_path = write_config(dir.path(), &wasm, None);
-    let mut cfg = gateway::config::Config::load(&cfg_path).unwrap();
-    cfg.plugins.watch = true;
-    cfg.plugins.watch_interval_ms = 50;
-    let gw = TestGateway::start_with(cfg, Some(cfg_path)).await;
-    gw.session("s").await;
-    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
+    let gw = watched_gateway(dir.path(), &wasm, 50).await;
     std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gw.get("/v1/sessions/s/metadata").await.1["fixture"] != "v2" {
-        assert!(Instant::now() < deadline, "watcher did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_fixture(&gw, Some("v2"), "the watcher did not reload").await;
     gw.stop().await;
 }
 
@@ -568,43 +588,22 @@ async fn watcher_needs_no_polling_on_linux() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
     let wasm = plugins.join("hook.wasm");
-    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
-    let cfg_path = write_config(dir.path(), &wasm, None);
-    let mut cfg = gateway::config::Config::load(&cfg_path).unwrap();
-    cfg.plugins.watch = true;
-    cfg.plugins.watch_interval_ms = 3_600_000;
-    let gw = TestGateway::start_with(cfg, Some(cfg_path.clone())).await;
-    gw.session("s").await;
-    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
+    let gw = watched_gateway(dir.path(), &wasm, 3_600_000).await;
     let staged = plugins.join(".hook.wasm.new");
     std::fs::copy(common::plugin("fixture_allow"), &staged).unwrap();
     std::fs::rename(&staged, &wasm).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gw.get("/v1/sessions/s/metadata").await.1["fixture"] != "v2" {
-        assert!(
-            Instant::now() < deadline,
-            "the watcher did not see the renamed plugin in 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_fixture(
+        &gw,
+        Some("v2"),
+        "the watcher did not see the renamed plugin",
+    )
+    .await;
     // The config edited in place: the hook removed.
+    let cfg_path = dir.path().join("gateway.toml");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     let without = &text[..text.find("[[hooks]]").expect("a [[hooks]] table")];
     std::fs::write(&cfg_path, without).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gw
-        .get("/v1/sessions/s/metadata")
-        .await
-        .1
-        .get("fixture")
-        .is_some()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the watcher did not see the edited gateway.toml in 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_fixture(&gw, None, "the watcher did not see the edited gateway.toml").await;
     gw.stop().await;
 }
 
@@ -615,14 +614,7 @@ async fn watcher_needs_no_polling_on_linux() {
 async fn watcher_reloads_in_a_busy_directory() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("hook.wasm");
-    std::fs::copy(common::plugin("fixture_deny"), &wasm).unwrap();
-    let cfg_path = write_config(dir.path(), &wasm, None);
-    let mut cfg = gateway::config::Config::load(&cfg_path).unwrap();
-    cfg.plugins.watch = true;
-    cfg.plugins.watch_interval_ms = 3_600_000;
-    let gw = TestGateway::start_with(cfg, Some(cfg_path)).await;
-    gw.session("s").await;
-    assert_eq!(gw.get("/v1/sessions/s/metadata").await.1["fixture"], "v1");
+    let gw = watched_gateway(dir.path(), &wasm, 3_600_000).await;
     let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let noise = {
         let (busy, file) = (busy.clone(), dir.path().join("busy.log"));
@@ -636,14 +628,12 @@ async fn watcher_reloads_in_a_busy_directory() {
         })
     };
     std::fs::copy(common::plugin("fixture_allow"), &wasm).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gw.get("/v1/sessions/s/metadata").await.1["fixture"] != "v2" {
-        assert!(
-            Instant::now() < deadline,
-            "the watcher did not reload in 20 s while the directory stayed busy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_fixture(
+        &gw,
+        Some("v2"),
+        "the watcher did not reload while the directory stayed busy",
+    )
+    .await;
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     noise.join().unwrap();
     gw.stop().await;
