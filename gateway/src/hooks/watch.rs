@@ -15,7 +15,7 @@
 //! Either way, what decides a reload is the files' fingerprint (path, mtime,
 //! size, inode): an event only makes the watcher look.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -181,10 +181,13 @@ impl HookHost {
 /// The directories to watch for `files`: each one's parent and, for a
 /// symlink, its target's parent too (a file changed in place there does not
 /// touch the link's directory).
-fn dirs_of<'a>(files: impl Iterator<Item = &'a Path>) -> std::collections::BTreeSet<PathBuf> {
+#[cfg(target_os = "linux")]
+fn dirs_of<'a>(
+    files: impl Iterator<Item = &'a std::path::Path>,
+) -> std::collections::BTreeSet<PathBuf> {
     let mut dirs = std::collections::BTreeSet::new();
     for f in files {
-        let parent = |p: &Path| match p.parent() {
+        let parent = |p: &std::path::Path| match p.parent() {
             Some(d) if d.as_os_str().is_empty() => PathBuf::from("."),
             Some(d) => d.to_path_buf(),
             None => PathBuf::from("/"),
@@ -277,8 +280,10 @@ struct Follow {
     added: bool,
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

@@ -18,6 +18,27 @@ use crate::store::{
     SweepReport, expired_payload, session_key,
 };
 
+impl EmbeddedStore {
+    /// When the earliest queued event is claimable (its lease ends; 0 when
+    /// unclaimed), looked up in a snapshot; the scan stops at the first one
+    /// claimable by `stop_at`. `None` when the queue is empty.
+    async fn earliest_hook_due(&self, stop_at: i64) -> StoreResult<Option<i64>> {
+        self.read(move |txn| {
+            let mut earliest: Option<i64> = None;
+            for row in open_read(txn, HOOK_QUEUE)?.iter().map_err(internal)? {
+                let at = row.map_err(internal)?.1.value();
+                let at = earliest.map_or(at, |e| e.min(at));
+                earliest = Some(at);
+                if at <= stop_at {
+                    break;
+                }
+            }
+            Ok(earliest)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl EventLog for EmbeddedStore {
     async fn events_after(
@@ -85,10 +106,9 @@ impl EventLog for EmbeddedStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
-        let due = self
-            .earliest_due(HOOK_QUEUE, now, |lease| Ok(Some(lease.value())))
-            .await?;
-        if due.is_none_or(|at| at > now) {
+        // Looked up in a snapshot first, so that a poll with nothing due
+        // takes no writer turn (a commit, with its fsync).
+        if self.earliest_hook_due(now).await?.is_none_or(|at| at > now) {
             return Ok(Vec::new());
         }
         self.write(move |txn| {
@@ -122,9 +142,7 @@ impl EventLog for EmbeddedStore {
     async fn next_event_due(&self) -> StoreResult<NextDue> {
         // The file is this process's alone (redb locks it), so only its own
         // writes queue events.
-        let due = self
-            .earliest_due(HOOK_QUEUE, i64::MIN, |lease| Ok(Some(lease.value())))
-            .await?;
+        let due = self.earliest_hook_due(i64::MIN).await?;
         Ok(due.map_or(NextDue::Nothing, NextDue::At))
     }
 

@@ -213,44 +213,6 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Internal("embedded writer dropped a job".into()))?
     }
 
-    /// The earliest time (Unix ms) at which a row of `table` is due, looked
-    /// up in a snapshot; `due_at` gives a row's time (`None`: never due, such
-    /// as a dead outbox item). The scan stops at the first row due by
-    /// `stop_at`. `None` when no row will ever be due.
-    ///
-    /// The idle polls (after-hook queue, outbox) ask this before claiming,
-    /// so that a poll with nothing to claim neither waits for nor takes a
-    /// turn of the writer (a commit, with its fsync); and, with nothing
-    /// due, they sleep until the earliest time it gives (see
-    /// [`crate::store::NextDue`]).
-    async fn earliest_due<K, V, F>(
-        &self,
-        table: redb::TableDefinition<'static, K, V>,
-        stop_at: i64,
-        due_at: F,
-    ) -> StoreResult<Option<i64>>
-    where
-        K: redb::Key + Send + 'static,
-        V: redb::Value + Send + 'static,
-        F: Fn(redb::AccessGuard<'_, V>) -> StoreResult<Option<i64>> + Send + 'static,
-    {
-        self.read(move |txn| {
-            let mut earliest: Option<i64> = None;
-            for row in tables::open_read(txn, table)?.iter().map_err(internal)? {
-                let (_, v) = row.map_err(internal)?;
-                if let Some(at) = due_at(v)? {
-                    let at = earliest.map_or(at, |e| e.min(at));
-                    earliest = Some(at);
-                    if at <= stop_at {
-                        break;
-                    }
-                }
-            }
-            Ok(earliest)
-        })
-        .await
-    }
-
     /// Runs a read against a snapshot on a blocking thread.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
