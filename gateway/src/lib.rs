@@ -183,10 +183,21 @@ impl Gateway {
     ///
     /// # Errors
     /// When the server fails.
-    pub async fn serve(
+    pub fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        // Boxed, so that the server (accept loop, connection tasks) is
+        // compiled once here and not again in every crate that calls this
+        // with its own shutdown future (the binary, each test binary).
+        self.serve_until(listener, Box::pin(shutdown))
+    }
+
+    async fn serve_until(
+        self,
+        listener: TcpListener,
+        shutdown: server::Shutdown,
     ) -> anyhow::Result<()> {
         let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
         let limits = server::ConnLimits::from_config(&self.state.config);
@@ -199,7 +210,7 @@ impl Gateway {
             shutdown,
             // Open SSE streams end now (clients resume with Last-Event-ID),
             // so they do not hold the shutdown for the whole grace period.
-            move || hub.close_streams(),
+            Box::new(move || hub.close_streams()),
             grace,
         )
         .await?;
@@ -214,6 +225,52 @@ impl Gateway {
             let _ = t.await;
         }
     }
+}
+
+/// `gateway serve`: loads the config at `config_path`, starts the gateway,
+/// serves until SIGINT or SIGTERM (reloading the plugins on SIGHUP), then
+/// shuts down as [`Gateway::serve`] does.
+///
+/// The future is boxed so that the binary only awaits it: were the gateway
+/// owned and dropped there, every type it holds (the hooks, wasmtime's
+/// stores, the store's futures) would get its drop code and generic
+/// instances compiled a second time, in the binary.
+pub fn serve_config(
+    config_path: PathBuf,
+) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+    use anyhow::Context as _;
+    Box::pin(async move {
+        let config = Config::load(&config_path)?;
+        let listen = config.server.listen;
+        let gw = Gateway::start(config, Some(config_path)).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(addr = %listener.local_addr()?, store = gw.state.store.name(), "session gateway listening");
+        let hooks = gw.state.hooks.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading plugins");
+                hooks.reload().await;
+            }
+        });
+        gw.serve(listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
 }
 
 /// Removes expired sessions and events every `interval` until stopped.

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gateway::Gateway;
-use gateway::config::Config;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Session Gateway: durable sessions for AI agents, with WebAssembly hooks.
 #[derive(Parser)]
@@ -91,15 +90,17 @@ fn init_tracing(json: bool, command: Option<&Command>) {
         _ => ("info", false),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if stderr {
-        let builder = builder.with_writer(std::io::stderr);
-        if json {
-            builder.json().init();
-        } else {
-            builder.init();
-        }
-    } else if json {
+    // One writer type for both destinations: each distinct subscriber type
+    // is a full copy of the fmt layer in the binary (and in its build time).
+    let writer = if stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
         builder.json().init();
     } else {
         builder.init();
@@ -111,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_json, cli.command.as_ref());
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config).await,
+        Command::Serve => gateway::serve_config(cli.config).await,
         #[cfg(feature = "mongodb")]
         Command::Import(args) => {
             let code = gateway::import::run(&cli.config, *args).await?;
@@ -141,36 +142,4 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&config_path)?;
-    let listen = config.server.listen;
-    let gw = Gateway::start(config, Some(config_path)).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, store = gw.state.store.name(), "session gateway listening");
-    let hooks = gw.state.hooks.clone();
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading plugins");
-            hooks.reload().await;
-        }
-    });
-    gw.serve(listener, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: draining in-flight requests");
 }

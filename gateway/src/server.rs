@@ -362,6 +362,10 @@ enum End {
     Evicted,
 }
 
+/// What ends [`serve`]'s accept loop. Boxed (as is its `on_shutdown`), so
+/// that `serve` is not generic: it is compiled once, in this crate.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Serves `app` on `listener` with `limits` until `shutdown` resolves; then
 /// stops accepting, calls `on_shutdown` (which ends SSE streams), closes idle
 /// connections and waits for requests in progress, at most `grace`.
@@ -374,8 +378,8 @@ pub async fn serve(
     app: Router,
     limits: ConnLimits,
     stats: Arc<ConnStats>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_shutdown: impl FnOnce() + Send,
+    mut shutdown: Shutdown,
+    on_shutdown: Box<dyn FnOnce() + Send>,
     grace: Duration,
 ) -> anyhow::Result<()> {
     stats
@@ -390,7 +394,6 @@ pub async fn serve(
     let registry = Arc::new(Registry::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut shutdown = std::pin::pin!(shutdown);
     let base = Instant::now();
     'accept: loop {
         let stream = tokio::select! {
