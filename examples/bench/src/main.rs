@@ -108,6 +108,11 @@ struct Report {
     cmd: BTreeMap<usize, f64>,
     /// Gateway CPU per operation (µs) on the embedded store's mix, by concurrency.
     gw_cpu_us: BTreeMap<usize, f64>,
+    /// Gateway CPU per request (µs), embedded store, c=32, for requests that
+    /// do less than the mix: `probe` (`GET /healthz`, the HTTP stack alone)
+    /// and `read` (`GET /v1/sessions/{id}`, the whole request path with a
+    /// point read and no write).
+    gw_cpu_floor_us: BTreeMap<String, f64>,
     p2_us: Option<f64>,
     p2_by_op: BTreeMap<String, f64>,
     hooks: Value,
@@ -417,6 +422,46 @@ fn note_errors(ctx: &mut Ctx, what: &str, s: &Summary) {
 
 // ---------------------------------------------------------------- mix + raw (P1, P2)
 
+/// What a request that does less than the mix costs the gateway at c=32,
+/// right after the c=32 mix on the same gateway: `GET /healthz` (the HTTP
+/// stack, the request span and the connection, no store) and
+/// `GET /v1/sessions/{id}` of a session the mix created (every middleware,
+/// one point read, no write). The gap between these and the mix's figure is
+/// what the writes cost.
+async fn cpu_floor(ctx: &mut Ctx, d: &Driver, pid: u32, caps: Caps) {
+    let Driver::Http(h) = d else { return };
+    let c = 32;
+    type Req = fn(&Http, usize) -> (String, [u16; 1]);
+    let probes: [(&str, Req); 2] = [
+        ("probe", |_, _| ("/healthz".to_owned(), [200])),
+        // every worker of the c=32 mix created its session 0
+        ("read", |_, w| {
+            (format!("/v1/sessions/emb-c32-{w}-0"), [200])
+        }),
+    ];
+    for (name, path) in probes {
+        let h = h.clone();
+        let a = cpu3(Some(pid), None);
+        let s = load::run_op(name, c, caps, move |w, _| {
+            let h = h.clone();
+            async move {
+                let (p, ok) = path(&h, w);
+                h.req(reqwest::Method::GET, &p, None, &ok).await.map(|_| ())
+            }
+        })
+        .await;
+        let b = cpu3(Some(pid), None);
+        note_errors(ctx, &format!("gateway-embedded {name} c={c}"), &s);
+        if let Some([g, _, _]) = cpu_per_op(a, b, s.ops) {
+            eprintln!(
+                "gateway-embedded {name} c={c}: {:.0} ops/s, {g:.0} µs gateway CPU per request",
+                s.ops_per_s
+            );
+            ctx.r.gw_cpu_floor_us.insert(name.to_owned(), g);
+        }
+    }
+}
+
 async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
     let levels = if !ctx.a.concurrency.is_empty() {
         ctx.a.concurrency.clone()
@@ -449,6 +494,9 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
                 cpu_us_per_op: cpu,
                 cmd_per_write: None,
             });
+        }
+        if levels.contains(&32) {
+            cpu_floor(ctx, &d, gw.pid, caps).await;
         }
         print_mix_table("Request mix, embedded store", &rows);
         print_cpu("Request mix, embedded store", &rows);
@@ -1674,7 +1722,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{} CPU={}",
+        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{} CPU={} CPU-read/probe={}/{}",
         fmt_opt(r.p1, |v| format!("{v:.2}")),
         fmt_opt(r.p1_min, |v| format!("{v:.2}")),
         fmt_opt(r.p2_us, |v| format!("{v:.0}us")),
@@ -1689,6 +1737,12 @@ async fn main() -> anyhow::Result<()> {
         fmt_opt(r.cmd.get(&16).copied(), |v| format!("{v:.2}")),
         fmt_opt(r.cmd.get(&1).copied(), |v| format!("{v:.2}")),
         fmt_opt(gw_cpu_32(r), |v| format!("{v:.0}us")),
+        fmt_opt(r.gw_cpu_floor_us.get("read").copied(), |v| format!(
+            "{v:.0}us"
+        )),
+        fmt_opt(r.gw_cpu_floor_us.get("probe").copied(), |v| format!(
+            "{v:.0}us"
+        )),
     );
     if let Some(p) = &ctx.a.json_out {
         let mut v = serde_json::to_value(&ctx.r)?;
