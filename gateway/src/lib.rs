@@ -127,7 +127,7 @@ impl Gateway {
             shaper,
             hub.clone(),
         ));
-        let state = AppState {
+        let state = AppState::new(state::Shared {
             store: store.clone(),
             config,
             hooks: hooks.clone(),
@@ -138,7 +138,7 @@ impl Gateway {
             hub,
             guard,
             service,
-        };
+        });
         let mut tasks = vec![tokio::spawn(events::process(
             store,
             hooks.clone(),

@@ -10,9 +10,28 @@ use crate::hooks::HookHost;
 use crate::store::SessionStore;
 use crate::{extract, limits, observe, outbox, service, stream};
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so the clone axum makes for each
+/// handler and middleware is one reference count, not one per handle.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `handles` with every handler.
+    #[must_use]
+    pub fn new(handles: Shared) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles behind an [`AppState`].
+pub struct Shared {
     /// The store, chosen by `storage.type`.
     pub store: Arc<dyn SessionStore>,
     /// The configuration the gateway started with.
