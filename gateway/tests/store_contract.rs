@@ -501,6 +501,7 @@ contract!(
     events_after_resumes_exactly,
     events_since_and_latest_seq,
     claim_and_complete_events,
+    claims_take_the_oldest_first,
     outbox_lifecycle,
     retention_hides_and_sweeps,
 );
@@ -2157,6 +2158,94 @@ async fn events_since_and_latest_seq(s: Store) {
             .is_empty()
     );
     assert!(s.events_since(t0, 0).await.unwrap().is_empty());
+}
+
+/// Queues one hooked event on each of `sids`, in that order, a few
+/// milliseconds apart (so each has its own commit time).
+async fn queue_in_order(s: &Store, t: &Tenant, sids: &[&str]) {
+    for sid in sids {
+        create(s, t, sid).await;
+    }
+    for sid in sids {
+        s.change_metadata(
+            t,
+            sid,
+            &MetadataChange::Update(vec![("k".into(), json!(sid))]),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+/// Claims `sids.len()` events one at a time and answers their sessions.
+async fn claim_one_by_one(s: &Store, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let claimed = s.claim_pending_events(now_ms(), 60_000, 1).await.unwrap();
+        assert_eq!(claimed.len(), 1, "after {got:?}");
+        got.push(claimed[0].session_id.clone());
+    }
+    got
+}
+
+/// Claims take the oldest pending event first, whatever the session ids:
+/// in an order by session, the sessions that sort last would wait for as
+/// long as hooks are behind on the ones before them.
+async fn claims_take_the_oldest_first(s: Store) {
+    let t = tenant("t");
+    queue_in_order(&s, &t, &["z", "a", "m"]).await;
+    assert_eq!(claim_one_by_one(&s, 3).await, ["z", "a", "m"]);
+    for sid in ["z", "a", "m"] {
+        s.complete_event("t", sid, 2, Vec::new()).await.unwrap();
+    }
+    assert!(
+        s.claim_pending_events(now_ms() + 120_000, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "completed events were claimed again"
+    );
+    let due = s.next_event_due().await.unwrap();
+    assert_due(&s, due, NextDue::Nothing, "every event completed");
+}
+
+/// The embedded store keeps the claim order in a table of its own, rebuilt
+/// from the queue when the file is opened: a file whose order table is empty
+/// (as one written by an older binary) still claims every queued event,
+/// oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_claim_order_is_rebuilt_on_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("db.redb");
+    let open = || {
+        let s: Store = Arc::new(EmbeddedStore::open(&path, 64).expect("open redb"));
+        s.set_after_hooked(ALL_HOOKED);
+        s
+    };
+    let t = tenant("t");
+    let s = open();
+    queue_in_order(&s, &t, &["z", "a", "m"]).await;
+    drop(s);
+    // Empty the order table, as a binary that did not keep it would leave it.
+    {
+        let db = redb::Database::open(&path).expect("open the file");
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<(i64, &str, u64), ()> =
+                redb::TableDefinition::new("hook_order");
+            let mut order = txn.open_table(def).unwrap();
+            order.retain(|_, ()| false).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open();
+    assert_eq!(claim_one_by_one(&s, 3).await, ["z", "a", "m"]);
+    // A lease held when the process stopped is released on open, and the
+    // event keeps its place.
+    drop(s);
+    let s = open();
+    assert_eq!(claim_one_by_one(&s, 3).await, ["z", "a", "m"]);
 }
 
 async fn claim_and_complete_events(s: Store) {

@@ -9,8 +9,8 @@ use redb::ReadableTable;
 
 use super::EmbeddedStore;
 use super::tables::{
-    EVENTS, EVENTS_BY_TS, HOOK_QUEUE, OUTBOX, SESSIONS, SessionRecord, from_json, internal,
-    open_read, record_event, tombstone,
+    EVENTS, EVENTS_BY_TS, HOOK_ORDER, HOOK_QUEUE, OUTBOX, SESSIONS, SessionRecord, from_json,
+    internal, open_read, record_event, tombstone,
 };
 use crate::model::{Event, EventType, Tenant};
 use crate::store::{
@@ -24,9 +24,14 @@ impl EmbeddedStore {
     /// claimable by `stop_at`. `None` when the queue is empty.
     async fn earliest_hook_due(&self, stop_at: i64) -> StoreResult<Option<i64>> {
         self.read(move |txn| {
+            let queue = open_read(txn, HOOK_QUEUE)?;
             let mut earliest: Option<i64> = None;
-            for row in open_read(txn, HOOK_QUEUE)?.iter().map_err(internal)? {
-                let at = row.map_err(internal)?.1.value();
+            for row in open_read(txn, HOOK_ORDER)?.iter().map_err(internal)? {
+                let (k, _) = row.map_err(internal)?;
+                let (_, key, seq) = k.value();
+                let Some(at) = queue.get((key, seq)).map_err(internal)?.map(|v| v.value()) else {
+                    continue;
+                };
                 let at = earliest.map_or(at, |e| e.min(at));
                 earliest = Some(at);
                 if at <= stop_at {
@@ -37,6 +42,71 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+/// An event row's commit time, read without decoding the rest of it.
+#[derive(serde::Deserialize)]
+struct EventTs {
+    ts: i64,
+}
+
+/// Builds [`HOOK_ORDER`] from [`HOOK_QUEUE`] on open: every queued event by
+/// its commit time (from its event row; 0, first, for a queue row whose event
+/// is gone). Rebuilt on every open rather than once per file, so rows queued
+/// by a binary that did not keep the order (an older one) are not left out of
+/// claims. The queue holds only events whose after-hooks have not run, so this
+/// is small unless hooks are far behind.
+pub(super) fn index_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    let mut order = txn.open_table(HOOK_ORDER).map_err(internal)?;
+    order.retain(|_, ()| false).map_err(internal)?;
+    let queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
+    let events = txn.open_table(EVENTS).map_err(internal)?;
+    for row in queue.iter().map_err(internal)? {
+        let (k, _) = row.map_err(internal)?;
+        let (key, seq) = k.value();
+        let ts = match events.get((key, seq)).map_err(internal)? {
+            Some(v) => from_json::<EventTs>(v.value())?.ts,
+            None => 0,
+        };
+        order.insert((ts, key, seq), ()).map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Removes a queued event from [`HOOK_QUEUE`] and [`HOOK_ORDER`]; `ts` is its
+/// commit time when the caller has it (else it is read from the event row,
+/// and without one the order is searched).
+fn unqueue(txn: &redb::WriteTransaction, key: &str, seq: u64, ts: Option<i64>) -> StoreResult<()> {
+    let queued = txn
+        .open_table(HOOK_QUEUE)
+        .map_err(internal)?
+        .remove((key, seq))
+        .map_err(internal)?
+        .is_some();
+    if !queued {
+        return Ok(());
+    }
+    let ts = match ts {
+        Some(ts) => Some(ts),
+        None => txn
+            .open_table(EVENTS)
+            .map_err(internal)?
+            .get((key, seq))
+            .map_err(internal)?
+            .map(|v| from_json::<EventTs>(v.value()).map(|e| e.ts))
+            .transpose()?,
+    };
+    let mut order = txn.open_table(HOOK_ORDER).map_err(internal)?;
+    let removed = match ts {
+        Some(ts) => order.remove((ts, key, seq)).map_err(internal)?.is_some(),
+        None => false,
+    };
+    if !removed {
+        order
+            .retain(|(_, k, s), ()| !(k == key && s == seq))
+            .map_err(internal)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -114,10 +184,18 @@ impl EventLog for EmbeddedStore {
         self.write(move |txn| {
             let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
             let mut claimed: Vec<(String, u64)> = Vec::new();
-            for row in queue.iter().map_err(internal)? {
-                let (k, lease) = row.map_err(internal)?;
-                if lease.value() <= now {
-                    let (key, seq) = k.value();
+            // Oldest first; the rows passed over are the ones leased now,
+            // at most what the processors hold.
+            for row in txn
+                .open_table(HOOK_ORDER)
+                .map_err(internal)?
+                .iter()
+                .map_err(internal)?
+            {
+                let (k, _) = row.map_err(internal)?;
+                let (_, key, seq) = k.value();
+                let lease = queue.get((key, seq)).map_err(internal)?.map(|v| v.value());
+                if lease.is_some_and(|at| at <= now) {
                     claimed.push((key.to_owned(), seq));
                     if claimed.len() == limit {
                         break;
@@ -166,10 +244,7 @@ impl EventLog for EmbeddedStore {
                     super::outbox::put_item(txn, item, None)?;
                 }
             }
-            txn.open_table(HOOK_QUEUE)
-                .map_err(internal)?
-                .remove((key.as_str(), seq))
-                .map_err(internal)?;
+            unqueue(txn, &key, seq, None)?;
             Ok(())
         })
         .await
@@ -272,13 +347,14 @@ impl RetentionPolicy for EmbeddedStore {
                         old.push((ts, key.to_owned(), seq));
                     }
                 }
+                for (ts, key, seq) in &old {
+                    unqueue(txn, key, *seq, Some(*ts))?;
+                }
                 let mut index = txn.open_table(EVENTS_BY_TS).map_err(internal)?;
                 let mut events = txn.open_table(EVENTS).map_err(internal)?;
-                let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
                 for (ts, key, seq) in &old {
                     index.remove((*ts, key.as_str(), *seq)).map_err(internal)?;
                     events.remove((key.as_str(), *seq)).map_err(internal)?;
-                    queue.remove((key.as_str(), *seq)).map_err(internal)?;
                 }
                 report.events = old.len() as u64;
             }

@@ -19,6 +19,7 @@
 //! | `events` | `("<tenant>/<sid>", seq)` | [`Event`](crate::model::Event) (JSON) |
 //! | `events_by_ts` | `(ts, "<tenant>/<sid>", seq)` | — (index for the event window) |
 //! | `hook_queue` | `("<tenant>/<sid>", seq)` | claim lease (Unix ms) of an event whose after-hooks are pending |
+//! | `hook_order` | `(ts, "<tenant>/<sid>", seq)` | — (the same events, oldest first: the order claims take them in; rebuilt on open) |
 //! | `outbox` | notification id | [`OutboxItem`](crate::store::OutboxItem) (JSON) |
 //! | `meta` | name | counter (next session uid) |
 //!
@@ -139,6 +140,8 @@ impl EmbeddedStore {
             for (key, seq) in leased {
                 queue.insert((key.as_str(), seq), 0i64).map_err(internal)?;
             }
+            drop(queue);
+            events::index_hook_queue(&txn)?;
         }
         txn.commit().map_err(internal)?;
         let db = Arc::new(db);

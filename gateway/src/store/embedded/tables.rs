@@ -22,6 +22,14 @@ pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::
 pub(super) const EVENTS_BY_TS: TableDefinition<(i64, &str, u64), ()> =
     TableDefinition::new("events_by_ts");
 pub(super) const HOOK_QUEUE: TableDefinition<(&str, u64), i64> = TableDefinition::new("hook_queue");
+/// The events of [`HOOK_QUEUE`] by `(ts, "<tenant>/<sid>", seq)`: the order a
+/// claim takes them in, oldest first, as the store contract says (the queue's
+/// own key order is by session, which under a backlog would serve the
+/// sessions that sort first and starve the rest). Kept in step with the
+/// queue by every write to it; rebuilt from it on open
+/// (`events::index_hook_queue`).
+pub(super) const HOOK_ORDER: TableDefinition<(i64, &str, u64), ()> =
+    TableDefinition::new("hook_order");
 pub(super) const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 /// The pending outbox items by `(next_attempt_at, id)`: what a claim reads
 /// instead of scanning (and decoding) the whole outbox, which grows while a
@@ -160,6 +168,10 @@ pub(super) fn record_event(
         txn.open_table(HOOK_QUEUE)
             .map_err(internal)?
             .insert((key, rec.seq), 0i64)
+            .map_err(internal)?;
+        txn.open_table(HOOK_ORDER)
+            .map_err(internal)?
+            .insert((now, key, rec.seq), ())
             .map_err(internal)?;
     }
     save_session(txn, key, rec)?;
