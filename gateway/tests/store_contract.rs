@@ -27,6 +27,7 @@ use gateway::store::{
     Appended, BatchWrite, BatchWritten, ListQuery, NextDue, OutboxItem, OutboxState, Retention,
     SessionStore, StoreError,
 };
+use redb::ReadableTable;
 use serde_json::{Value, json};
 
 /// Every event type an after-hook can observe.
@@ -2210,12 +2211,12 @@ async fn claims_take_the_oldest_first(s: Store) {
     assert_due(&s, due, NextDue::Nothing, "every event completed");
 }
 
-/// The embedded store keeps the claim order in a table of its own, rebuilt
-/// from the queue when the file is opened: a file whose order table is empty
-/// (as one written by an older binary) still claims every queued event,
-/// oldest first.
+/// A file written before the embedded store kept its after-hook events by
+/// time held them in `hook_queue`, keyed by session: on open they move over
+/// and are claimed oldest first, and a lease held when the process stopped
+/// is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_claim_order_is_rebuilt_on_open() {
+async fn embedded_queue_of_an_older_file_is_claimed_in_order() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("db.redb");
     let open = || {
@@ -2227,25 +2228,47 @@ async fn embedded_claim_order_is_rebuilt_on_open() {
     let s = open();
     queue_in_order(&s, &t, &["z", "a", "m"]).await;
     drop(s);
-    // Empty the order table, as a binary that did not keep it would leave it.
+    // Rewrite the queue as an older binary kept it.
     {
         let db = redb::Database::open(&path).expect("open the file");
         let txn = db.begin_write().unwrap();
         {
-            let def: redb::TableDefinition<(i64, &str, u64), ()> =
-                redb::TableDefinition::new("hook_order");
-            let mut order = txn.open_table(def).unwrap();
-            order.retain(|_, ()| false).unwrap();
+            let pending_def: redb::TableDefinition<(i64, &str, u64), i64> =
+                redb::TableDefinition::new("hook_pending");
+            let queue_def: redb::TableDefinition<(&str, u64), i64> =
+                redb::TableDefinition::new("hook_queue");
+            let mut pending = txn.open_table(pending_def).unwrap();
+            let mut queue = txn.open_table(queue_def).unwrap();
+            let rows: Vec<(String, u64)> = pending
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, _) = r.unwrap();
+                    let (_, key, seq) = k.value();
+                    (key.to_owned(), seq)
+                })
+                .collect();
+            assert_eq!(rows.len(), 3, "{rows:?}");
+            for (key, seq) in &rows {
+                queue.insert((key.as_str(), *seq), 0).unwrap();
+            }
+            pending.retain(|_, _| false).unwrap();
         }
         txn.commit().unwrap();
     }
     let s = open();
     assert_eq!(claim_one_by_one(&s, 3).await, ["z", "a", "m"]);
-    // A lease held when the process stopped is released on open, and the
-    // event keeps its place.
     drop(s);
     let s = open();
-    assert_eq!(claim_one_by_one(&s, 3).await, ["z", "a", "m"]);
+    assert_eq!(
+        claim_one_by_one(&s, 3).await,
+        ["z", "a", "m"],
+        "leases released on open"
+    );
+    for sid in ["z", "a", "m"] {
+        s.complete_event("t", sid, 2, Vec::new()).await.unwrap();
+    }
+    assert_eq!(s.next_event_due().await.unwrap(), NextDue::Nothing);
 }
 
 async fn claim_and_complete_events(s: Store) {
@@ -2572,6 +2595,14 @@ async fn retention_hides_and_sweeps(s: Store) {
         events_ms: Some(100),
         ..Retention::default()
     });
+    // An event whose after-hooks have not run yet goes with the window too.
+    s.change_metadata(
+        &t,
+        "keep",
+        &MetadataChange::Update(vec![("k".into(), json!(1))]),
+    )
+    .await
+    .unwrap();
     // The sweep is given a "now" well past the window instead of sleeping.
     let later = now_ms() + 10_000;
     let total: usize = {
@@ -2590,8 +2621,22 @@ async fn retention_hides_and_sweeps(s: Store) {
     assert!(s.get_session(&t, "keep").await.is_ok());
     assert_eq!(
         seq(&s, &t, "keep").await,
-        1,
+        2,
         "a live session keeps its sequence"
+    );
+    assert!(
+        s.claim_pending_events(later, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a swept event's after-hooks were claimed"
+    );
+    let due = s.next_event_due().await.unwrap();
+    assert_due(
+        &s,
+        due,
+        NextDue::Nothing,
+        "a swept event is no longer queued",
     );
     // Not asserted: what `latest_event_seq` says for "tmp" now that its
     // tombstone has left the window. Event ids must never be reused (a client

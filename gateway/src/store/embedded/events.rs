@@ -9,7 +9,7 @@ use redb::ReadableTable;
 
 use super::EmbeddedStore;
 use super::tables::{
-    EVENTS, EVENTS_BY_TS, HOOK_ORDER, HOOK_QUEUE, OUTBOX, SESSIONS, SessionRecord, from_json,
+    EVENTS, EVENTS_BY_TS, HOOK_PENDING, HOOK_QUEUE, OUTBOX, SESSIONS, SessionRecord, from_json,
     internal, open_read, record_event, tombstone,
 };
 use crate::model::{Event, EventType, Tenant};
@@ -24,14 +24,9 @@ impl EmbeddedStore {
     /// claimable by `stop_at`. `None` when the queue is empty.
     async fn earliest_hook_due(&self, stop_at: i64) -> StoreResult<Option<i64>> {
         self.read(move |txn| {
-            let queue = open_read(txn, HOOK_QUEUE)?;
             let mut earliest: Option<i64> = None;
-            for row in open_read(txn, HOOK_ORDER)?.iter().map_err(internal)? {
-                let (k, _) = row.map_err(internal)?;
-                let (_, key, seq) = k.value();
-                let Some(at) = queue.get((key, seq)).map_err(internal)?.map(|v| v.value()) else {
-                    continue;
-                };
+            for row in open_read(txn, HOOK_PENDING)?.iter().map_err(internal)? {
+                let at = row.map_err(internal)?.1.value();
                 let at = earliest.map_or(at, |e| e.min(at));
                 earliest = Some(at);
                 if at <= stop_at {
@@ -50,60 +45,71 @@ struct EventTs {
     ts: i64,
 }
 
-/// Builds [`HOOK_ORDER`] from [`HOOK_QUEUE`] on open: every queued event by
-/// its commit time (from its event row; 0, first, for a queue row whose event
-/// is gone). Rebuilt on every open rather than once per file, so rows queued
-/// by a binary that did not keep the order (an older one) are not left out of
-/// claims. The queue holds only events whose after-hooks have not run, so this
-/// is small unless hooks are far behind.
-pub(super) fn index_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()> {
-    let mut order = txn.open_table(HOOK_ORDER).map_err(internal)?;
-    order.retain(|_, ()| false).map_err(internal)?;
-    let queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
-    let events = txn.open_table(EVENTS).map_err(internal)?;
-    for row in queue.iter().map_err(internal)? {
+/// The commit time of event `(key, seq)`, from its row (`None` without one).
+fn event_ts(txn: &redb::WriteTransaction, key: &str, seq: u64) -> StoreResult<Option<i64>> {
+    txn.open_table(EVENTS)
+        .map_err(internal)?
+        .get((key, seq))
+        .map_err(internal)?
+        .map(|v| from_json::<EventTs>(v.value()).map(|e| e.ts))
+        .transpose()
+}
+
+/// On open: moves what a file written before [`HOOK_PENDING`] has in
+/// [`HOOK_QUEUE`] into it (by its event's commit time; 0, first, for a row
+/// whose event is gone), and releases every claim lease. The file is locked
+/// to this process, so a lease found here belongs to a process that died:
+/// released now rather than when it expires.
+pub(super) fn migrate_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    let mut legacy = txn.open_table(HOOK_QUEUE).map_err(internal)?;
+    let mut moved = Vec::new();
+    for row in legacy.iter().map_err(internal)? {
         let (k, _) = row.map_err(internal)?;
         let (key, seq) = k.value();
-        let ts = match events.get((key, seq)).map_err(internal)? {
-            Some(v) => from_json::<EventTs>(v.value())?.ts,
-            None => 0,
-        };
-        order.insert((ts, key, seq), ()).map_err(internal)?;
+        moved.push((key.to_owned(), seq));
+    }
+    legacy.retain(|_, _| false).map_err(internal)?;
+    let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
+    for (key, seq) in moved {
+        let ts = event_ts(txn, &key, seq)?.unwrap_or(0);
+        pending
+            .insert((ts, key.as_str(), seq), 0)
+            .map_err(internal)?;
+    }
+    let leased: Vec<(i64, String, u64)> = pending
+        .iter()
+        .map_err(internal)?
+        .filter_map(Result::ok)
+        .filter(|(_, lease)| lease.value() != 0)
+        .map(|(k, _)| {
+            let (ts, key, seq) = k.value();
+            (ts, key.to_owned(), seq)
+        })
+        .collect();
+    for (ts, key, seq) in leased {
+        pending
+            .insert((ts, key.as_str(), seq), 0)
+            .map_err(internal)?;
     }
     Ok(())
 }
 
-/// Removes a queued event from [`HOOK_QUEUE`] and [`HOOK_ORDER`]; `ts` is its
-/// commit time when the caller has it (else it is read from the event row,
-/// and without one the order is searched).
+/// Removes event `(key, seq)` from [`HOOK_PENDING`]; `ts` is its commit time
+/// when the caller has it, else it is read from the event row (and without
+/// one, the table is searched).
 fn unqueue(txn: &redb::WriteTransaction, key: &str, seq: u64, ts: Option<i64>) -> StoreResult<()> {
-    let queued = txn
-        .open_table(HOOK_QUEUE)
-        .map_err(internal)?
-        .remove((key, seq))
-        .map_err(internal)?
-        .is_some();
-    if !queued {
-        return Ok(());
-    }
     let ts = match ts {
         Some(ts) => Some(ts),
-        None => txn
-            .open_table(EVENTS)
-            .map_err(internal)?
-            .get((key, seq))
-            .map_err(internal)?
-            .map(|v| from_json::<EventTs>(v.value()).map(|e| e.ts))
-            .transpose()?,
+        None => event_ts(txn, key, seq)?,
     };
-    let mut order = txn.open_table(HOOK_ORDER).map_err(internal)?;
+    let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
     let removed = match ts {
-        Some(ts) => order.remove((ts, key, seq)).map_err(internal)?.is_some(),
+        Some(ts) => pending.remove((ts, key, seq)).map_err(internal)?.is_some(),
         None => false,
     };
-    if !removed {
-        order
-            .retain(|(_, k, s), ()| !(k == key && s == seq))
+    if !removed && ts.is_none() {
+        pending
+            .retain(|(_, k, s), _| !(k == key && s == seq))
             .map_err(internal)?;
     }
     Ok(())
@@ -182,21 +188,15 @@ impl EventLog for EmbeddedStore {
             return Ok(Vec::new());
         }
         self.write(move |txn| {
-            let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
-            let mut claimed: Vec<(String, u64)> = Vec::new();
+            let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
             // Oldest first; the rows passed over are the ones leased now,
             // at most what the processors hold.
-            for row in txn
-                .open_table(HOOK_ORDER)
-                .map_err(internal)?
-                .iter()
-                .map_err(internal)?
-            {
-                let (k, _) = row.map_err(internal)?;
-                let (_, key, seq) = k.value();
-                let lease = queue.get((key, seq)).map_err(internal)?.map(|v| v.value());
-                if lease.is_some_and(|at| at <= now) {
-                    claimed.push((key.to_owned(), seq));
+            let mut claimed: Vec<(i64, String, u64)> = Vec::new();
+            for row in pending.iter().map_err(internal)? {
+                let (k, lease) = row.map_err(internal)?;
+                if lease.value() <= now {
+                    let (ts, key, seq) = k.value();
+                    claimed.push((ts, key.to_owned(), seq));
                     if claimed.len() == limit {
                         break;
                     }
@@ -204,9 +204,9 @@ impl EventLog for EmbeddedStore {
             }
             let events = txn.open_table(EVENTS).map_err(internal)?;
             let mut out = Vec::with_capacity(claimed.len());
-            for (key, seq) in &claimed {
-                queue
-                    .insert((key.as_str(), *seq), now + lease_ms)
+            for (ts, key, seq) in &claimed {
+                pending
+                    .insert((*ts, key.as_str(), *seq), now + lease_ms)
                     .map_err(internal)?;
                 if let Some(v) = events.get((key.as_str(), *seq)).map_err(internal)? {
                     out.push(from_json::<Event>(v.value())?);

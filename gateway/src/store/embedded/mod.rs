@@ -18,8 +18,8 @@
 //! | `feedbacks` | `(uid, index)` | feedback object (JSON) |
 //! | `events` | `("<tenant>/<sid>", seq)` | [`Event`](crate::model::Event) (JSON) |
 //! | `events_by_ts` | `(ts, "<tenant>/<sid>", seq)` | — (index for the event window) |
-//! | `hook_queue` | `("<tenant>/<sid>", seq)` | claim lease (Unix ms) of an event whose after-hooks are pending |
-//! | `hook_order` | `(ts, "<tenant>/<sid>", seq)` | — (the same events, oldest first: the order claims take them in; rebuilt on open) |
+//! | `hook_pending` | `(ts, "<tenant>/<sid>", seq)` | claim lease (Unix ms, 0 when unclaimed) of an event whose after-hooks are pending; claims take the oldest first |
+//! | `hook_queue` | `("<tenant>/<sid>", seq)` | the same, as files written before `hook_pending` kept it; moved into `hook_pending` on open |
 //! | `outbox` | notification id | [`OutboxItem`](crate::store::OutboxItem) (JSON) |
 //! | `meta` | name | counter (next session uid) |
 //!
@@ -54,11 +54,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, WriteTransaction};
 use serde_json::Value;
 
 use self::tables::{
-    AGENTS, EVENTS, EVENTS_BY_TS, FEEDBACKS, HOOK_QUEUE, MESSAGES, META, OUTBOX, SESSIONS,
+    AGENTS, EVENTS, EVENTS_BY_TS, FEEDBACKS, HOOK_PENDING, MESSAGES, META, OUTBOX, SESSIONS,
     SessionRecord, internal, live_session, open_read, read_session, record_event,
 };
 use crate::model::{EventType, Tenant, now_ms};
@@ -119,29 +119,11 @@ impl EmbeddedStore {
             txn.open_table(FEEDBACKS).map_err(internal)?;
             txn.open_table(EVENTS).map_err(internal)?;
             txn.open_table(EVENTS_BY_TS).map_err(internal)?;
-            txn.open_table(HOOK_QUEUE).map_err(internal)?;
+            txn.open_table(HOOK_PENDING).map_err(internal)?;
             txn.open_table(OUTBOX).map_err(internal)?;
             txn.open_table(META).map_err(internal)?;
             outbox::index_outbox(&txn)?;
-            // The file is locked to this process, so a claim lease found here
-            // belongs to a process that died: release it now rather than wait
-            // for it to expire.
-            let mut queue = txn.open_table(HOOK_QUEUE).map_err(internal)?;
-            let leased: Vec<(String, u64)> = queue
-                .iter()
-                .map_err(internal)?
-                .filter_map(Result::ok)
-                .filter(|(_, lease)| lease.value() != 0)
-                .map(|(k, _)| {
-                    let (key, seq) = k.value();
-                    (key.to_owned(), seq)
-                })
-                .collect();
-            for (key, seq) in leased {
-                queue.insert((key.as_str(), seq), 0i64).map_err(internal)?;
-            }
-            drop(queue);
-            events::index_hook_queue(&txn)?;
+            events::migrate_hook_queue(&txn)?;
         }
         txn.commit().map_err(internal)?;
         let db = Arc::new(db);

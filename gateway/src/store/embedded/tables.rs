@@ -21,15 +21,18 @@ pub(super) const FEEDBACKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition
 pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(super) const EVENTS_BY_TS: TableDefinition<(i64, &str, u64), ()> =
     TableDefinition::new("events_by_ts");
+/// Where files written before [`HOOK_PENDING`] queued after-hook events,
+/// by session. Moved into `HOOK_PENDING` on open (`events::migrate_hook_queue`)
+/// and written by nothing else.
 pub(super) const HOOK_QUEUE: TableDefinition<(&str, u64), i64> = TableDefinition::new("hook_queue");
-/// The events of [`HOOK_QUEUE`] by `(ts, "<tenant>/<sid>", seq)`: the order a
-/// claim takes them in, oldest first, as the store contract says (the queue's
-/// own key order is by session, which under a backlog would serve the
-/// sessions that sort first and starve the rest). Kept in step with the
-/// queue by every write to it; rebuilt from it on open
-/// (`events::index_hook_queue`).
-pub(super) const HOOK_ORDER: TableDefinition<(i64, &str, u64), ()> =
-    TableDefinition::new("hook_order");
+/// Events whose after-hooks have not completed, by
+/// `(ts, "<tenant>/<sid>", seq)`: the order claims take them in, oldest
+/// first, as the store contract says. The value is the claim lease (Unix ms;
+/// 0 when unclaimed). Ordered by time, a hooked write appends to it, and a
+/// backlog is served in order rather than by session id (which would starve
+/// the sessions that sort last).
+pub(super) const HOOK_PENDING: TableDefinition<(i64, &str, u64), i64> =
+    TableDefinition::new("hook_pending");
 pub(super) const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 /// The pending outbox items by `(next_attempt_at, id)`: what a claim reads
 /// instead of scanning (and decoding) the whole outbox, which grows while a
@@ -165,13 +168,9 @@ pub(super) fn record_event(
         .insert((now, key, rec.seq), ())
         .map_err(internal)?;
     if hooked.contains(kind) {
-        txn.open_table(HOOK_QUEUE)
+        txn.open_table(HOOK_PENDING)
             .map_err(internal)?
-            .insert((key, rec.seq), 0i64)
-            .map_err(internal)?;
-        txn.open_table(HOOK_ORDER)
-            .map_err(internal)?
-            .insert((now, key, rec.seq), ())
+            .insert((now, key, rec.seq), 0i64)
             .map_err(internal)?;
     }
     save_session(txn, key, rec)?;
