@@ -2179,7 +2179,7 @@ async fn queue_in_order(s: &Store, t: &Tenant, sids: &[&str]) {
     }
 }
 
-/// Claims `sids.len()` events one at a time and answers their sessions.
+/// Claims `n` events one at a time and answers their sessions.
 async fn claim_one_by_one(s: &Store, n: usize) -> Vec<String> {
     let mut got = Vec::new();
     for _ in 0..n {

@@ -431,22 +431,22 @@ fn note_errors(ctx: &mut Ctx, what: &str, s: &Summary) {
 async fn cpu_floor(ctx: &mut Ctx, d: &Driver, pid: u32, caps: Caps) {
     let Driver::Http(h) = d else { return };
     let c = 32;
-    type Req = fn(&Http, usize) -> (String, [u16; 1]);
-    let probes: [(&str, Req); 2] = [
-        ("probe", |_, _| ("/healthz".to_owned(), [200])),
-        // every worker of the c=32 mix created its session 0
-        ("read", |_, w| {
-            (format!("/v1/sessions/emb-c32-{w}-0"), [200])
-        }),
-    ];
-    for (name, path) in probes {
+    // `read` reads session 0 of each worker of the c=32 mix (its tag is
+    // `emb-c{c}` in `phase_mix`): every worker created one.
+    let probes = [("probe", None), ("read", Some(format!("emb-c{c}")))];
+    for (name, mix_tag) in probes {
         let h = h.clone();
         let a = cpu3(Some(pid), None);
         let s = load::run_op(name, c, caps, move |w, _| {
             let h = h.clone();
+            let path = match &mix_tag {
+                None => "/healthz".to_owned(),
+                Some(tag) => format!("/v1/sessions/{tag}-{w}-0"),
+            };
             async move {
-                let (p, ok) = path(&h, w);
-                h.req(reqwest::Method::GET, &p, None, &ok).await.map(|_| ())
+                h.req(reqwest::Method::GET, &path, None, &[200])
+                    .await
+                    .map(|_| ())
             }
         })
         .await;

@@ -94,23 +94,20 @@ pub(super) fn migrate_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()
     Ok(())
 }
 
-/// Removes event `(key, seq)` from [`HOOK_PENDING`]; `ts` is its commit time
-/// when the caller has it, else it is read from the event row (and without
-/// one, the table is searched).
-fn unqueue(txn: &redb::WriteTransaction, key: &str, seq: u64, ts: Option<i64>) -> StoreResult<()> {
-    let ts = match ts {
-        Some(ts) => Some(ts),
-        None => event_ts(txn, key, seq)?,
-    };
+/// Removes event `(key, seq)` from [`HOOK_PENDING`], found by its commit
+/// time from the event row (without one, the table is searched).
+fn unqueue(txn: &redb::WriteTransaction, key: &str, seq: u64) -> StoreResult<()> {
+    let ts = event_ts(txn, key, seq)?;
     let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
-    let removed = match ts {
-        Some(ts) => pending.remove((ts, key, seq)).map_err(internal)?.is_some(),
-        None => false,
-    };
-    if !removed && ts.is_none() {
-        pending
-            .retain(|(_, k, s), _| !(k == key && s == seq))
-            .map_err(internal)?;
+    match ts {
+        Some(ts) => {
+            pending.remove((ts, key, seq)).map_err(internal)?;
+        }
+        None => {
+            pending
+                .retain(|(_, k, s), _| !(k == key && s == seq))
+                .map_err(internal)?;
+        }
     }
     Ok(())
 }
@@ -244,7 +241,7 @@ impl EventLog for EmbeddedStore {
                     super::outbox::put_item(txn, item, None)?;
                 }
             }
-            unqueue(txn, &key, seq, None)?;
+            unqueue(txn, &key, seq)?;
             Ok(())
         })
         .await
@@ -347,14 +344,17 @@ impl RetentionPolicy for EmbeddedStore {
                         old.push((ts, key.to_owned(), seq));
                     }
                 }
-                for (ts, key, seq) in &old {
-                    unqueue(txn, key, *seq, Some(*ts))?;
-                }
                 let mut index = txn.open_table(EVENTS_BY_TS).map_err(internal)?;
                 let mut events = txn.open_table(EVENTS).map_err(internal)?;
+                // The time index and the pending table are keyed by the
+                // same commit time, the one `record_event` gave the event.
+                let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
                 for (ts, key, seq) in &old {
                     index.remove((*ts, key.as_str(), *seq)).map_err(internal)?;
                     events.remove((key.as_str(), *seq)).map_err(internal)?;
+                    pending
+                        .remove((*ts, key.as_str(), *seq))
+                        .map_err(internal)?;
                 }
                 report.events = old.len() as u64;
             }
