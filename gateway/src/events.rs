@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 use crate::hooks::HookHost;
 use crate::model::now_ms;
@@ -48,6 +49,13 @@ pub async fn process(
             }
         };
         let full = claimed.len() == BATCH;
+        // The hooks run one event at a time, in order; each completion is
+        // sent as soon as its hooks are done and not waited for before the
+        // next event's hooks run. On the embedded store a completion waits
+        // for a commit (an fsync): awaited one by one they bounded the
+        // processor to one event per commit, while in flight together they
+        // share commits (group commit) with each other and with requests.
+        let mut completing = JoinSet::new();
         for ev in claimed {
             let now = now_ms();
             let outbox: Vec<OutboxItem> = hooks
@@ -68,19 +76,26 @@ pub async fn process(
                     last_error: None,
                 })
                 .collect();
-            let queued = !outbox.is_empty();
-            match store
-                .complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox)
-                .await
-            {
-                Ok(()) if queued => outbox_wake.notify_one(),
-                Ok(()) => {}
-                // The lease expires and the event is retried.
-                Err(e) => {
-                    tracing::warn!(error = %e, seq = ev.seq, session_id = %ev.session_id, "cannot complete event")
+            let store = store.clone();
+            let outbox_wake = outbox_wake.clone();
+            completing.spawn(async move {
+                let queued = !outbox.is_empty();
+                match store
+                    .complete_event(&ev.tenant, &ev.session_id, ev.seq, outbox)
+                    .await
+                {
+                    Ok(()) if queued => outbox_wake.notify_one(),
+                    Ok(()) => {}
+                    // The lease expires and the event is retried.
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq = ev.seq, session_id = %ev.session_id, "cannot complete event");
+                    }
                 }
-            }
+            });
         }
+        // All of this round's completions are done before the next claim, so
+        // it cannot claim an event whose completion is still in flight.
+        while completing.join_next().await.is_some() {}
         if full {
             continue;
         }
