@@ -185,6 +185,13 @@ impl Metrics {
         // The store's numbers, read now: a registry of one collector per scrape.
         let mut store_registry = Registry::default();
         store_registry.register_collector(Box::new(StoreScraped(store.metrics())));
+        // Also a query at scrape time; left out when it fails.
+        if let Ok(backlog) = store.hook_backlog().await {
+            store_registry.register_collector(Box::new(BacklogScraped {
+                backlog,
+                now: crate::model::now_ms(),
+            }));
+        }
         prometheus_client::encoding::text::encode_registry(&mut out, &store_registry)
             .expect("writing to a String cannot fail");
         out
@@ -349,6 +356,22 @@ struct StoreScraped(crate::store::StoreMetrics);
 
 impl Collector for StoreScraped {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if let Some(w) = self.0.embedded_writer {
+            for (name, help, n) in [
+                (
+                    "gateway_embedded_writer_jobs",
+                    "Jobs the embedded store's writer ran (writes, claims, completions).",
+                    w.jobs,
+                ),
+                (
+                    "gateway_embedded_writer_commits",
+                    "Write transactions the embedded store committed, each one fsync.",
+                    w.commits,
+                ),
+            ] {
+                encode_one(&mut encoder, name, help, &ConstCounter::new(n))?;
+            }
+        }
         if let Some(g) = self.0.group_commit {
             for (name, help, n) in [
                 (
@@ -402,6 +425,36 @@ impl Collector for StoreScraped {
     }
 }
 
+/// The after-hook queue at one scrape ([`crate::store::HookBacklog`]).
+#[derive(Debug)]
+struct BacklogScraped {
+    backlog: crate::store::HookBacklog,
+    /// The scrape's time (Unix ms).
+    now: i64,
+}
+
+impl Collector for BacklogScraped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encode_one(
+            &mut encoder,
+            "gateway_after_hook_events_pending",
+            "Events whose after-hooks have not completed (claimed ones included).",
+            &ConstGauge::new(self.backlog.pending),
+        )?;
+        // 0 when nothing waits; never negative (a clock behind the commit).
+        let age_ms = self
+            .backlog
+            .oldest_ts
+            .map_or(0, |ts| self.now.saturating_sub(ts).max(0));
+        encode_one(
+            &mut encoder,
+            "gateway_after_hook_oldest_event_age_seconds",
+            "Age of the oldest event whose after-hooks have not completed (0 when none).",
+            &ConstGauge::new(age_ms as f64 / 1e3),
+        )
+    }
+}
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A random (v4) UUID in simple form, from the thread's CSPRNG: `new_v4`
@@ -448,8 +501,10 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
 
 #[cfg(test)]
 mod tests {
-    use super::{Registry, StoreScraped, escape};
-    use crate::store::{GroupCommitMetrics, PoolMetrics, StoreMetrics};
+    use super::{BacklogScraped, Registry, StoreScraped, escape};
+    use crate::store::{
+        EmbeddedWriterMetrics, GroupCommitMetrics, HookBacklog, PoolMetrics, StoreMetrics,
+    };
 
     fn store_text(m: StoreMetrics) -> String {
         let mut r = Registry::default();
@@ -477,6 +532,10 @@ mod tests {
                 stale: 8,
                 recounts: 9,
             }),
+            embedded_writer: Some(EmbeddedWriterMetrics {
+                jobs: 10,
+                commits: 11,
+            }),
         });
         for line in [
             "# TYPE gateway_mongodb_connections gauge",
@@ -491,10 +550,66 @@ mod tests {
             "gateway_mongodb_group_commit_transactions_total 7",
             "gateway_mongodb_group_commit_stale_total 8",
             "gateway_mongodb_group_commit_recounts_total 9",
+            "# TYPE gateway_embedded_writer_jobs counter",
+            "gateway_embedded_writer_jobs_total 10",
+            "gateway_embedded_writer_commits_total 11",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "{line:?} missing in\n{text}"
+            );
+        }
+    }
+
+    /// The after-hook queue's depth and the age of its oldest event, as
+    /// gauges; an empty queue reads 0 and 0, and an event stamped after the
+    /// scrape's clock (clocks of gateways sharing a MongoDB differ) reads 0,
+    /// not a negative age.
+    #[test]
+    fn the_after_hook_backlog_is_exposed() {
+        let text = |pending, oldest_ts| {
+            let mut r = Registry::default();
+            r.register_collector(Box::new(BacklogScraped {
+                backlog: HookBacklog { pending, oldest_ts },
+                now: 10_000,
+            }));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode_registry(&mut out, &r).unwrap();
+            out
+        };
+        for (pending, oldest, want) in [
+            (
+                3,
+                Some(8_500),
+                [
+                    "gateway_after_hook_events_pending 3",
+                    "gateway_after_hook_oldest_event_age_seconds 1.5",
+                ],
+            ),
+            (
+                0,
+                None,
+                [
+                    "gateway_after_hook_events_pending 0",
+                    "gateway_after_hook_oldest_event_age_seconds 0.0",
+                ],
+            ),
+            (
+                1,
+                Some(10_250),
+                [
+                    "gateway_after_hook_events_pending 1",
+                    "gateway_after_hook_oldest_event_age_seconds 0.0",
+                ],
+            ),
+        ] {
+            let got = text(pending, oldest);
+            for line in want {
+                assert!(got.lines().any(|l| l == line), "{line:?} missing in\n{got}");
+            }
+            assert!(
+                got.contains("# TYPE gateway_after_hook_events_pending gauge"),
+                "{got}"
             );
         }
     }

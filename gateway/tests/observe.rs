@@ -123,6 +123,23 @@ async fn request_ids_and_metrics(b: Backend) {
             sample(&text, "gateway_mongodb_checkout_failures_total").is_some(),
             "{text}"
         );
+    } else {
+        // The writes so far were committed, each commit holding one or more.
+        let jobs = sample(&text, "gateway_embedded_writer_jobs_total");
+        let commits = sample(&text, "gateway_embedded_writer_commits_total");
+        assert!(
+            matches!((jobs, commits), (Some(j), Some(c)) if c >= 1.0 && j >= c),
+            "writer counters {jobs:?} {commits:?} in:\n{text}"
+        );
+    }
+    for gauge in [
+        "gateway_after_hook_events_pending",
+        "gateway_after_hook_oldest_event_age_seconds",
+    ] {
+        assert!(
+            sample(&text, gauge).is_some(),
+            "missing {gauge} in:\n{text}"
+        );
     }
 
     // The gauges move: an open stream is a feed, a published notification
@@ -141,6 +158,9 @@ async fn request_ids_and_metrics(b: Backend) {
     wait_sample(&gw, "gateway_sse_feeds", 1.0).await;
     wait_sample(&gw, "gateway_outbox_items{state=\"pending\"}", 1.0).await;
     wait_sample(&gw, "gateway_hook_calls_total{plugin=\"router\"}", 1.0).await;
+    // The feedback's after-hooks completed: nothing waits.
+    wait_sample(&gw, "gateway_after_hook_events_pending", 0.0).await;
+    wait_sample(&gw, "gateway_after_hook_oldest_event_age_seconds", 0.0).await;
     drop(stream);
     wait_sample(&gw, "gateway_sse_feeds", 0.0).await;
 }

@@ -24,7 +24,7 @@ use gateway::model::{
     NewSession, Session, Tenant,
 };
 use gateway::service::{Committed, Service, Shaper};
-use gateway::store::{AfterHooked, SweepReport};
+use gateway::store::{AfterHooked, HookBacklog, SweepReport};
 use gateway::store::{
     AgentData, Appended, EventLog, ListQuery, MetadataResult, OutboxItem, OutboxQueue, OutboxState,
     Page, Retention, RetentionPolicy, SessionData, SessionStore, StoreError, StoreResult,
@@ -202,6 +202,9 @@ impl EventLog for Counting {
         self.inner
             .complete_event(tenant, session_id, seq, outbox)
             .await
+    }
+    async fn hook_backlog(&self) -> StoreResult<HookBacklog> {
+        self.inner.hook_backlog().await
     }
 }
 

@@ -24,8 +24,8 @@ use gateway::model::{
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::mongo::MongoStore;
 use gateway::store::{
-    Appended, BatchWrite, BatchWritten, ListQuery, NextDue, OutboxItem, OutboxState, Retention,
-    SessionStore, StoreError,
+    Appended, BatchWrite, BatchWritten, HookBacklog, ListQuery, NextDue, OutboxItem, OutboxState,
+    Retention, SessionStore, StoreError,
 };
 use redb::ReadableTable;
 use serde_json::{Value, json};
@@ -503,6 +503,7 @@ contract!(
     events_since_and_latest_seq,
     claim_and_complete_events,
     claims_take_the_oldest_first,
+    hook_backlog_counts_the_queue,
     outbox_lifecycle,
     retention_hides_and_sweeps,
 );
@@ -2209,6 +2210,40 @@ async fn claims_take_the_oldest_first(s: Store) {
     );
     let due = s.next_event_due().await.unwrap();
     assert_due(&s, due, NextDue::Nothing, "every event completed");
+}
+
+/// The backlog `/metrics` shows: how many events wait for their after-hooks
+/// (claimed ones included, as their hooks have not completed) and the commit
+/// time of the oldest; nothing once they are completed.
+async fn hook_backlog_counts_the_queue(s: Store) {
+    let t = tenant("t");
+    assert_eq!(
+        s.hook_backlog().await.unwrap(),
+        HookBacklog::default(),
+        "an empty store"
+    );
+    queue_in_order(&s, &t, &["z", "a", "m"]).await;
+    let ts = |sid: &'static str| {
+        let s = s.clone();
+        let t = t.clone();
+        async move { s.events_after(&t, sid, 1, 1).await.unwrap()[0].ts }
+    };
+    let (z, a) = (ts("z").await, ts("a").await);
+    assert!(z < a, "z's event was committed first");
+    let backlog = |pending, oldest_ts| HookBacklog { pending, oldest_ts };
+    assert_eq!(s.hook_backlog().await.unwrap(), backlog(3, Some(z)));
+    assert_eq!(claim_one_by_one(&s, 2).await, ["z", "a"]);
+    assert_eq!(
+        s.hook_backlog().await.unwrap(),
+        backlog(3, Some(z)),
+        "claimed events still wait for their hooks"
+    );
+    s.complete_event("t", "z", 2, Vec::new()).await.unwrap();
+    assert_eq!(s.hook_backlog().await.unwrap(), backlog(2, Some(a)));
+    for sid in ["a", "m"] {
+        s.complete_event("t", sid, 2, Vec::new()).await.unwrap();
+    }
+    assert_eq!(s.hook_backlog().await.unwrap(), HookBacklog::default());
 }
 
 /// A file written before the embedded store kept its after-hook events by

@@ -321,6 +321,28 @@ pub struct StoreMetrics {
     pub pool: Option<PoolMetrics>,
     /// The MongoDB group commit, when it runs.
     pub group_commit: Option<GroupCommitMetrics>,
+    /// The embedded store's writer.
+    pub embedded_writer: Option<EmbeddedWriterMetrics>,
+}
+
+/// Counters of the embedded store's writer thread (group commit).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedWriterMetrics {
+    /// Jobs run (one per write, batch of one session's writes, claim or
+    /// completion).
+    pub jobs: u64,
+    /// Write transactions committed, each one fsync; `jobs / commits` is how
+    /// many jobs share one.
+    pub commits: u64,
+}
+
+/// The after-hook queue at one moment: what `/metrics` shows of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookBacklog {
+    /// Events whose after-hooks have not completed (claimed ones included).
+    pub pending: u64,
+    /// The commit time (Unix ms) of the oldest of them.
+    pub oldest_ts: Option<i64>,
 }
 
 /// Counters of the MongoDB group commit (`mongo::group_commit`).
@@ -569,6 +591,11 @@ pub trait EventLog: Send + Sync {
     async fn next_event_due(&self) -> StoreResult<NextDue> {
         Ok(NextDue::Unknown)
     }
+
+    /// How many events wait for their after-hooks, and since when: a queue
+    /// that grows, or an oldest event that ages, means the hooks are behind
+    /// the writes.
+    async fn hook_backlog(&self) -> StoreResult<HookBacklog>;
 
     /// Marks an event's after-hooks complete and, atomically with it, queues
     /// the notifications they published (items whose id exists are skipped).

@@ -5,7 +5,7 @@
 //! time for the event window and `events_since`.
 
 use async_trait::async_trait;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::EmbeddedStore;
 use super::tables::{
@@ -14,8 +14,8 @@ use super::tables::{
 };
 use crate::model::{Event, EventType, Tenant};
 use crate::store::{
-    AfterHooked, EventLog, NextDue, OutboxItem, Retention, RetentionPolicy, StoreResult,
-    SweepReport, expired_payload, session_key,
+    AfterHooked, EventLog, HookBacklog, NextDue, OutboxItem, Retention, RetentionPolicy,
+    StoreResult, SweepReport, expired_payload, session_key,
 };
 
 impl EmbeddedStore {
@@ -219,6 +219,18 @@ impl EventLog for EmbeddedStore {
         // writes queue events.
         let due = self.earliest_hook_due(i64::MIN).await?;
         Ok(due.map_or(NextDue::Nothing, NextDue::At))
+    }
+
+    /// The queue's length is kept in its B-tree's header, and its first row
+    /// is the oldest event: two lookups, whatever the backlog.
+    async fn hook_backlog(&self) -> StoreResult<HookBacklog> {
+        self.read(|txn| {
+            let table = open_read(txn, HOOK_PENDING)?;
+            let pending = table.len().map_err(internal)?;
+            let oldest_ts = table.first().map_err(internal)?.map(|(k, _)| k.value().0);
+            Ok(HookBacklog { pending, oldest_ts })
+        })
+        .await
     }
 
     async fn complete_event(

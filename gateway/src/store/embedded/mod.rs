@@ -81,8 +81,17 @@ pub struct EmbeddedStore {
     /// Bytes of stored messages one `list_messages` call reads at most (it
     /// returns the messages read so far once past it, at least one).
     max_read_bytes: usize,
-    /// Write transactions committed (see [`EmbeddedStore::commits`]).
-    commits: Arc<std::sync::atomic::AtomicU64>,
+    /// What the writer has done (see [`EmbeddedStore::commits`]).
+    counts: Arc<WriterCounts>,
+}
+
+/// Counters of the writer thread.
+#[derive(Default)]
+struct WriterCounts {
+    /// Jobs run.
+    jobs: std::sync::atomic::AtomicU64,
+    /// Write transactions committed.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for EmbeddedStore {
@@ -129,11 +138,11 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let wdb = db.clone();
-        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let wcommits = commits.clone();
+        let counts = Arc::new(WriterCounts::default());
+        let wcounts = counts.clone();
         let thread = std::thread::Builder::new()
             .name("embedded-writer".into())
-            .spawn(move || writer_loop(&wdb, &rx, &wcommits))
+            .spawn(move || writer_loop(&wdb, &rx, &wcounts))
             .map_err(internal)?;
         Ok(Self {
             db,
@@ -142,14 +151,16 @@ impl EmbeddedStore {
             writer: Some(tx),
             writer_thread: Some(thread),
             max_read_bytes: crate::store::DEFAULT_MAX_READ_BYTES,
-            commits,
+            counts,
         })
     }
 
     /// Write transactions the writer has committed (each one an fsync), for
     /// tests and diagnostics.
     pub fn commits(&self) -> u64 {
-        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.counts
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bounds what one `list_messages` call reads: once the stored messages
@@ -345,7 +356,7 @@ impl<T> Change<T> {
     }
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU64) {
+fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, counts: &WriterCounts) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -384,9 +395,14 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, commits: &std::sync::ato
                 "write batch aborted by a storage error".into(),
             ))
         } else {
-            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counts
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             txn.commit().err().map(internal)
         };
+        counts
+            .jobs
+            .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for d in done {
             d(outcome.clone());
         }
@@ -410,6 +426,17 @@ impl Backend for EmbeddedStore {
     /// One process owns the redb file (it is locked), so nobody else writes.
     fn is_shared(&self) -> bool {
         false
+    }
+
+    fn metrics(&self) -> crate::store::StoreMetrics {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::store::StoreMetrics {
+            embedded_writer: Some(crate::store::EmbeddedWriterMetrics {
+                jobs: self.counts.jobs.load(Relaxed),
+                commits: self.counts.commits.load(Relaxed),
+            }),
+            ..Default::default()
+        }
     }
 }
 

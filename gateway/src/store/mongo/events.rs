@@ -14,12 +14,12 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ReturnDocument, UpdateOneModel, WriteModel};
 
 use super::client::MongoStore;
-use super::codec::{date, from_doc_text, outbox_fields, to_i64, uint};
+use super::codec::{date, date_ms, from_doc_text, outbox_fields, to_i64, uint};
 use super::error::mongo_err;
 use super::error::{DUPLICATE_KEY, error_code};
 use super::sessions::collect;
 use crate::model::{Event, Tenant};
-use crate::store::{AfterHooked, EventLog, OutboxItem, StoreResult, session_key};
+use crate::store::{AfterHooked, EventLog, HookBacklog, OutboxItem, StoreResult, session_key};
 
 fn events_from(docs: &[Document]) -> StoreResult<Vec<Event>> {
     docs.iter()
@@ -173,6 +173,28 @@ impl EventLog for MongoStore {
             returned: Some(doc! { "doc": 1 }),
         };
         events_from(&claim.run(limit).await?)
+    }
+
+    /// Two queries on the `(hooks_pending, lease_until)` index: the count,
+    /// and the oldest pending event's `ts` (sorted among the pending only).
+    async fn hook_backlog(&self) -> StoreResult<HookBacklog> {
+        let pending = doc! { "hooks_pending": true };
+        let (count, oldest) = futures::try_join!(
+            async { self.c.events.count_documents(pending.clone()).await },
+            async {
+                self.c
+                    .events
+                    .find_one(pending.clone())
+                    .sort(doc! { "ts": 1 })
+                    .projection(doc! { "_id": 0, "ts": 1 })
+                    .await
+            },
+        )
+        .map_err(|e| mongo_err("hook_backlog", &e))?;
+        Ok(HookBacklog {
+            pending: count,
+            oldest_ts: oldest.map(|d| date_ms(&d, "ts")),
+        })
     }
 
     async fn complete_event(

@@ -341,6 +341,7 @@ impl Backend for MongoStore {
         StoreMetrics {
             pool: Some(self.pool.snapshot()),
             group_commit: self.writer.as_ref().map(GroupCommit::metrics),
+            embedded_writer: None,
         }
     }
 }
