@@ -201,6 +201,30 @@ fn cpu_ticks(pid: Option<u32>) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU ticks of the gateway's `embedded-writer` thread (0 when it has none).
+fn writer_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end() == "embedded-writer")
+        })
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_owned();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 /// cutime + cstime of this process (waited-for children, e.g. the peer), in clock ticks.
 fn child_cpu_ticks() -> u64 {
     std::fs::read_to_string("/proc/self/stat")
@@ -428,33 +452,69 @@ fn note_errors(ctx: &mut Ctx, what: &str, s: &Summary) {
 /// `GET /v1/sessions/{id}` of a session the mix created (every middleware,
 /// one point read, no write). The gap between these and the mix's figure is
 /// what the writes cost.
+/// The embedded writer's `(jobs, commits)` from the gateway's `/metrics`.
+async fn writer_counts(d: &Driver) -> Option<(f64, f64)> {
+    let Driver::Http(h) = d else { return None };
+    let body = h
+        .req(reqwest::Method::GET, "/metrics", None, &[200])
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&body.0).into_owned();
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    Some((
+        get("gateway_embedded_writer_jobs_total")?,
+        get("gateway_embedded_writer_commits_total")?,
+    ))
+}
+
+/// `", N writer jobs per commit"` between two [`writer_counts`], or nothing.
+fn per_commit(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> String {
+    match (before, after) {
+        (Some((j0, c0)), Some((j1, c1))) if c1 > c0 => {
+            format!(", {:.1} writer jobs per commit", (j1 - j0) / (c1 - c0))
+        }
+        _ => String::new(),
+    }
+}
+
 async fn cpu_floor(ctx: &mut Ctx, d: &Driver, pid: u32, caps: Caps) {
     let Driver::Http(h) = d else { return };
     let c = 32;
-    // `read` reads session 0 of each worker of the c=32 mix (its tag is
-    // `emb-c{c}` in `phase_mix`): every worker created one.
-    let probes = [("probe", None), ("read", Some(format!("emb-c{c}")))];
-    for (name, mix_tag) in probes {
+    // Each loop after `probe` works on session 0 of each worker of the c=32
+    // mix (its tag is `emb-c{c}` in `phase_mix`): every worker created one,
+    // with an agent. `patch` and `append` are the mix's writes with the
+    // smallest and the largest body; `list` its message read.
+    for name in ["probe", "read", "list", "patch", "append"] {
         let h = h.clone();
+        let before = writer_counts(d).await;
+        let wa = writer_ticks(pid);
         let a = cpu3(Some(pid), None);
-        let s = load::run_op(name, c, caps, move |w, _| {
+        let s = load::run_op(name, c, caps, move |w, i| {
             let h = h.clone();
-            let path = match &mix_tag {
-                None => "/healthz".to_owned(),
-                Some(tag) => format!("/v1/sessions/{tag}-{w}-0"),
-            };
+            let sid = format!("emb-c{c}-{w}-0");
             async move {
-                h.req(reqwest::Method::GET, &path, None, &[200])
-                    .await
-                    .map(|_| ())
+                match name {
+                    "probe" => h.req(reqwest::Method::GET, "/healthz", None, &[200]).await,
+                    "read" => h.get_session(&sid).await,
+                    "list" => h.list_latest(&sid, load::AID, 20).await,
+                    "patch" => h.patch_metadata(&sid, i).await,
+                    _ => h.append(&sid, load::AID, i).await,
+                }
+                .map(|_| ())
             }
         })
         .await;
         let b = cpu3(Some(pid), None);
+        let writer_us =
+            writer_ticks(pid).saturating_sub(wa) as f64 * 10_000.0 / s.ops.max(1) as f64;
         note_errors(ctx, &format!("gateway-embedded {name} c={c}"), &s);
+        let per_commit = per_commit(before, writer_counts(d).await);
         if let Some([g, _, _]) = cpu_per_op(a, b, s.ops) {
             eprintln!(
-                "gateway-embedded {name} c={c}: {:.0} ops/s, {g:.0} µs gateway CPU per request",
+                "gateway-embedded {name} c={c}: {:.0} ops/s, {g:.0} µs gateway CPU per request ({writer_us:.0} of it the writer thread){per_commit}",
                 s.ops_per_s
             );
             ctx.r.gw_cpu_floor_us.insert(name.to_owned(), g);
@@ -477,11 +537,13 @@ async fn phase_mix(ctx: &mut Ctx) -> anyhow::Result<()> {
         load::run(&d, Mix::Full, 4, Caps::new(0.5, 2000), "warm").await;
         let mut rows = Vec::new();
         for &c in &levels {
+            let before = writer_counts(&d).await;
             let (s, cpu) =
                 run_measured(&d, Mix::Full, c, caps, &format!("emb-c{c}"), Some(gw.pid)).await;
             note_errors(ctx, &format!("gateway-embedded c={c}"), &s);
+            let per_commit = per_commit(before, writer_counts(&d).await);
             eprintln!(
-                "gateway-embedded c={c}: {:.0} ops/s p50 {} µs",
+                "gateway-embedded c={c}: {:.0} ops/s p50 {} µs{per_commit}",
                 s.ops_per_s, s.all.p50
             );
             if let Some([g, _, _]) = cpu {
