@@ -278,6 +278,75 @@ async fn embedded_reads_stop_at_the_byte_budget() {
     reads_stop_at_the_byte_budget(store).await;
 }
 
+/// A list larger than what the embedded store reads on the request's thread
+/// (64 KiB) goes on in the blocking pool from the row it stopped at: no row
+/// is lost or repeated at the hand-over, and the byte budget still counts
+/// the rows of both parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_long_lists_continue_where_the_inline_part_stopped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("db.redb");
+    let t = tenant("t");
+    let text = "x".repeat(3_000);
+    {
+        let s: Store = Arc::new(EmbeddedStore::open(&path, 64).expect("open redb"));
+        create(&s, &t, "s").await;
+        agent(&s, &t, "s", "a").await;
+        for i in 0..60 {
+            created(
+                s.append_message(
+                    &t,
+                    "s",
+                    "a",
+                    msg(None, &format!(r#"{{"i":{i},"t":"{text}"}}"#)),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let (all, total) = s
+            .list_messages(
+                &t,
+                "s",
+                "a",
+                MessageRange::Page {
+                    limit: 100,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(total, 60);
+        let ids: Vec<u64> = all.iter().map(|m| m.message_id).collect();
+        assert_eq!(ids, (0..60).collect::<Vec<_>>(), "about 180 KB in one list");
+        assert!(all[59].message.get().contains(r#""i":59"#));
+    }
+    // A budget of 100 KB ends the read in its second part.
+    let s: Store = Arc::new(
+        EmbeddedStore::open(&path, 64)
+            .expect("reopen")
+            .with_max_read_bytes(100_000),
+    );
+    let (part, _) = s
+        .list_messages(
+            &t,
+            "s",
+            "a",
+            MessageRange::Page {
+                limit: 100,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<u64> = part.iter().map(|m| m.message_id).collect();
+    assert!(
+        (22..40).contains(&ids.len()),
+        "100 KB of 3 KB messages past the 64 KiB read inline: {ids:?}"
+    );
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_reads_stop_at_the_byte_budget() {
     let Some(cfg) = mongo_config() else { return };

@@ -224,13 +224,12 @@ impl EventLog for EmbeddedStore {
     /// The queue's length is kept in its B-tree's header, and its first row
     /// is the oldest event: two lookups, whatever the backlog.
     async fn hook_backlog(&self) -> StoreResult<HookBacklog> {
-        self.read(|txn| {
+        self.read_now(|txn| {
             let table = open_read(txn, HOOK_PENDING)?;
             let pending = table.len().map_err(internal)?;
             let oldest_ts = table.first().map_err(internal)?.map(|(k, _)| k.value().0);
             Ok(HookBacklog { pending, oldest_ts })
         })
-        .await
     }
 
     async fn complete_event(

@@ -32,8 +32,10 @@
 //! write transaction and commits once (fsync, `Durability::Immediate`): group
 //! commit. A job checks everything before it writes, so a job that fails
 //! leaves no trace; a storage error aborts the whole batch. A client is
-//! answered only after the commit is durable. Reads run on blocking threads
-//! against MVCC snapshots and never wait for the writer.
+//! answered only after the commit is durable. Reads run against MVCC
+//! snapshots and never wait for the writer: point reads, and a message list's
+//! first 64 KiB, on the calling thread (the hop costs more than they do);
+//! scans and the rest of a long list on blocking threads.
 //!
 //! Every write to an existing session goes through one helper,
 //! `EmbeddedStore::mutate`: it loads the live session inside the writer's
