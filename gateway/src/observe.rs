@@ -100,6 +100,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     responses: Family<StatusLabels, Counter>,
     outbox: Family<OutboxLabels, Gauge>,
+    /// The last read of the store's queue depths.
+    queue_depths: tokio::sync::Mutex<Option<QueueDepths>>,
     /// Client connections (see [`crate::server`]).
     pub connections: Arc<ConnStats>,
 }
@@ -141,6 +143,7 @@ impl Metrics {
             latency,
             responses,
             outbox,
+            queue_depths: tokio::sync::Mutex::new(None),
             connections,
         }
     }
@@ -165,17 +168,17 @@ impl Metrics {
 
     /// Every metric in the Prometheus text format, then the store's own.
     pub async fn render(&self, store: &dyn SessionStore) -> String {
-        // The outbox depth is a store query, made at scrape time; on failure
-        // the gauge has no samples rather than stale ones.
-        match store.outbox_counts().await {
-            Ok((pending, dead)) => {
+        let depths = self.queue_depths(store).await;
+        // On failure the gauge has no samples rather than stale ones.
+        match depths.outbox {
+            Some((pending, dead)) => {
                 for (state, n) in [("pending", pending), ("dead", dead)] {
                     self.outbox
                         .get_or_create(&OutboxLabels { state })
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
-            Err(_) => self.outbox.clear(),
+            None => self.outbox.clear(),
         }
         let mut out = String::with_capacity(8192);
         // `encode_registry` leaves out the OpenMetrics `# EOF` line: the
@@ -185,8 +188,8 @@ impl Metrics {
         // The store's numbers, read now: a registry of one collector per scrape.
         let mut store_registry = Registry::default();
         store_registry.register_collector(Box::new(StoreScraped(store.metrics())));
-        // Also a query at scrape time; left out when it fails.
-        if let Ok(backlog) = store.hook_backlog().await {
+        // Left out when its query failed.
+        if let Some(backlog) = depths.backlog {
             store_registry.register_collector(Box::new(BacklogScraped {
                 backlog,
                 now: crate::model::now_ms(),
@@ -196,6 +199,40 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The store's queue depths: queried at most once per
+    /// [`QUEUE_DEPTHS_MAX_AGE`] however often `/metrics` is scraped (it is
+    /// open to anyone and exempt from the request limits, and on MongoDB
+    /// these are queries whose work grows with a backlog). Concurrent
+    /// scrapes wait for the one query in flight.
+    async fn queue_depths(&self, store: &dyn SessionStore) -> QueueDepths {
+        let mut last = self.queue_depths.lock().await;
+        if let Some(d) = *last
+            && d.at.elapsed() < QUEUE_DEPTHS_MAX_AGE
+        {
+            return d;
+        }
+        let d = QueueDepths {
+            outbox: store.outbox_counts().await.ok(),
+            backlog: store.hook_backlog().await.ok(),
+            at: Instant::now(),
+        };
+        *last = Some(d);
+        d
+    }
+}
+
+/// How long `/metrics` shows the queue depths it read before it reads them
+/// again.
+pub const QUEUE_DEPTHS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The store's queues as of one read (`None`: its query failed).
+#[derive(Debug, Clone, Copy)]
+struct QueueDepths {
+    /// Pending and dead notifications.
+    outbox: Option<(u64, u64)>,
+    backlog: Option<crate::store::HookBacklog>,
+    at: Instant,
 }
 
 /// The method label: a standard method, or `other` for anything else (so

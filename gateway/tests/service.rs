@@ -33,16 +33,23 @@ use gateway::stream::EventHub;
 use serde_json::json;
 use tokio::sync::Notify;
 
-/// A store that counts `get_session` calls and otherwise does what the
+/// A store that counts `get_session` calls (and reads of its queue
+/// depths) and otherwise does what the
 /// store it wraps does.
 struct Counting {
     inner: Arc<dyn SessionStore>,
     session_reads: AtomicUsize,
+    /// Reads of the queue depths (`outbox_counts_of`, `hook_backlog`).
+    queue_reads: AtomicUsize,
 }
 
 impl Counting {
     fn reads(&self) -> usize {
         self.session_reads.load(Ordering::SeqCst)
+    }
+
+    fn queue_reads(&self) -> usize {
+        self.queue_reads.load(Ordering::SeqCst)
     }
 }
 
@@ -204,6 +211,7 @@ impl EventLog for Counting {
             .await
     }
     async fn hook_backlog(&self) -> StoreResult<HookBacklog> {
+        self.queue_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.hook_backlog().await
     }
 }
@@ -250,6 +258,7 @@ impl OutboxQueue for Counting {
         self.inner.retry_outbox_of(tenant, id, now).await
     }
     async fn outbox_counts_of(&self, tenant: Option<&str>) -> StoreResult<(u64, u64)> {
+        self.queue_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.outbox_counts_of(tenant).await
     }
 }
@@ -272,11 +281,22 @@ async fn service(
     dir: &tempfile::TempDir,
     hooks: Vec<HookConfig>,
 ) -> Option<(Service, Arc<Counting>)> {
+    let (svc, counting, _) = parts(backend, dir, hooks).await?;
+    Some((svc, counting))
+}
+
+/// [`service`], with the hook host and the event hub it was built with.
+async fn parts(
+    backend: Backend,
+    dir: &tempfile::TempDir,
+    hooks: Vec<HookConfig>,
+) -> Option<(Service, Arc<Counting>, (Arc<HookHost>, Arc<EventHub>))> {
     let mut cfg = common::config(backend, dir)?;
     cfg.hooks = hooks;
     let counting = Arc::new(Counting {
         inner: gateway::open_store(&cfg).await.expect("store"),
         session_reads: AtomicUsize::new(0),
+        queue_reads: AtomicUsize::new(0),
     });
     let store: Arc<dyn SessionStore> = counting.clone();
     let hooks = Arc::new(
@@ -287,8 +307,15 @@ async fn service(
     let shaper = Arc::new(Shaper::new(store.clone(), hooks.clone()));
     let hub = Arc::new(EventHub::new(store.clone(), shaper.clone()));
     let committed = Committed::new(hooks.clone(), Arc::new(Notify::new()), hub.clone());
-    let svc = Service::new(store, hooks, Arc::new(cfg), committed, shaper, hub);
-    Some((svc, counting))
+    let svc = Service::new(
+        store,
+        hooks.clone(),
+        Arc::new(cfg),
+        committed,
+        shaper,
+        hub.clone(),
+    );
+    Some((svc, counting, (hooks, hub)))
 }
 
 fn redactor() -> HookConfig {
@@ -548,3 +575,41 @@ on_both_stores!(
     a_refusal_for_a_session_deleted_elsewhere_is_a_404,
     typed_writes_check_the_session_type,
 );
+
+/// `/metrics` is open to anyone and exempt from the request limits, and the
+/// queue depths it shows are store queries whose work can grow with a
+/// backlog: however often it is scraped, it reads them at most once per
+/// `QUEUE_DEPTHS_MAX_AGE`, and reads them again once they are older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scrapes_read_the_queue_depths_at_most_once_per_max_age() {
+    use gateway::observe::{Metrics, QUEUE_DEPTHS_MAX_AGE};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, counting, (hooks, hub)) = parts(Backend::Embedded, &dir, Vec::new()).await.unwrap();
+    let store: Arc<dyn SessionStore> = counting.clone();
+    let metrics = Metrics::new(hooks, hub);
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        let text = metrics.render(store.as_ref()).await;
+        assert!(
+            text.contains("gateway_after_hook_events_pending 0"),
+            "{text}"
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let reads = counting.queue_reads();
+    // Two queries per refresh; a slow machine may pass the max age.
+    let refreshes = 1 + (secs / QUEUE_DEPTHS_MAX_AGE.as_secs_f64()) as usize;
+    assert!(
+        (2..=2 * refreshes).contains(&reads),
+        "50 scrapes in {secs:.2} s read the queue depths {reads} times (at most {} allowed)",
+        2 * refreshes
+    );
+    tokio::time::sleep(QUEUE_DEPTHS_MAX_AGE + std::time::Duration::from_millis(50)).await;
+    let before = counting.queue_reads();
+    metrics.render(store.as_ref()).await;
+    assert_eq!(
+        counting.queue_reads(),
+        before + 2,
+        "depths older than the max age are read again"
+    );
+}
