@@ -320,8 +320,23 @@ async fn embedded_long_lists_continue_where_the_inline_part_stopped() {
         let ids: Vec<u64> = all.iter().map(|m| m.message_id).collect();
         assert_eq!(ids, (0..60).collect::<Vec<_>>(), "about 180 KB in one list");
         assert!(all[59].message.get().contains(r#""i":59"#));
+        // One message larger than the inline part: all of it is read after
+        // the hand-over.
+        let big = "y".repeat(100_000);
+        created(
+            s.append_message(&t, "s", "a", msg(None, &format!(r#"{{"t":"{big}"}}"#)))
+                .await
+                .unwrap(),
+        );
+        let (last, _) = s
+            .list_messages(&t, "s", "a", MessageRange::Latest(1))
+            .await
+            .unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].message_id, 60);
+        assert!(last[0].message.get().contains(&big));
     }
-    // A budget of 100 KB ends the read in its second part.
+    // A budget of 100 KB ends the read of the first 60 in its second part.
     let s: Store = Arc::new(
         EmbeddedStore::open(&path, 64)
             .expect("reopen")
