@@ -284,6 +284,10 @@ async fn embedded_reads_stop_at_the_byte_budget() {
 /// the rows of both parts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_long_lists_continue_where_the_inline_part_stopped() {
+    const FIRST_100: MessageRange = MessageRange::Page {
+        limit: 100,
+        offset: 0,
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("db.redb");
     let t = tenant("t");
@@ -304,18 +308,7 @@ async fn embedded_long_lists_continue_where_the_inline_part_stopped() {
                 .unwrap(),
             );
         }
-        let (all, total) = s
-            .list_messages(
-                &t,
-                "s",
-                "a",
-                MessageRange::Page {
-                    limit: 100,
-                    offset: 0,
-                },
-            )
-            .await
-            .unwrap();
+        let (all, total) = s.list_messages(&t, "s", "a", FIRST_100).await.unwrap();
         assert_eq!(total, 60);
         let ids: Vec<u64> = all.iter().map(|m| m.message_id).collect();
         assert_eq!(ids, (0..60).collect::<Vec<_>>(), "about 180 KB in one list");
@@ -342,18 +335,7 @@ async fn embedded_long_lists_continue_where_the_inline_part_stopped() {
             .expect("reopen")
             .with_max_read_bytes(100_000),
     );
-    let (part, _) = s
-        .list_messages(
-            &t,
-            "s",
-            "a",
-            MessageRange::Page {
-                limit: 100,
-                offset: 0,
-            },
-        )
-        .await
-        .unwrap();
+    let (part, _) = s.list_messages(&t, "s", "a", FIRST_100).await.unwrap();
     let ids: Vec<u64> = part.iter().map(|m| m.message_id).collect();
     assert!(
         (22..40).contains(&ids.len()),

@@ -185,20 +185,26 @@ fn writes(s: &Summary) -> u64 {
         .sum()
 }
 
+/// Two fields of a `/proc/.../stat` file (counted after the command name),
+/// added: CPU clock ticks (0 when unknown).
+fn stat_ticks(path: impl AsRef<std::path::Path>, fields: (usize, usize)) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(fields.0)?.parse::<u64>().ok()? + f.get(fields.1)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 /// utime + stime of a process, in clock ticks (0 when unknown).
 fn cpu_ticks(pid: Option<u32>) -> u64 {
     let path = pid.map_or_else(
         || "/proc/self/stat".to_owned(),
         |p| format!("/proc/{p}/stat"),
     );
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+    stat_ticks(path, (11, 12))
 }
 
 /// CPU ticks of the gateway's `embedded-writer` thread (0 when it has none).
@@ -212,29 +218,13 @@ fn writer_ticks(pid: u32) -> u64 {
             std::fs::read_to_string(t.path().join("comm"))
                 .is_ok_and(|c| c.trim_end() == "embedded-writer")
         })
-        .map(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_owned();
-                    let f: Vec<&str> = rest.split_whitespace().collect();
-                    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-                })
-                .unwrap_or(0)
-        })
+        .map(|t| stat_ticks(t.path().join("stat"), (11, 12)))
         .sum()
 }
 
 /// cutime + cstime of this process (waited-for children, e.g. the peer), in clock ticks.
 fn child_cpu_ticks() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+    stat_ticks("/proc/self/stat", (13, 14))
 }
 
 /// CPU ticks of (gateway, server, self).
