@@ -2,7 +2,7 @@
 # Runs the benchmark harness (examples/bench; results and method in BENCHMARKS.md).
 #
 #   scripts/bench.sh                      # full run, both stores (~4-5 min)
-#   scripts/bench.sh --quick              # about a minute, one summary line at the end (… CMD=<c=16>/<c=1> CPU=<gateway µs per request, embedded, c=32> CPU-read/probe=<the same for GET /v1/sessions/{id} / GET /healthz>)
+#   scripts/bench.sh --quick              # about a minute, one summary line at the end (… CMD=<c=16>/<c=1> CPU=<gateway µs per request, embedded, c=32> CPU-read/probe=<the same for GET /v1/sessions/{id} / GET /healthz> CPU-list/patch/append=<the same for GET …/messages?latest=20 / PATCH …/metadata / POST …/messages>)
 #   scripts/bench.sh --install-secantus   # first build the Rust SecantusDB server (~6 min, needs cmake)
 #   scripts/bench.sh --only hooks,swap    # other arguments go to the harness (see --help)
 #

@@ -1774,7 +1774,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{} CPU={} CPU-read/probe={}/{}",
+        "\nP1={}/{} P2={}/{} P3={}/{} P4={} P5={} P6={} P7={}/{} CMD={}/{} CPU={} CPU-read/probe={}/{} CPU-list/patch/append={}",
         fmt_opt(r.p1, |v| format!("{v:.2}")),
         fmt_opt(r.p1_min, |v| format!("{v:.2}")),
         fmt_opt(r.p2_us, |v| format!("{v:.0}us")),
@@ -1795,6 +1795,9 @@ async fn main() -> anyhow::Result<()> {
         fmt_opt(r.gw_cpu_floor_us.get("probe").copied(), |v| format!(
             "{v:.0}us"
         )),
+        ["list", "patch", "append"]
+            .map(|k| fmt_opt(r.gw_cpu_floor_us.get(k).copied(), |v| format!("{v:.0}us")))
+            .join("/"),
     );
     if let Some(p) = &ctx.a.json_out {
         let mut v = serde_json::to_value(&ctx.r)?;
