@@ -25,6 +25,11 @@ use crate::store::{NextDue, OutboxItem, OutboxState, SessionStore, sleep_or_fore
 pub const LEASE_MS: i64 = 30_000;
 /// Events claimed per round.
 const BATCH: usize = 64;
+/// Completions of a round in flight at once on a store shared over the
+/// network (MongoDB), where each holds a pooled connection; on the embedded
+/// store a completion is a job in the writer's queue, and all of a round's
+/// are in flight together (see `process`).
+const SHARED_COMPLETIONS_IN_FLIGHT: usize = 16;
 /// Poll interval when nothing wakes the processor and the store cannot tell
 /// when an event is next due (MongoDB: other gateways' writes, expired
 /// leases). The embedded store can, so there the processor sleeps until a
@@ -56,6 +61,11 @@ pub async fn process(
         // processor to one event per commit, while in flight together they
         // share commits (group commit) with each other and with requests.
         let mut completing = JoinSet::new();
+        let in_flight = if store.is_shared() {
+            SHARED_COMPLETIONS_IN_FLIGHT
+        } else {
+            BATCH
+        };
         for ev in claimed {
             let now = now_ms();
             let outbox: Vec<OutboxItem> = hooks
@@ -76,6 +86,11 @@ pub async fn process(
                     last_error: None,
                 })
                 .collect();
+            // Bounded on MongoDB, so a backlog does not take a connection
+            // from the pool per claimed event.
+            if completing.len() >= in_flight {
+                completing.join_next().await;
+            }
             let store = store.clone();
             let outbox_wake = outbox_wake.clone();
             completing.spawn(async move {

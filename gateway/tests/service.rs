@@ -6,7 +6,9 @@
 //! show its result take the session type from the write itself.
 //!
 //! The service is driven directly, over a store that counts its session
-//! reads.
+//! reads. The same counting store shows that `/metrics` reads the queue
+//! depths at most once a second, and how many after-hook completions the
+//! event processor has in flight.
 
 mod common;
 
@@ -41,6 +43,16 @@ struct Counting {
     session_reads: AtomicUsize,
     /// Reads of the queue depths (`outbox_counts_of`, `hook_backlog`).
     queue_reads: AtomicUsize,
+    /// When set: what `is_shared` answers, and each `complete_event` takes
+    /// 50 ms more, counting how many are in flight at once.
+    completions: Option<Completions>,
+}
+
+/// `complete_event` calls in flight, now and at most.
+struct Completions {
+    shared: bool,
+    now: AtomicUsize,
+    most: AtomicUsize,
 }
 
 impl Counting {
@@ -62,7 +74,9 @@ impl gateway::store::Backend for Counting {
         self.inner.ping().await
     }
     fn is_shared(&self) -> bool {
-        self.inner.is_shared()
+        self.completions
+            .as_ref()
+            .map_or_else(|| self.inner.is_shared(), |c| c.shared)
     }
 }
 
@@ -206,6 +220,12 @@ impl EventLog for Counting {
         seq: u64,
         outbox: Vec<OutboxItem>,
     ) -> StoreResult<()> {
+        if let Some(c) = &self.completions {
+            let now = c.now.fetch_add(1, Ordering::SeqCst) + 1;
+            c.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            c.now.fetch_sub(1, Ordering::SeqCst);
+        }
         self.inner
             .complete_event(tenant, session_id, seq, outbox)
             .await
@@ -297,6 +317,7 @@ async fn parts(
         inner: gateway::open_store(&cfg).await.expect("store"),
         session_reads: AtomicUsize::new(0),
         queue_reads: AtomicUsize::new(0),
+        completions: None,
     });
     let store: Arc<dyn SessionStore> = counting.clone();
     let hooks = Arc::new(
@@ -612,4 +633,77 @@ async fn metrics_scrapes_read_the_queue_depths_at_most_once_per_max_age() {
         before + 2,
         "depths older than the max age are read again"
     );
+}
+
+/// The event processor sends a round's completions without waiting for each
+/// (on the embedded store they then share commits), but on a store shared
+/// over the network (MongoDB) at most 16 at once, so a backlog does not take
+/// a pooled connection per claimed event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_processor_bounds_completions_in_flight_on_a_shared_store() {
+    for shared in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = common::config(Backend::Embedded, &dir).unwrap();
+        let store = Arc::new(Counting {
+            inner: gateway::open_store(&cfg).await.expect("store"),
+            session_reads: AtomicUsize::new(0),
+            queue_reads: AtomicUsize::new(0),
+            completions: Some(Completions {
+                shared,
+                now: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+            }),
+        });
+        let dyn_store: Arc<dyn SessionStore> = store.clone();
+        let hooks = Arc::new(
+            HookHost::start(&cfg, None, dyn_store.clone())
+                .await
+                .unwrap(),
+        );
+        dyn_store.set_after_hooked(AfterHooked(0b111));
+        let t = Tenant("t".into());
+        dyn_store
+            .create_session(&t, new_session("s", "chat"))
+            .await
+            .unwrap();
+        for i in 0..64 {
+            let change = MetadataChange::Update(vec![("n".into(), json!(i))]);
+            dyn_store.change_metadata(&t, "s", &change).await.unwrap();
+        }
+        assert_eq!(dyn_store.hook_backlog().await.unwrap().pending, 64);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(gateway::events::process(
+            dyn_store.clone(),
+            hooks,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+            stop_rx,
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while dyn_store.hook_backlog().await.unwrap().pending > 0 {
+            assert!(std::time::Instant::now() < deadline, "not drained in 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let most = store
+            .completions
+            .as_ref()
+            .unwrap()
+            .most
+            .load(Ordering::SeqCst);
+        if shared {
+            assert!(
+                (2..=16).contains(&most),
+                "shared store: {most} completions in flight at most (want 2..=16)"
+            );
+        } else {
+            // All 64 are sent within the 50 ms the first one takes, unless
+            // the processor is held off the CPU that long.
+            assert!(
+                most > 16,
+                "embedded store: only {most} completions in flight at most (want > 16)"
+            );
+        }
+    }
 }
