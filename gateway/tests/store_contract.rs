@@ -2315,7 +2315,9 @@ async fn hook_backlog_counts_the_queue(s: Store) {
 /// A file written before the embedded store kept its after-hook events by
 /// time held them in `hook_queue`, keyed by session: on open they move over
 /// and are claimed oldest first, and a lease held when the process stopped
-/// is released.
+/// is released. A queued row whose event is gone is not moved, or is dropped
+/// by the claim that finds it: it would be leased again for ever, and would
+/// show as the oldest event in `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_queue_of_an_older_file_is_claimed_in_order() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -2354,11 +2356,33 @@ async fn embedded_queue_of_an_older_file_is_claimed_in_order() {
                 queue.insert((key.as_str(), *seq), 0).unwrap();
             }
             pending.retain(|_, _| false).unwrap();
+            // Rows whose event does not exist (nothing the store writes
+            // leaves one): one in the old table, one in the new, sorting
+            // before every real event.
+            queue.insert(("t/gone", 7), 0).unwrap();
+            pending.insert((1, "t/ghost", 1), 0).unwrap();
         }
         txn.commit().unwrap();
     }
     let s = open();
+    let z_ts = s.events_after(&t, "z", 1, 1).await.unwrap()[0].ts;
+    assert_eq!(
+        s.hook_backlog().await.unwrap(),
+        HookBacklog {
+            pending: 4,
+            oldest_ts: Some(1)
+        },
+        "the old table's row without an event is not moved; the new table's is kept until a claim finds it"
+    );
     assert_eq!(claim_one_by_one(&s, 3).await, ["z", "a", "m"]);
+    assert_eq!(
+        s.hook_backlog().await.unwrap(),
+        HookBacklog {
+            pending: 3,
+            oldest_ts: Some(z_ts)
+        },
+        "the claim that found the row without an event dropped it"
+    );
     drop(s);
     let s = open();
     assert_eq!(

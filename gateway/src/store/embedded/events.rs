@@ -56,8 +56,8 @@ fn event_ts(txn: &redb::WriteTransaction, key: &str, seq: u64) -> StoreResult<Op
 }
 
 /// On open: moves what a file written before [`HOOK_PENDING`] has in
-/// [`HOOK_QUEUE`] into it (by its event's commit time; 0, first, for a row
-/// whose event is gone), and releases every claim lease. The file is locked
+/// [`HOOK_QUEUE`] into it (by its event's commit time; a row whose event is
+/// gone is dropped), and releases every claim lease. The file is locked
 /// to this process, so a lease found here belongs to a process that died:
 /// released now rather than when it expires.
 pub(super) fn migrate_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()> {
@@ -71,10 +71,12 @@ pub(super) fn migrate_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()
     legacy.retain(|_, _| false).map_err(internal)?;
     let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
     for (key, seq) in moved {
-        let ts = event_ts(txn, &key, seq)?.unwrap_or(0);
-        pending
-            .insert((ts, key.as_str(), seq), 0)
-            .map_err(internal)?;
+        // A row whose event is gone has no hooks to run.
+        if let Some(ts) = event_ts(txn, &key, seq)? {
+            pending
+                .insert((ts, key.as_str(), seq), 0)
+                .map_err(internal)?;
+        }
     }
     let leased: Vec<(i64, String, u64)> = pending
         .iter()
@@ -95,19 +97,15 @@ pub(super) fn migrate_hook_queue(txn: &redb::WriteTransaction) -> StoreResult<()
 }
 
 /// Removes event `(key, seq)` from [`HOOK_PENDING`], found by its commit
-/// time from the event row (without one, the table is searched).
+/// time from the event row. Without an event row there is nothing to remove:
+/// the sweep removes an event and its pending row together, and a claim drops
+/// a pending row whose event is gone.
 fn unqueue(txn: &redb::WriteTransaction, key: &str, seq: u64) -> StoreResult<()> {
-    let ts = event_ts(txn, key, seq)?;
-    let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
-    match ts {
-        Some(ts) => {
-            pending.remove((ts, key, seq)).map_err(internal)?;
-        }
-        None => {
-            pending
-                .retain(|(_, k, s), _| !(k == key && s == seq))
-                .map_err(internal)?;
-        }
+    if let Some(ts) = event_ts(txn, key, seq)? {
+        txn.open_table(HOOK_PENDING)
+            .map_err(internal)?
+            .remove((ts, key, seq))
+            .map_err(internal)?;
     }
     Ok(())
 }
@@ -186,28 +184,40 @@ impl EventLog for EmbeddedStore {
         }
         self.write(move |txn| {
             let mut pending = txn.open_table(HOOK_PENDING).map_err(internal)?;
+            let events = txn.open_table(EVENTS).map_err(internal)?;
             // Oldest first; the rows passed over are the ones leased now,
-            // at most what the processors hold.
+            // at most what the processors hold. A row whose event is gone
+            // (nothing the store writes leaves one) is dropped, not leased
+            // for ever.
             let mut claimed: Vec<(i64, String, u64)> = Vec::new();
+            let mut out = Vec::new();
+            let mut stray: Vec<(i64, String, u64)> = Vec::new();
             for row in pending.iter().map_err(internal)? {
                 let (k, lease) = row.map_err(internal)?;
-                if lease.value() <= now {
-                    let (ts, key, seq) = k.value();
-                    claimed.push((ts, key.to_owned(), seq));
-                    if claimed.len() == limit {
-                        break;
+                if lease.value() > now {
+                    continue;
+                }
+                let (ts, key, seq) = k.value();
+                match events.get((key, seq)).map_err(internal)? {
+                    Some(v) => {
+                        out.push(from_json::<Event>(v.value())?);
+                        claimed.push((ts, key.to_owned(), seq));
+                        if claimed.len() == limit {
+                            break;
+                        }
                     }
+                    None => stray.push((ts, key.to_owned(), seq)),
                 }
             }
-            let events = txn.open_table(EVENTS).map_err(internal)?;
-            let mut out = Vec::with_capacity(claimed.len());
             for (ts, key, seq) in &claimed {
                 pending
                     .insert((*ts, key.as_str(), *seq), now + lease_ms)
                     .map_err(internal)?;
-                if let Some(v) = events.get((key.as_str(), *seq)).map_err(internal)? {
-                    out.push(from_json::<Event>(v.value())?);
-                }
+            }
+            for (ts, key, seq) in &stray {
+                pending
+                    .remove((*ts, key.as_str(), *seq))
+                    .map_err(internal)?;
             }
             Ok(out)
         })
