@@ -1,5 +1,8 @@
 //! Diagnostic: host cost of a before-hook chain, in process.
-//! `cargo run --release -p session-gateway --example hookcall -- <plugins/dist> <n> <reuse|per-call> <hooks> [thrash]`
+//! `cargo run --release -p session-gateway --example hookcall -- <plugins/dist> <n> <reuse|per-call> <hooks> [thrash|idle|spin]`
+//! `thrash` dirties 16 MiB and sleeps 0.5 ms before each chain (every cache cold);
+//! `idle` only sleeps 1 ms, as a request does while its write waits for fsync;
+//! `spin` waits 1 ms without sleeping (the core stays awake).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = a[2].parse()?;
     let mode = &a[3];
     let k: usize = a[4].parse()?;
-    let thrash = a.get(5).is_some();
+    let thrash = a.get(5).is_some_and(|m| m == "thrash");
+    let idle = a.get(5).is_some_and(|m| m == "idle");
+    let spin = a.get(5).is_some_and(|m| m == "spin");
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::default();
     cfg.plugins.cache_dir =
@@ -50,6 +55,15 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(std::time::Duration::from_micros(500)).await;
         }
+        if spin {
+            let t = Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(1) {
+                std::hint::spin_loop();
+            }
+        }
+        if idle {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let loaded = host.snapshot();
         let t = Instant::now();
         let out = host.before_metadata(&loaded, &subject, change).await;
@@ -80,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     lat.sort_by(f64::total_cmp);
     let mean: f64 = lat.iter().sum::<f64>() / lat.len() as f64;
     println!(
-        "{mode} x{k} thrash={thrash}: n={n} p50={:.1}us p90={:.1}us mean={:.1}us junk={}",
+        "{mode} x{k} thrash={thrash} idle={idle}: n={n} p50={:.1}us p90={:.1}us mean={:.1}us junk={}",
         lat[n / 2],
         lat[n * 9 / 10],
         mean,

@@ -21,11 +21,19 @@ use crate::hooks::breaker::Breakers;
 const MAX_WARM: usize = 16;
 /// Fresh instances kept ready per plugin in `per-call` mode, instantiated
 /// off the request path; each serves one call and is then dropped.
-const READY: usize = 4;
+const READY: usize = 16;
 /// The ready lane is woken once `ready` has fallen by this many (or this
 /// many spent instances wait for their teardown): one wake-up of that
-/// thread per `REFILL_BATCH` calls, not per call.
-const REFILL_BATCH: usize = 2;
+/// thread per `REFILL_BATCH` calls, not per call. Waking the parked lane is
+/// the dearest part of a `per-call` call for its caller: 80–220 µs of the
+/// caller's time on the 2-core development VM (the wake of an idle vCPU),
+/// against ~20 µs for the instantiation the lane then does. At 2 (with 4
+/// ready) that wake cost 3 per-call hooks ~50 µs per request; at 8 it is
+/// spread over 8 calls (BENCHMARKS.md, "Per-call hooks wake the ready lane
+/// less often"). The price is memory: up to `READY + REFILL_BATCH` pool
+/// slots per plugin, each keeping at most 1 MiB (`engine::KEEP_RESIDENT`) of what its
+/// instances touched.
+const REFILL_BATCH: usize = 8;
 /// Least time an instance's start-up may take before it is stopped.
 const INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 /// Longest a suspect's call waits for the low-priority lane to start it
