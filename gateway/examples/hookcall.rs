@@ -18,9 +18,8 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = a[2].parse()?;
     let mode = &a[3];
     let k: usize = a[4].parse()?;
-    let thrash = a.get(5).is_some_and(|m| m == "thrash");
-    let idle = a.get(5).is_some_and(|m| m == "idle");
-    let spin = a.get(5).is_some_and(|m| m == "spin");
+    let wait = a.get(5).map_or("none", String::as_str);
+    let (thrash, idle, spin) = (wait == "thrash", wait == "idle", wait == "spin");
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::default();
     cfg.plugins.cache_dir =
@@ -94,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     lat.sort_by(f64::total_cmp);
     let mean: f64 = lat.iter().sum::<f64>() / lat.len() as f64;
     println!(
-        "{mode} x{k} thrash={thrash} idle={idle}: n={n} p50={:.1}us p90={:.1}us mean={:.1}us junk={}",
+        "{mode} x{k} wait={wait}: n={n} p50={:.1}us p90={:.1}us mean={:.1}us junk={}",
         lat[n / 2],
         lat[n * 9 / 10],
         mean,

@@ -29,8 +29,8 @@ const READY: usize = 16;
 /// caller's time on the 2-core development VM (the wake of an idle vCPU),
 /// against ~20 µs for the instantiation the lane then does. At 2 (with 4
 /// ready) that wake cost 3 per-call hooks ~50 µs per request; at 8 it is
-/// spread over 8 calls (BENCHMARKS.md, "Per-call hooks wake the ready lane
-/// less often"). The price is memory: up to `READY + REFILL_BATCH` pool
+/// spread over 8 calls (BENCHMARKS.md, "Per-call hooks: the wake-up of the
+/// ready lane was most of their cost"). The price is memory: up to `READY + REFILL_BATCH` pool
 /// slots per plugin, each keeping at most 1 MiB (`engine::KEEP_RESIDENT`) of what its
 /// instances touched.
 const REFILL_BATCH: usize = 8;
